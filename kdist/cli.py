@@ -1,0 +1,111 @@
+"""The kdist command line: the one place that turns library errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from kdist import __version__
+from kdist.errors import KdistError, SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def spec_option(fn: F) -> F:
+    """`-f/--file`: the job spec, shared by every command that reads one."""
+    return click.option(
+        "-f", "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
+    )(fn)
+
+
+def target_option(*targets: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        return click.option(
+            "-t", "--target", type=click.Choice(targets), required=True,
+            help="What to render for.",
+        )(fn)
+
+    return decorate
+
+
+def load_plan(spec_file: Path) -> Any:
+    from kdist.load import load_file
+    from kdist.plan import LaunchPlan
+
+    return LaunchPlan(load_file(spec_file))
+
+
+class KdistGroup(click.Group):
+    """Turns KdistError into `kdist: message` on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpecError as e:
+            for problem in e.problems:
+                click.echo(str(problem), err=True)
+            n = len(e.problems)
+            click.echo(f"kdist: {n} problem{'s' if n > 1 else ''} in the spec", err=True)
+            ctx.exit(e.exit_code)
+        except KdistError as e:
+            click.echo(f"kdist: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=KdistGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kdist")
+def cli() -> None:
+    """Run one elastic PyTorch job spec (kdist.yaml) locally, on Docker Compose or Kubernetes."""
+
+
+@cli.command()
+@spec_option
+@target_option("compose", "k8s")
+@click.option("-o", "--output", default="-", show_default=True, metavar="DIR|-",
+              help="Folder to write into, or - for stdout.")
+def render(spec_file: Path, target: str, output: str) -> None:
+    """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
+    from kdist.fsio import write_all
+    from kdist.render import FILENAMES
+    from kdist.render import render as render_target
+
+    text = render_target(load_plan(spec_file), target)
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        write_all({Path(output) / FILENAMES[target]: text})
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="kdist.yaml")
+@click.option("--name", help="Job name (default: the folder's name, made DNS-safe).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, name: str | None, force: bool) -> None:
+    """Write a commented starter kdist.yaml."""
+    from kdist.fsio import write_all
+    from kdist.starter import starter_spec
+
+    if path.exists() and not force:
+        raise KdistError(f"{path} exists; pass --force to overwrite it")
+    text = resources.files("kdist").joinpath("templates/kdist.yaml").read_text(encoding="utf-8")
+    write_all({path: starter_spec(text, name or path.resolve().parent.name)})
+    click.echo(f"wrote {path}; next: kdist render --target compose -f {path}", err=True)
+
+
+def main() -> None:
+    """Console entry point. An unexpected exception is reported in one line, not a traceback."""
+    try:
+        cli.main(prog_name="kdist")
+    except Exception as e:  # a bug in kdist: say so plainly; KDIST_DEBUG=1 shows the traceback
+        if os.environ.get("KDIST_DEBUG"):
+            raise
+        click.echo(f"kdist: internal error: {type(e).__name__}: {e} "
+                   "(rerun with KDIST_DEBUG=1 and report it)", err=True)
+        sys.exit(70)

@@ -1,0 +1,390 @@
+"""kdist.yaml text -> JobSpec. Strict: every problem is collected, located and reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.scalarbool import ScalarBoolean
+
+from kdist import spec as s
+from kdist.errors import Problem, SpecError
+
+T = TypeVar("T")
+Pos = tuple[int, int]  # 0-based (line, column) as ruamel reports them
+
+
+class Invalid(Exception):
+    """Raised by a field rule: the value at hand is wrong; the message says what was expected."""
+
+
+Rule = Callable[["Reader", Any, str, Pos], Any]
+
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+CPU_RE = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+MAX_NAME = 40  # leaves room for "-rdzv", "-<ordinal>" and controller-revision hashes in 63
+
+
+def plain(value: Any) -> Any:
+    """ruamel's round-trip scalars (ScalarInt, ScalarFloat, ...) as plain Python values."""
+    if isinstance(value, (bool, ScalarBoolean)):
+        return bool(value)
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
+
+
+def describe(value: Any) -> str:
+    """A short, user-facing description of a YAML value: `a string ('two')`."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    for kind, word in kinds.items():
+        if type(value) is kind:
+            return f"{word} ({value!r})" if kind is str else f"{word} ({value})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# ---- scalar rules ---------------------------------------------------------------------------
+
+
+def integer(low: int, high: int | None = None) -> Rule:
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> int:
+        if type(v) is not int:
+            raise Invalid(f"expected an integer, got {describe(v)}")
+        if v < low or (high is not None and v > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise Invalid(f"expected an integer {bound}, got {v}")
+        return v
+
+    return rule
+
+
+def text(pattern: re.Pattern[str] | None = None, hint: str = "", max_len: int = 0) -> Rule:
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
+        if type(v) is not str:
+            raise Invalid(f"expected a string, got {describe(v)}")
+        if not v.strip():
+            raise Invalid("must not be empty")
+        if pattern is not None and not pattern.match(v):
+            raise Invalid(f"{hint}, got {v!r}")
+        if max_len and len(v) > max_len:
+            raise Invalid(f"must be at most {max_len} characters, got {len(v)}")
+        return v
+
+    return rule
+
+
+def choice(*options: str) -> Rule:
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
+        if v not in options:
+            listed = ", ".join(options)
+            hint = did_you_mean(v, list(options)) if isinstance(v, str) else ""
+            raise Invalid(f"expected one of {listed}, got {describe(v)}{hint}")
+        return str(v)
+
+    return rule
+
+
+def quantity(kind: str) -> Rule:
+    """Kubernetes quantities; YAML numbers are accepted for cpu (2, 0.5) and memory (bytes)."""
+    pattern, example = (CPU_RE, "2, 0.5 or 500m") if kind == "cpu" else (MEMORY_RE, "8Gi or 512Mi")
+
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
+        if type(v) in (int, float):
+            v = str(v)
+        if type(v) is not str or not pattern.match(v):
+            raise Invalid(f"expected a {kind} quantity like {example}, got {describe(v)}")
+        if float(re.sub(r"[^0-9.]", "", v)) <= 0:
+            raise Invalid(f"must be greater than zero, got {v!r}")
+        return v
+
+    return rule
+
+
+def string_list(item: Rule) -> Rule:
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> tuple[Any, ...]:
+        if not isinstance(v, list):
+            raise Invalid(f"expected a list, got {describe(v)}")
+        return tuple(r.value(item, x, f"{path}[{i}]", r.item_pos(v, i, pos)) for i, x in enumerate(v))
+
+    return rule
+
+
+def scalar_text(r: Reader, v: Any, path: str, pos: Pos) -> str:
+    """Any YAML scalar as the string a shell or an env var would see."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if type(v) in (int, float, str):
+        return str(v)
+    raise Invalid(f"expected a string or number, got {describe(v)}")
+
+
+def string_map(key_re: re.Pattern[str], key_hint: str, reserved: str = "") -> Rule:
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> tuple[tuple[str, str], ...]:
+        if not isinstance(v, dict):
+            raise Invalid(f"expected a mapping, got {describe(v)}")
+        out = []
+        for key, val in v.items():
+            kpos = r.key_pos(v, key, pos)
+            if not isinstance(key, str) or not key_re.match(key):
+                r.add(kpos, f"{path}.{key}", f"{key_hint}, got {key!r}")
+            elif reserved and key.startswith(reserved):
+                r.add(kpos, f"{path}.{key}", f"{reserved}* variables are set by kdist from the spec")
+            else:
+                out.append((key, r.value(scalar_text, val, f"{path}.{key}", r.val_pos(v, key, pos))))
+        return tuple(sorted(out))
+
+    return rule
+
+
+def section(cls: type[T]) -> Rule:
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> T:
+        return r.section(cls, v, path, pos)
+
+    return rule
+
+
+def nodes(r: Reader, v: Any, path: str, pos: Pos) -> s.Nodes:
+    """`nodes: 4`, `nodes: "2:4"` or `nodes: {min: 2, max: 4, count: 3}`."""
+    if isinstance(v, dict):
+        raw = {k: plain(v[k]) for k in v}
+        unknown = sorted(set(raw) - {"min", "max", "count"})
+        if unknown:
+            raise Invalid(f"unknown key {unknown[0]!r}; expected min, max and optional count")
+        low, high = raw.get("min"), raw.get("max")
+        count = raw.get("count", high)
+    elif type(v) is int:
+        low = high = count = v
+    elif type(v) is str and re.fullmatch(r"\d+:\d+", v.strip()):
+        low, high = (int(x) for x in v.strip().split(":"))
+        count = high
+    else:
+        raise Invalid(f"expected a node count like 2 or a range like \"2:4\", got {describe(v)}")
+    if not all(type(x) is int and x >= 1 for x in (low, high, count)):
+        raise Invalid("min, max and count must be integers >= 1")
+    assert isinstance(low, int) and isinstance(high, int) and isinstance(count, int)
+    if low > high:
+        raise Invalid(f"min ({low}) is greater than max ({high})")
+    if not low <= count <= high:
+        raise Invalid(f"count ({count}) must be within min:max ({low}:{high})")
+    return s.Nodes(min=low, max=high, count=count)
+
+
+DNS_NAME = text(LABEL_RE, "expected a DNS-1123 label (lowercase letters, digits and '-')", 63)
+ABS_PATH = text(re.compile(r"^/\S*$"), "expected an absolute path in the container like /checkpoints")
+
+RULES: dict[type, dict[str, Rule]] = {
+    s.JobSpec: {
+        "name": text(NAME_RE, "expected a DNS-1035 label: lowercase letters, digits and '-', "
+                     "starting with a letter", MAX_NAME),
+        "image": text(re.compile(r"^\S+$"), "expected an image reference without spaces"),
+        "entrypoint": text(re.compile(r"^\S+$"), "expected the training script path, no spaces"),
+        "args": string_list(scalar_text),
+        "nodes": nodes,
+        "procs_per_node": integer(1, 64),
+        "resources": section(s.Resources),
+        "rendezvous": section(s.Rendezvous),
+        "max_restarts": integer(0, 1000),
+        "env": string_map(ENV_RE, "expected an environment variable name", reserved="PET_"),
+        "checkpoint": section(s.Checkpoint),
+        "network_interface": text(re.compile(r"^[\w.:-]{1,15}$"), "expected an interface name like eth0"),
+        "run_as_user": integer(1, 2**31 - 1),
+        "compose": section(s.ComposeOptions),
+        "k8s": section(s.K8sOptions),
+    },
+    s.Resources: {
+        "cpu": quantity("cpu"),
+        "memory": quantity("memory"),
+        "gpu": integer(0, 64),
+        "shm": quantity("memory"),
+    },
+    s.Rendezvous: {
+        "port": integer(1, 65535),
+        "store": choice("standalone", "node0"),
+        "join_timeout": integer(1),
+        "last_call_timeout": integer(1),
+        "close_timeout": integer(1),
+        "keep_alive_interval": integer(1),
+        "keep_alive_max_attempt": integer(1),
+        "read_timeout": integer(1),
+        "wait_timeout": integer(0),
+    },
+    s.Checkpoint: {
+        "path": ABS_PATH,
+        "size": quantity("memory"),
+        "storage_class": DNS_NAME,
+        "access_mode": choice("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"),
+    },
+    s.ComposeOptions: {"build": section(s.Build)},
+    s.Build: {"context": text(), "dockerfile": text()},
+    s.K8sOptions: {
+        "namespace": DNS_NAME,
+        "node_selector": string_map(re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}$"),
+                                    "expected a label key like kubernetes.io/arch"),
+        "tolerations": string_list(section(s.Toleration)),
+        "service_account": DNS_NAME,
+        "priority_class": DNS_NAME,
+        "image_pull_secrets": string_list(DNS_NAME),
+        "queue": DNS_NAME,
+    },
+    s.Toleration: {
+        "key": text(),
+        "operator": choice("Equal", "Exists"),
+        "value": scalar_text,
+        "effect": choice("NoSchedule", "PreferNoSchedule", "NoExecute"),
+    },
+}
+REQUIRED: dict[type, tuple[str, ...]] = {s.JobSpec: ("name", "image", "entrypoint", "nodes")}
+INVALID: Any = object()
+
+
+class Reader:
+    """Walks the ruamel tree, converting values and collecting Problems with positions."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+
+    def add(self, pos: Pos, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, pos[0] + 1, pos[1] + 1, path, message))
+
+    @staticmethod
+    def key_pos(m: Any, key: Any, default: Pos) -> Pos:
+        lc = getattr(m, "lc", None)
+        return tuple(lc.key(key)) if lc is not None else default  # type: ignore[return-value]
+
+    @staticmethod
+    def val_pos(m: Any, key: Any, default: Pos) -> Pos:
+        lc = getattr(m, "lc", None)
+        return tuple(lc.value(key)) if lc is not None else default  # type: ignore[return-value]
+
+    @staticmethod
+    def item_pos(seq: Any, i: int, default: Pos) -> Pos:
+        lc = getattr(seq, "lc", None)
+        return tuple(lc.item(i)) if lc is not None else default  # type: ignore[return-value]
+
+    def value(self, rule: Rule, v: Any, path: str, pos: Pos) -> Any:
+        try:
+            return rule(self, plain(v), path, pos)
+        except Invalid as e:
+            self.add(pos, path, str(e))
+            return INVALID
+
+    def section(self, cls: type[T], v: Any, path: str, pos: Pos) -> T:
+        if not isinstance(v, dict):
+            raise Invalid(f"expected a mapping, got {describe(v)}")
+        rules = RULES[cls]
+        kwargs: dict[str, Any] = {}
+        for key in v:
+            kpos, sub = self.key_pos(v, key, pos), f"{path}.{key}" if path else str(key)
+            if key not in rules:
+                hint = did_you_mean(str(key), list(rules))
+                self.add(kpos, sub, f"unknown key{hint}; expected one of {', '.join(rules)}")
+                continue
+            kwargs[key] = self.value(rules[key], v[key], sub, self.val_pos(v, key, pos))
+        for key in REQUIRED.get(cls, ()):
+            if key not in v:
+                self.add(pos, f"{path}.{key}" if path else key, "is required")
+                kwargs[key] = INVALID
+        if any(x is INVALID for x in kwargs.values()):
+            return INVALID  # type: ignore[no-any-return]
+        assert is_dataclass(cls)
+        return cls(**{k: val for k, val in kwargs.items() if k in {f.name for f in fields(cls)}})
+
+
+def _pos_of(doc: Any, path: str) -> Pos:
+    """Position of the value at a dotted path, or of the deepest mapping that exists."""
+    pos: Pos = (0, 0)
+    node = doc
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            break
+        pos = Reader.val_pos(node, key, pos)
+        node = node[key]
+    return pos
+
+
+def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
+    """Rules that involve several fields: (path, message) for each violation."""
+    out = []
+    res, rdzv = job.resources, job.rendezvous
+    if res.gpu and job.procs_per_node > res.gpu:
+        out.append(("procs_per_node", f"{job.procs_per_node} processes per node but resources.gpu "
+                    f"is {res.gpu}: use at most one process per GPU"))
+    if rdzv.keep_alive_interval * rdzv.keep_alive_max_attempt < 5:
+        out.append(("rendezvous.keep_alive_max_attempt",
+                    "keep_alive_interval x keep_alive_max_attempt must be >= 5 s; "
+                    "tighter settings drop live nodes"))
+    if rdzv.last_call_timeout >= rdzv.join_timeout:
+        out.append(("rendezvous.last_call_timeout",
+                    f"must be less than join_timeout ({rdzv.join_timeout})"))
+    if job.rendezvous.store == "node0" and job.nodes.elastic:
+        pass  # allowed, but node 0 is then a single point of failure (README explains)
+    return out
+
+
+def parse_yaml(text_: str, file: str) -> Any:
+    """YAML 1.2 round-trip parse (keeps line/column); syntax errors become a SpecError."""
+    try:
+        return YAML(typ="rt", pure=True).load(text_)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line, col = (mark.line, mark.column) if mark is not None else (0, 0)
+        message = f"invalid YAML: {e.problem or e.context}"
+        raise SpecError([Problem(file, line + 1, col + 1, "", message)]) from None
+    except YAMLError as e:
+        raise SpecError([Problem(file, 0, 0, "", f"invalid YAML: {e}")]) from None
+
+
+def load_text(text_: str, file: str = "kdist.yaml") -> s.JobSpec:
+    doc = parse_yaml(text_, file)
+    if not isinstance(doc, dict):
+        got = "an empty file" if doc is None else describe(doc)
+        raise SpecError([Problem(file, 1, 1, "", f"expected a mapping with name, image, "
+                                                 f"entrypoint and nodes, got {got}")])
+    r = Reader(file)
+    job = r.value(section(s.JobSpec), doc, "", (0, 0))
+    if job is not INVALID:
+        for path, message in _cross_checks(job):
+            r.add(_pos_of(doc, path), path, message)
+    if r.problems:
+        raise SpecError(r.problems)
+    return job  # type: ignore[no-any-return]
+
+
+def read_text(path: Path) -> str:
+    """File contents as text, or a SpecError that says why it cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SpecError([Problem(str(path), 0, 0, "", f"cannot read: {e.strerror}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([Problem(str(path), 0, 0, "", "not a text file (not UTF-8)")]) from None
+
+
+def load_file(path: Path) -> s.JobSpec:
+    return load_text(read_text(path), str(path))

@@ -1,0 +1,167 @@
+"""Target-independent decisions, made once: names, labels, the torchrun argv, env, ports.
+
+Every target (local, compose, k8s, helm) launches `torchrun_argv(...)`; only the rendezvous
+endpoint host differs between targets (invariant 1 in DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from kdist.spec import JobSpec
+
+STORE_COMPONENT = "rdzv"
+NODE_COMPONENT = "node"
+CHECKPOINT_ENV = "KDIST_CHECKPOINT_DIR"
+
+# Standalone c10d store: a TCPStore server in its own process that every node joins as a client,
+# so losing any node (node 0 included) does not take the store down.
+STORE_CODE = """\
+import datetime, signal, sys
+from torch.distributed import TCPStore
+port, timeout = int(sys.argv[1]), int(sys.argv[2])
+store = TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
+                 timeout=datetime.timedelta(seconds=timeout))
+print(f"kdist: rendezvous store listening on port {port}", flush=True)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: sys.exit(0))
+signal.pause()
+"""
+
+# Before torchrun starts: wait until the store's DNS name resolves (and, for a standalone store,
+# its port accepts connections). Headless-Service records appear late on real clusters.
+WAIT_CODE = """\
+import socket, sys, time
+host, port, timeout, connect = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        socket.getaddrinfo(host, port)
+        if connect == "1":
+            socket.create_connection((host, port), timeout=2).close()
+        break
+    except OSError as e:
+        if time.monotonic() > deadline:
+            sys.exit(f"kdist: rendezvous store {host}:{port} not reachable after {timeout:.0f}s: {e}")
+        time.sleep(1)
+"""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    spec: JobSpec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def store_name(self) -> str:
+        return f"{self.spec.name}-{STORE_COMPONENT}"
+
+    @property
+    def standalone_store(self) -> bool:
+        return self.spec.rendezvous.store == "standalone"
+
+    @property
+    def checkpoint_claim(self) -> str:
+        return f"{self.spec.name}-checkpoints"
+
+    def selector_job(self) -> dict[str, str]:
+        """Matches every pod of this job (nodes and store)."""
+        return {"app.kubernetes.io/name": "kdist", "app.kubernetes.io/instance": self.name}
+
+    def labels(self, component: str) -> dict[str, str]:
+        """`app.kubernetes.io/*` labels; the selector subset is name + instance + component."""
+        return {
+            "app.kubernetes.io/name": "kdist",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "kdist",
+        }
+
+    def selector(self, component: str) -> dict[str, str]:
+        labels = self.labels(component)
+        del labels["app.kubernetes.io/managed-by"]
+        return labels
+
+    def rdzv_conf(self, is_host: bool) -> str:
+        r = self.spec.rendezvous
+        pairs = [
+            ("join_timeout", r.join_timeout),
+            ("last_call_timeout", r.last_call_timeout),
+            ("close_timeout", r.close_timeout),
+            ("keep_alive_interval", r.keep_alive_interval),
+            ("keep_alive_max_attempt", r.keep_alive_max_attempt),
+            ("read_timeout", r.read_timeout),
+            ("is_host", "true" if is_host else "false"),
+        ]
+        return ",".join(f"{k}={v}" for k, v in pairs)
+
+    def torchrun_argv(self, host: str, port: int | None = None, is_host: bool = False) -> list[str]:
+        """The one torchrun command line. `host` is the only target-specific part."""
+        s = self.spec
+        return [
+            "torchrun",
+            "--nnodes", str(s.nodes),
+            "--nproc-per-node", str(s.procs_per_node),
+            "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"{host}:{port or s.rendezvous.port}",
+            "--rdzv-id", s.name,
+            "--rdzv-conf", self.rdzv_conf(is_host),
+            "--max-restarts", str(s.max_restarts),
+            s.entrypoint,
+            *s.args,
+        ]  # fmt: skip
+
+    def store_argv(self, port: int | None = None) -> list[str]:
+        timeout = self.spec.rendezvous.read_timeout
+        return ["python3", "-c", STORE_CODE, str(port or self.spec.rendezvous.port), str(timeout)]
+
+    def wait_argv(self, host: str) -> list[str]:
+        r = self.spec.rendezvous
+        connect = "1" if self.standalone_store else "0"
+        return ["python3", "-c", WAIT_CODE, host, str(r.port), str(r.wait_timeout), connect]
+
+    def node_script(self, host: str, is_host: bool = False, host_test: str = "") -> str:
+        """POSIX sh for a container: wait for the store, then exec torchrun.
+
+        With the store on node 0 and one pod template for every node (Kubernetes), `host_test`
+        is a shell test that is true on node 0 only: that node's torchrun hosts the store.
+        """
+        lines = ["set -e", shlex.join(self.wait_argv(host))]
+        if host_test:
+            hosting = shlex.join(self.torchrun_argv(host, is_host=True))
+            lines.append(f"if {host_test}; then exec {hosting}; fi")
+        lines.append(f"exec {shlex.join(self.torchrun_argv(host, is_host=is_host))}")
+        return "\n".join(lines) + "\n"
+
+    def env(self) -> dict[str, str]:
+        """Environment shared by every node on every target (before target-specific entries)."""
+        s = self.spec
+        env = {
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # pytorch#135712: stale peer addresses
+            "PYTHONUNBUFFERED": "1",
+            CHECKPOINT_ENV: s.checkpoint.path,
+        }
+        if s.network_interface:
+            env["NCCL_SOCKET_IFNAME"] = s.network_interface
+            env["GLOO_SOCKET_IFNAME"] = s.network_interface
+        env.update(dict(s.env))
+        return dict(sorted(env.items()))
+
+
+def memory_bytes(quantity: str) -> int:
+    """Kubernetes memory quantity -> bytes (`1Gi` -> 1073741824, `1G` -> 10**9)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(float(quantity))
+
+
+def cpu_cores(quantity: str) -> float:
+    """Kubernetes cpu quantity -> cores (`500m` -> 0.5)."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)

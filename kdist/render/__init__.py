@@ -1,0 +1,23 @@
+"""Pure renderers: LaunchPlan -> plain dicts -> YAML text. No I/O, no clock, no randomness."""
+
+from __future__ import annotations
+
+from kdist.errors import UsageError
+from kdist.plan import LaunchPlan
+from kdist.yamlio import dump, dump_all
+
+TARGETS = ("compose", "k8s")
+FILENAMES = {"compose": "docker-compose.yaml", "k8s": "k8s.yaml"}
+
+
+def render(plan: LaunchPlan, target: str) -> str:
+    """The text `kdist render --target TARGET` prints."""
+    if target == "compose":
+        from kdist.render import compose
+
+        return dump(compose.render(plan))
+    if target == "k8s":
+        from kdist.render import k8s
+
+        return dump_all(k8s.render(plan))
+    raise UsageError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")

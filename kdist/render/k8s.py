@@ -1,0 +1,218 @@
+"""Kubernetes target: NetworkPolicy, PVC, headless Service, store, PDB and StatefulSet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
+
+PORT_NAME = "c10d"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
+def _meta(plan: LaunchPlan, name: str, component: str, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if plan.spec.k8s.namespace:
+        meta["namespace"] = plan.spec.k8s.namespace
+    meta["labels"] = plan.labels(component)
+    meta.update(extra)
+    return meta
+
+
+def _obj(kind: str, api: str, metadata: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def network_policy(plan: LaunchPlan) -> dict[str, Any]:
+    """The job's pods may talk to each other on any port (collectives pick random ports after
+    rendezvous) and resolve DNS; nothing else gets in or out."""
+    job = {"podSelector": {"matchLabels": plan.selector_job()}}
+    dns = {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    return _obj("NetworkPolicy", "networking.k8s.io/v1", _meta(plan, plan.name, "job"), {
+        "podSelector": {"matchLabels": plan.selector_job()},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [job]}],
+        "egress": [{"to": [job]}, dns],
+    })
+
+
+def checkpoint_claim(plan: LaunchPlan) -> dict[str, Any]:
+    c = plan.spec.checkpoint
+    spec: dict[str, Any] = {
+        "accessModes": [c.access_mode],
+        "resources": {"requests": {"storage": c.size}},
+    }
+    if c.storage_class:
+        spec["storageClassName"] = c.storage_class
+    return _obj("PersistentVolumeClaim", "v1",
+                _meta(plan, plan.checkpoint_claim, "checkpoint"), spec)
+
+
+def _service(plan: LaunchPlan, name: str, component: str, headless: bool) -> dict[str, Any]:
+    port = plan.spec.rendezvous.port
+    spec: dict[str, Any] = {}
+    if headless:  # per-pod DNS records, published before pods are ready
+        spec |= {"clusterIP": "None", "publishNotReadyAddresses": True}
+    spec |= {
+        "selector": plan.selector(component),
+        "ports": [{"name": PORT_NAME, "port": port, "targetPort": PORT_NAME, "protocol": "TCP"}],
+    }
+    return _obj("Service", "v1", _meta(plan, name, component), spec)
+
+
+def disruption_budget(plan: LaunchPlan) -> dict[str, Any]:
+    return _obj("PodDisruptionBudget", "policy/v1", _meta(plan, plan.name, NODE_COMPONENT), {
+        "minAvailable": plan.spec.nodes.min,
+        "selector": {"matchLabels": plan.selector(NODE_COMPONENT)},
+    })
+
+
+def render(plan: LaunchPlan) -> list[dict[str, Any]]:
+    """Objects in dependency order: policy and storage before the pods that need them."""
+    docs = [network_policy(plan), checkpoint_claim(plan),
+            _service(plan, plan.name, NODE_COMPONENT, headless=True)]
+    if plan.standalone_store:
+        docs += [_service(plan, plan.store_name, STORE_COMPONENT, headless=False),
+                 store_deployment(plan)]
+    docs += [disruption_budget(plan), statefulset(plan)]
+    return docs
+
+
+SHM, CKPT, TMP = "dshm", "checkpoints", "tmp"
+
+
+def _container_security(plan: LaunchPlan) -> dict[str, Any]:
+    """Pod Security Standards "restricted", plus a read-only root filesystem."""
+    uid = plan.spec.run_as_user
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security(plan: LaunchPlan) -> dict[str, Any]:
+    uid = plan.spec.run_as_user
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _resources(plan: LaunchPlan) -> dict[str, Any]:
+    res = plan.spec.resources
+    amounts: dict[str, Any] = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpu:
+        amounts["nvidia.com/gpu"] = res.gpu
+    return {"requests": dict(amounts), "limits": dict(amounts)}  # Guaranteed QoS
+
+
+def _env(plan: LaunchPlan) -> list[dict[str, Any]]:
+    pod_ip = {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    env: list[dict[str, Any]] = [{"name": "PET_LOCAL_ADDR", **pod_ip}]
+    env += [{"name": k, "value": v} for k, v in {**plan.env(), "HOME": "/tmp"}.items()]
+    return env
+
+
+def _node_container(plan: LaunchPlan) -> dict[str, Any]:
+    s = plan.spec
+    if plan.standalone_store:
+        script = plan.node_script(plan.store_name)
+    else:
+        script = plan.node_script(f"{plan.name}-0.{plan.name}",
+                                  host_test=f'[ "$HOSTNAME" = "{plan.name}-0" ]')
+    return {
+        "name": NODE_COMPONENT,
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", script],
+        "env": _env(plan),
+        "ports": [{"name": PORT_NAME, "containerPort": s.rendezvous.port, "protocol": "TCP"}],
+        "resources": _resources(plan),
+        "securityContext": _container_security(plan),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": SHM, "mountPath": "/dev/shm"},
+            {"name": CKPT, "mountPath": s.checkpoint.path},
+            {"name": TMP, "mountPath": "/tmp"},
+        ],
+    }
+
+
+def _pod_spec(plan: LaunchPlan, containers: list[dict[str, Any]]) -> dict[str, Any]:
+    k = plan.spec.k8s
+    spec: dict[str, Any] = {"automountServiceAccountToken": False}
+    if k.service_account:
+        spec["serviceAccountName"] = k.service_account
+    if k.priority_class:
+        spec["priorityClassName"] = k.priority_class
+    if k.node_selector:
+        spec["nodeSelector"] = dict(k.node_selector)
+    if k.tolerations:
+        spec["tolerations"] = [{f: v for f in ("key", "operator", "value", "effect")
+                                if (v := getattr(t, f))} for t in k.tolerations]
+    if k.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in k.image_pull_secrets]
+    spec |= {
+        "securityContext": _pod_security(plan),
+        "terminationGracePeriodSeconds": 60,  # > torchrun's 30 s worker shutdown
+        "containers": containers,
+    }
+    return spec
+
+
+def statefulset(plan: LaunchPlan) -> dict[str, Any]:
+    s = plan.spec
+    labels = plan.labels(NODE_COMPONENT)
+    if s.k8s.queue:
+        labels[QUEUE_LABEL] = s.k8s.queue
+    pod = _pod_spec(plan, [_node_container(plan)])
+    pod["volumes"] = [
+        {"name": SHM, "emptyDir": {"medium": "Memory", "sizeLimit": s.resources.shm}},
+        {"name": CKPT, "persistentVolumeClaim": {"claimName": plan.checkpoint_claim}},
+        {"name": TMP, "emptyDir": {}},
+    ]
+    meta = _meta(plan, plan.name, NODE_COMPONENT)
+    meta["labels"] = labels
+    return _obj("StatefulSet", "apps/v1", meta, {
+        "serviceName": plan.name,
+        "replicas": s.nodes.count,
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": plan.selector(NODE_COMPONENT)},
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    })
+
+
+def store_deployment(plan: LaunchPlan) -> dict[str, Any]:
+    """The standalone c10d store: one small pod every node joins as a client."""
+    s = plan.spec
+    amounts = {"cpu": "250m", "memory": "512Mi"}
+    container = {
+        "name": STORE_COMPONENT,
+        "image": s.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": plan.store_argv(),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "ports": [{"name": PORT_NAME, "containerPort": s.rendezvous.port, "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 2},
+        "livenessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 10},
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "securityContext": _container_security(plan),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": TMP, "mountPath": "/tmp"}],
+    }
+    pod = _pod_spec(plan, [container])
+    pod["volumes"] = [{"name": TMP, "emptyDir": {}}]
+    labels = plan.labels(STORE_COMPONENT)
+    return _obj("Deployment", "apps/v1", _meta(plan, plan.store_name, STORE_COMPONENT), {
+        "replicas": 1,
+        "strategy": {"type": "Recreate"},
+        "selector": {"matchLabels": plan.selector(STORE_COMPONENT)},
+        "template": {"metadata": {"labels": labels}, "spec": pod},
+    })

@@ -1,0 +1,36 @@
+"""kompose-style goldens: one folder per feature, one expected file per target (`make golden`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import FIXTURES, Golden
+
+from kdist.cli import cli
+from kdist.load import load_file
+from kdist.plan import LaunchPlan
+from kdist.render import FILENAMES, TARGETS, render
+
+FEATURES = sorted(p for p in (FIXTURES / "features").iterdir() if p.is_dir())
+ERRORS = sorted(p for p in (FIXTURES / "errors").iterdir() if p.is_dir())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("feature", FEATURES, ids=lambda p: p.name)
+def test_feature_renders_as_golden(feature: Path, target: str, golden: Golden) -> None:
+    plan = LaunchPlan(load_file(feature / "kdist.yaml"))
+    golden.check(feature / FILENAMES[target], render(plan, target))
+
+
+@pytest.mark.parametrize("case", ERRORS, ids=lambda p: p.name)
+def test_bad_spec_message_is_golden(case: Path, golden: Golden,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(case)
+    result = CliRunner().invoke(cli, ["render", "-t", "k8s", "-f", "kdist.yaml"])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    golden.check(case / "error.txt", result.stderr)
