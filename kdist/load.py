@@ -273,17 +273,17 @@ class Reader:
     @staticmethod
     def key_pos(m: Any, key: Any, default: Pos) -> Pos:
         lc = getattr(m, "lc", None)
-        return tuple(lc.key(key)) if lc is not None else default  # type: ignore[return-value]
+        return tuple(lc.key(key)) if lc is not None else default
 
     @staticmethod
     def val_pos(m: Any, key: Any, default: Pos) -> Pos:
         lc = getattr(m, "lc", None)
-        return tuple(lc.value(key)) if lc is not None else default  # type: ignore[return-value]
+        return tuple(lc.value(key)) if lc is not None else default
 
     @staticmethod
     def item_pos(seq: Any, i: int, default: Pos) -> Pos:
         lc = getattr(seq, "lc", None)
-        return tuple(lc.item(i)) if lc is not None else default  # type: ignore[return-value]
+        return tuple(lc.item(i)) if lc is not None else default
 
     def value(self, rule: Rule, v: Any, path: str, pos: Pos) -> Any:
         try:

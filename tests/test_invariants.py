@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -99,7 +100,7 @@ def compose_v2() -> bool:
     if shutil.which("docker") is None:
         return False
     probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    return probe.returncode == 0 and " v2" in probe.stdout.replace("version 2", "version v2")
+    return probe.returncode == 0 and re.search(r"version v?2\.", probe.stdout) is not None
 
 
 @pytest.mark.docker

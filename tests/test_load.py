@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -76,7 +77,5 @@ def test_random_bytes_and_truncations_never_raise_anything_else() -> None:
     samples += ["".join(rng.choice(":-{}[]#&*!|>'\"%@` \n\tab1") for _ in range(60))
                 for _ in range(300)]
     for text in samples:
-        try:
+        with contextlib.suppress(SpecError):
             load_text(text)
-        except SpecError:
-            pass
