@@ -67,7 +67,7 @@ def cli() -> None:
 
 @cli.command()
 @spec_option
-@target_option("compose", "k8s")
+@target_option("compose", "k8s", "helm-values")
 @click.option("-o", "--output", default="-", show_default=True, metavar="DIR|-",
               help="Folder to write into, or - for stdout.")
 def render(spec_file: Path, target: str, output: str) -> None:

@@ -6,8 +6,8 @@ from kdist.errors import UsageError
 from kdist.plan import LaunchPlan
 from kdist.yamlio import dump, dump_all
 
-TARGETS = ("compose", "k8s")
-FILENAMES = {"compose": "docker-compose.yaml", "k8s": "k8s.yaml"}
+TARGETS = ("compose", "k8s", "helm-values")
+FILENAMES = {"compose": "docker-compose.yaml", "k8s": "k8s.yaml", "helm-values": "helm-values.yaml"}
 
 
 def render(plan: LaunchPlan, target: str) -> str:
@@ -20,4 +20,8 @@ def render(plan: LaunchPlan, target: str) -> str:
         from kdist.render import k8s
 
         return dump_all(k8s.render(plan))
+    if target == "helm-values":
+        from kdist.render import helm
+
+        return dump(helm.render(plan))
     raise UsageError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
