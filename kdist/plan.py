@@ -48,6 +48,54 @@ while True:
 """
 
 
+# A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself:
+# a failing torchrun is retried by restarting the container up to `max_restarts` times (counted
+# in $TMPDIR or /tmp, an emptyDir that outlives container restarts); then, or on success, the node records
+# the outcome on its StatefulSet and scales it to zero (FINISH_CODE), and idles until stopped.
+FINISH_SCRIPT = """\
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
+set +e
+wait "$child"
+rc=$?
+set -e
+trap 'exit 0' TERM INT
+attempts="${{TMPDIR:-/tmp}}/kdist-attempts"
+attempt=$(( $(cat "$attempts" 2>/dev/null || echo 0) + 1 ))
+echo "$attempt" > "$attempts"
+if [ "$rc" -ne 0 ] && [ "$attempt" -le {retries} ]; then exit "$rc"; fi
+{finish} || echo "kdist: could not record the outcome; idling anyway" >&2
+while :; do sleep 3600 & wait $!; done
+"""
+
+# Records kdist.dev/outcome on the job's StatefulSet (unless a node already did) and scales it
+# to zero, with the pod's service account (a Role allows only this StatefulSet and its scale).
+FINISH_CODE = """\
+import json, os, ssl, sys, urllib.request
+rc, name = sys.argv[1], sys.argv[2]
+sa = os.environ.get("KDIST_SERVICEACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount") + "/"
+ns, token = (open(sa + f).read().strip() for f in ("namespace", "token"))
+host = os.environ["KUBERNETES_SERVICE_HOST"]
+host = f"[{host}]" if ":" in host else host
+port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+url = f"https://{host}:{port}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"
+tls = ssl.create_default_context(cafile=sa + "ca.crt")
+def call(path, body=None):
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"}
+    data = json.dumps(body).encode() if body else None
+    req = urllib.request.Request(url + path, data, headers, method="PATCH" if body else "GET")
+    with urllib.request.urlopen(req, context=tls, timeout=10) as response:
+        return json.load(response)
+outcome = "Succeeded" if rc == "0" else "Failed"
+if "kdist.dev/outcome" not in (call("")["metadata"].get("annotations") or {}):
+    notes = {"kdist.dev/outcome": outcome, "kdist.dev/exit-code": rc,
+             "kdist.dev/finished-by": os.environ.get("HOSTNAME", "")}
+    call("", {"metadata": {"annotations": notes}})
+call("/scale", {"spec": {"replicas": 0}})
+print(f"kdist: recorded {outcome} (exit code {rc}); scaled statefulset {name} to 0", flush=True)
+"""
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     spec: JobSpec
@@ -63,6 +111,10 @@ class LaunchPlan:
     @property
     def standalone_store(self) -> bool:
         return self.spec.rendezvous.store == "standalone"
+
+    @property
+    def finish_role(self) -> str:
+        return f"{self.spec.name}-finish"
 
     @property
     def checkpoint_claim(self) -> str:
@@ -124,18 +176,29 @@ class LaunchPlan:
         connect = "1" if self.standalone_store else "0"
         return ["python3", "-c", WAIT_CODE, host, str(r.port), str(r.wait_timeout), connect]
 
-    def node_script(self, host: str, is_host: bool = False, host_test: str = "") -> str:
-        """POSIX sh for a container: wait for the store, then exec torchrun.
+    def node_script(self, host: str, is_host: bool = False) -> str:
+        """POSIX sh for a Compose node: wait for the store, then exec torchrun (PID 1 under init)."""
+        torchrun = shlex.join(self.torchrun_argv(host, is_host=is_host))
+        return f"set -e\n{shlex.join(self.wait_argv(host))}\nexec {torchrun}\n"
 
-        With the store on node 0 and one pod template for every node (Kubernetes), `host_test`
-        is a shell test that is true on node 0 only: that node's torchrun hosts the store.
+    def k8s_node_script(self, host: str) -> str:
+        """POSIX sh for a Kubernetes node: wait, run torchrun, then finish (see FINISH_SCRIPT).
+
+        One pod template serves every node, so with the store on node 0 a shell test on the
+        pod's hostname picks the hosting command line (`is_host=true`) for `<name>-0` only.
         """
         lines = ["set -e", shlex.join(self.wait_argv(host))]
-        if host_test:
+        client = shlex.join(self.torchrun_argv(host))
+        if self.standalone_store:
+            lines.append(f"{client} &")
+        else:
             hosting = shlex.join(self.torchrun_argv(host, is_host=True))
-            lines.append(f"if {host_test}; then exec {hosting}; fi")
-        lines.append(f"exec {shlex.join(self.torchrun_argv(host, is_host=is_host))}")
-        return "\n".join(lines) + "\n"
+            lines += [f'if [ "$HOSTNAME" = "{self.name}-0" ]; then', f"  {hosting} &",
+                      "else", f"  {client} &", "fi"]
+        finish = shlex.join(["python3", "-c", FINISH_CODE, "$rc", self.name]).replace(
+            "'$rc'", '"$rc"')
+        epilogue = FINISH_SCRIPT.format(retries=self.spec.max_restarts, finish=finish)
+        return "\n".join(lines) + "\n" + epilogue
 
     def env(self) -> dict[str, str]:
         """Environment shared by every node on every target (before target-specific entries)."""

@@ -21,7 +21,7 @@ import yaml
 from conftest import FIXTURES, ROOT
 
 from kdist.load import load_file, load_text
-from kdist.plan import STORE_CODE, WAIT_CODE, LaunchPlan
+from kdist.plan import FINISH_CODE, STORE_CODE, WAIT_CODE, LaunchPlan
 from kdist.render import helm, k8s
 from kdist.spec import JobSpec, Nodes
 from kdist.yamlio import dump
@@ -174,7 +174,9 @@ def test_helm_values_hold_the_required_keys_and_what_differs_from_the_defaults()
 
 def test_chart_embeds_the_plan_snippets_verbatim() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
-    for name, code in (("kdist.waitCode", WAIT_CODE), ("kdist.storeCode", STORE_CODE)):
+    snippets = (("kdist.waitCode", WAIT_CODE), ("kdist.storeCode", STORE_CODE),
+                ("kdist.finishCode", FINISH_CODE))
+    for name, code in snippets:
         assert f'{{{{- define "{name}" -}}}}\n{code}{{{{ end -}}}}' in helpers, name
 
 

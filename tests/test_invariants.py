@@ -33,9 +33,9 @@ def torchrun_lines(script: str) -> list[list[str]]:
     """Every torchrun argv exec'd by a node script (one, or two when node 0 hosts the store)."""
     out = []
     for line in script.splitlines():
-        words = shlex.split(line.split("exec ", 1)[1]) if "exec torchrun" in line else []
-        if words:
-            out.append(words[: words.index(";")] if ";" in words else words)
+        if line.lstrip().startswith(("exec torchrun ", "torchrun ")):
+            words = shlex.split(line[line.index("torchrun") :])
+            out.append(words[:-1] if words[-1] == "&" else words)
     return out
 
 
@@ -56,6 +56,7 @@ def test_one_torchrun_command_line_for_every_target(spec: Path) -> None:
                     for a in torchrun_lines(svc["command"][2].replace("$$", "$"))],
         "k8s": torchrun_lines(sts["command"][2]),
     }
+    assert len(per_target["k8s"]) == (1 if plan.standalone_store else 2)
     for target, lines in per_target.items():
         assert lines, target
         clients = [without_host(a) for a in lines if "is_host=false" in " ".join(a)]

@@ -7,6 +7,7 @@ from typing import Any
 from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
 
 PORT_NAME = "c10d"
+FINISH_COMPONENT = "finish"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -36,7 +37,9 @@ def network_policy(plan: LaunchPlan) -> dict[str, Any]:
         "podSelector": {"matchLabels": plan.selector_job()},
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [{"from": [job]}],
-        "egress": [{"to": [job]}, dns],
+        # HTTPS to the API server (443, or 6443 on kubeadm/kind), so a finished job stops itself
+        "egress": [{"to": [job]}, dns, {"ports": [{"protocol": "TCP", "port": 443},
+                                                  {"protocol": "TCP", "port": 6443}]}],
     })
 
 
@@ -64,6 +67,29 @@ def _service(plan: LaunchPlan, name: str, component: str, headless: bool) -> dic
     return _obj("Service", "v1", _meta(plan, name, component), spec)
 
 
+def finish_access(plan: LaunchPlan) -> list[dict[str, Any]]:
+    """ServiceAccount (unless the spec names one), and a Role that allows only reading and
+    scaling this job's own StatefulSet: how a finished job records its outcome and stops."""
+    docs = []
+    account = plan.spec.k8s.service_account or plan.name
+    if not plan.spec.k8s.service_account:
+        docs.append({"apiVersion": "v1", "kind": "ServiceAccount",
+                     "metadata": _meta(plan, account, FINISH_COMPONENT)})
+    rules = [{"apiGroups": ["apps"], "resources": [resource], "resourceNames": [plan.name],
+              "verbs": ["get", "patch"]} for resource in ("statefulsets", "statefulsets/scale")]
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": _meta(plan, plan.finish_role, FINISH_COMPONENT), "rules": rules}
+    subject: dict[str, Any] = {"kind": "ServiceAccount", "name": account}
+    if plan.spec.k8s.namespace:
+        subject["namespace"] = plan.spec.k8s.namespace
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": _meta(plan, plan.finish_role, FINISH_COMPONENT),
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": plan.finish_role},
+               "subjects": [subject]}
+    return [*docs, role, binding]
+
+
 def disruption_budget(plan: LaunchPlan) -> dict[str, Any]:
     return _obj("PodDisruptionBudget", "policy/v1", _meta(plan, plan.name, NODE_COMPONENT), {
         "minAvailable": plan.spec.nodes.min,
@@ -73,7 +99,7 @@ def disruption_budget(plan: LaunchPlan) -> dict[str, Any]:
 
 def render(plan: LaunchPlan) -> list[dict[str, Any]]:
     """Objects in dependency order: policy and storage before the pods that need them."""
-    docs = [network_policy(plan), checkpoint_claim(plan),
+    docs = [network_policy(plan), *finish_access(plan), checkpoint_claim(plan),
             _service(plan, plan.name, NODE_COMPONENT, headless=True)]
     if plan.standalone_store:
         docs += [_service(plan, plan.store_name, STORE_COMPONENT, headless=False),
@@ -122,11 +148,8 @@ def _env(plan: LaunchPlan) -> list[dict[str, Any]]:
 
 def _node_container(plan: LaunchPlan) -> dict[str, Any]:
     s = plan.spec
-    if plan.standalone_store:
-        script = plan.node_script(plan.store_name)
-    else:
-        script = plan.node_script(f"{plan.name}-0.{plan.name}",
-                                  host_test=f'[ "$HOSTNAME" = "{plan.name}-0" ]')
+    host = plan.store_name if plan.standalone_store else f"{plan.name}-0.{plan.name}"
+    script = plan.k8s_node_script(host)
     return {
         "name": NODE_COMPONENT,
         "image": s.image,
@@ -145,11 +168,12 @@ def _node_container(plan: LaunchPlan) -> dict[str, Any]:
     }
 
 
-def _pod_spec(plan: LaunchPlan, containers: list[dict[str, Any]]) -> dict[str, Any]:
+def _pod_spec(plan: LaunchPlan, containers: list[dict[str, Any]], node: bool) -> dict[str, Any]:
+    """Node pods get the token of the finishing ServiceAccount; the store pod gets none."""
     k = plan.spec.k8s
-    spec: dict[str, Any] = {"automountServiceAccountToken": False}
-    if k.service_account:
-        spec["serviceAccountName"] = k.service_account
+    spec: dict[str, Any] = {"automountServiceAccountToken": node}
+    if node:
+        spec["serviceAccountName"] = k.service_account or plan.name
     if k.priority_class:
         spec["priorityClassName"] = k.priority_class
     if k.node_selector:
@@ -172,7 +196,7 @@ def statefulset(plan: LaunchPlan) -> dict[str, Any]:
     labels = plan.labels(NODE_COMPONENT)
     if s.k8s.queue:
         labels[QUEUE_LABEL] = s.k8s.queue
-    pod = _pod_spec(plan, [_node_container(plan)])
+    pod = _pod_spec(plan, [_node_container(plan)], node=True)
     pod["volumes"] = [
         {"name": SHM, "emptyDir": {"medium": "Memory", "sizeLimit": s.resources.shm}},
         {"name": CKPT, "persistentVolumeClaim": {"claimName": plan.checkpoint_claim}},
@@ -207,7 +231,7 @@ def store_deployment(plan: LaunchPlan) -> dict[str, Any]:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": TMP, "mountPath": "/tmp"}],
     }
-    pod = _pod_spec(plan, [container])
+    pod = _pod_spec(plan, [container], node=False)
     pod["volumes"] = [{"name": TMP, "emptyDir": {}}]
     labels = plan.labels(STORE_COMPONENT)
     return _obj("Deployment", "apps/v1", _meta(plan, plan.store_name, STORE_COMPONENT), {

@@ -158,18 +158,62 @@ Call with (dict "root" $ "connect" "1"|"0").
 {{- end }}
 
 {{/*
-The node container's POSIX sh script (plan.node_script): wait for the store, then exec torchrun.
-With the store on node 0, node 0's torchrun hosts it (is_host=true).
+The node container's POSIX sh script (plan.k8s_node_script): wait for the store, run torchrun,
+then finish (plan.FINISH_SCRIPT). With the store on node 0, node 0's torchrun hosts it.
 */}}
 {{- define "kdist.nodeScript" -}}
 {{- $standalone := eq .Values.rendezvous.store "standalone" -}}
 {{- $host := include "kdist.storeHost" . -}}
 set -e
 {{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone)) | fromJsonArray) }}
-{{- if not $standalone }}
-if [ "$HOSTNAME" = "{{ include "kdist.fullname" . }}-0" ]; then exec {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" true) }}; fi
+{{- if $standalone }}
+{{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }} &
+{{- else }}
+if [ "$HOSTNAME" = "{{ include "kdist.fullname" . }}-0" ]; then
+  {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" true) }} &
+else
+  {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }} &
+fi
 {{- end }}
-exec {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }}
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
+set +e
+wait "$child"
+rc=$?
+set -e
+trap 'exit 0' TERM INT
+attempts="${TMPDIR:-/tmp}/kdist-attempts"
+attempt=$(( $(cat "$attempts" 2>/dev/null || echo 0) + 1 ))
+echo "$attempt" > "$attempts"
+if [ "$rc" -ne 0 ] && [ "$attempt" -le {{ int .Values.maxRestarts }} ]; then exit "$rc"; fi
+{{ include "kdist.shjoin" (list "python3" "-c" (include "kdist.finishCode" .)) }} "$rc" {{ include "kdist.shquote" (include "kdist.fullname" .) }} || echo "kdist: could not record the outcome; idling anyway" >&2
+while :; do sleep 3600 & wait $!; done
+{{ end -}}
+
+{{/* plan.FINISH_CODE, verbatim: record the outcome on the StatefulSet and scale it to zero. */}}
+{{- define "kdist.finishCode" -}}
+import json, os, ssl, sys, urllib.request
+rc, name = sys.argv[1], sys.argv[2]
+sa = os.environ.get("KDIST_SERVICEACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount") + "/"
+ns, token = (open(sa + f).read().strip() for f in ("namespace", "token"))
+host = os.environ["KUBERNETES_SERVICE_HOST"]
+host = f"[{host}]" if ":" in host else host
+port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+url = f"https://{host}:{port}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"
+tls = ssl.create_default_context(cafile=sa + "ca.crt")
+def call(path, body=None):
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"}
+    data = json.dumps(body).encode() if body else None
+    req = urllib.request.Request(url + path, data, headers, method="PATCH" if body else "GET")
+    with urllib.request.urlopen(req, context=tls, timeout=10) as response:
+        return json.load(response)
+outcome = "Succeeded" if rc == "0" else "Failed"
+if "kdist.dev/outcome" not in (call("")["metadata"].get("annotations") or {}):
+    notes = {"kdist.dev/outcome": outcome, "kdist.dev/exit-code": rc,
+             "kdist.dev/finished-by": os.environ.get("HOSTNAME", "")}
+    call("", {"metadata": {"annotations": notes}})
+call("/scale", {"spec": {"replicas": 0}})
+print(f"kdist: recorded {outcome} (exit code {rc}); scaled statefulset {name} to 0", flush=True)
 {{ end -}}
 
 {{/* Environment of a node container (k8s._env): PET_LOCAL_ADDR, then plan.env() sorted, HOME. */}}
@@ -231,11 +275,16 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Scheduling fields shared by the node and store pods (k8s._pod_spec). */}}
+{{/*
+Scheduling fields shared by the node and store pods (k8s._pod_spec). Node pods get the token of
+the finishing ServiceAccount; the store pod gets none. Call with (dict "root" $ "node" BOOL).
+*/}}
 {{- define "kdist.podScheduling" -}}
-automountServiceAccountToken: false
-{{- with .Values.serviceAccount }}
-serviceAccountName: {{ . | quote }}
+{{- $node := .node -}}
+{{- with .root -}}
+automountServiceAccountToken: {{ $node }}
+{{- if $node }}
+serviceAccountName: {{ include "kdist.serviceAccount" . | quote }}
 {{- end }}
 {{- with .Values.priorityClass }}
 priorityClassName: {{ . | quote }}
@@ -260,6 +309,17 @@ tolerations:
 {{- end }}
 {{- end }}
 {{- include "kdist.imagePullSecrets" . }}
+{{- end }}
+{{- end }}
+
+{{/* The ServiceAccount node pods run as: the one named in values, or <name>. */}}
+{{- define "kdist.serviceAccount" -}}
+{{- .Values.serviceAccount | default (include "kdist.fullname" .) -}}
+{{- end }}
+
+{{/* Role and RoleBinding that let a finished job stop itself: <name>-finish. */}}
+{{- define "kdist.finishRole" -}}
+{{- printf "%s-finish" (include "kdist.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end }}
 
 {{- define "kdist.imagePullSecrets" -}}
