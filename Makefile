@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
-.PHONY: venv demo test lint golden examples bench clean
+.PHONY: venv demo test lint golden examples bench clean kind-up kind-load kind-e2e kind-down
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,18 @@ examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/
 
 bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/
 	$(BIN)/python benchmarks/bench_render.py
+
+# kind: needs Docker and the kind binary; not runnable on machines without a registry (see README)
+KDIST ?= $(BIN)/kdist
+KIND_CLUSTER ?= kdist
+kind-up:  ## kind cluster (1 control plane, 2 workers) + shared checkpoint volume
+	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh up
+kind-load:  ## load kdist-trainer:0.1.0 into the kind nodes (docker build it first)
+	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh load
+kind-e2e:  ## apply --wait, delete a pod mid-run, expect Succeeded, delete
+	KDIST=$(KDIST) KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh e2e
+kind-down:
+	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh down
 
 clean:
 	rm -rf $(VENV) .kdist .pytest_cache .mypy_cache .ruff_cache

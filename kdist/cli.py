@@ -99,6 +99,18 @@ def init(path: Path, name: str | None, force: bool) -> None:
     click.echo(f"wrote {path}; next: kdist render --target compose -f {path}", err=True)
 
 
+def _register() -> None:
+    """Commands that live in their own modules (kept out of `render`'s import path)."""
+    from kdist.cli_k8s import register as register_k8s
+    from kdist.cli_validate import validate
+
+    cli.add_command(validate)
+    register_k8s(cli)
+
+
+_register()
+
+
 def main() -> None:
     """Console entry point. An unexpected exception is reported in one line, not a traceback."""
     try:

@@ -213,6 +213,11 @@ RULES: dict[type, dict[str, Rule]] = {
         "run_as_user": integer(1, 2**31 - 1),
         "compose": section(s.ComposeOptions),
         "k8s": section(s.K8sOptions),
+        "validate": section(s.ValidateOptions),
+    },
+    s.ValidateOptions: {
+        "disable": string_list(text(re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$"),
+                                    "expected a rule id like pss-run-as-non-root")),
     },
     s.Resources: {
         "cpu": quantity("cpu"),

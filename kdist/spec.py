@@ -90,6 +90,13 @@ class K8sOptions:
 
 
 @dataclass(frozen=True)
+class ValidateOptions:
+    """Rule ids `kdist validate` skips for this job (checked by kdist validate)."""
+
+    disable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     image: str
@@ -106,3 +113,4 @@ class JobSpec:
     run_as_user: int = 1000
     compose: ComposeOptions = field(default_factory=ComposeOptions)
     k8s: K8sOptions = field(default_factory=K8sOptions)
+    validate: ValidateOptions = field(default_factory=ValidateOptions)

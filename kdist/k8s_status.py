@@ -1,0 +1,188 @@
+"""A Kubernetes job's phase and per-pod rows from API objects. Pure: dicts in, dataclasses out.
+
+The phase, in order of precedence:
+- NotFound: there is no StatefulSet named after the job.
+- Succeeded / Failed: the StatefulSet carries the `kdist.dev/outcome` annotation, which the node
+  whose torchrun exited writes before scaling the StatefulSet to 0 (so it holds when pods are gone).
+- Pending: fewer than nodes.min node containers are running (per-pod reasons say why:
+  Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...).
+- Running: otherwise. Restarting nodes (restartCount, last exit code) show in their rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+OUTCOME_ANNOTATION = "kdist.dev/outcome"
+EXIT_CODE_ANNOTATION = "kdist.dev/exit-code"
+FINISHED_BY_ANNOTATION = "kdist.dev/finished-by"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+OUTCOMES = ("Succeeded", "Failed")
+PHASES = ("NotFound", "Pending", "Running", "Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class PodRow:
+    """One pod: its phase, its main container's state, and why it is not running."""
+
+    name: str
+    component: str  # "node" or "rdzv"
+    index: int | None  # the node's ordinal (<job>-N); None for the store
+    phase: str  # the pod's status.phase
+    state: str  # Running | Waiting | Terminated | Terminating | Pending | Failed | ...
+    ready: bool
+    restarts: int
+    reason: str = ""  # CrashLoopBackOff, ImagePullBackOff, Unschedulable, OOMKilled, Evicted, ...
+    message: str = ""
+    exit_code: int | None = None  # of the current, terminated container
+    last_exit_code: int | None = None  # of the previous run (lastState.terminated)
+    last_reason: str = ""
+    node_name: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "Running"
+
+    @property
+    def restarting(self) -> bool:
+        return self.restarts > 0 or self.reason == "CrashLoopBackOff"
+
+    def note(self) -> str:
+        parts = []
+        if self.reason:
+            parts.append(f"{self.reason}: {self.message}" if self.message else self.reason)
+        if self.last_exit_code is not None:
+            why = f" ({self.last_reason})" if self.last_reason else ""
+            parts.append(f"last exit {self.last_exit_code}{why}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class K8sJobStatus:
+    name: str
+    namespace: str
+    phase: str
+    nodes_min: int
+    nodes_max: int
+    replicas: int  # the StatefulSet's spec.replicas (0 once a finished job stopped itself)
+    nodes: tuple[PodRow, ...] = ()
+    store: tuple[PodRow, ...] = ()
+    exit_code: int | None = None  # from kdist.dev/exit-code when finished
+    finished_by: str = ""  # the pod that reported the outcome
+
+    @property
+    def running(self) -> int:
+        return sum(1 for n in self.nodes if n.running)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in OUTCOMES
+
+    def summary(self) -> str:
+        """One line: the phase and what matters about it."""
+        if self.phase == "NotFound":
+            return f"NotFound: no StatefulSet {self.name} in namespace {self.namespace}"
+        if self.finished:
+            code = "unknown" if self.exit_code is None else str(self.exit_code)
+            by = f", reported by {self.finished_by}" if self.finished_by else ""
+            left = f"; {len(self.nodes)} pods stopping" if self.nodes else ""
+            return f"{self.phase}: exit code {code}{by}{left}"
+        counts = (f"{self.running} of {self.replicas} nodes running "
+                  f"({'needs' if self.phase == 'Pending' else 'min'} {self.nodes_min})")
+        notes = [f"{n.name} {n.reason or n.state}" for n in self.nodes
+                 if not n.running and (n.reason or n.state != "Running")]
+        notes += [f"{n.name} restarted {n.restarts}x"
+                  + (f" (last exit {n.last_exit_code})" if n.last_exit_code is not None else "")
+                  for n in self.nodes if n.running and n.restarts]
+        notes += [f"store {s.name} {s.reason or s.state}" for s in self.store if not s.running]
+        return f"{self.phase}: {counts}" + (f"; {', '.join(notes)}" if notes else "")
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _index(job: str, pod_name: str) -> int | None:
+    prefix, _, ordinal = pod_name.rpartition("-")
+    return int(ordinal) if prefix == job and ordinal.isdigit() else None
+
+
+def _main_container(pod: dict[str, Any], component: str) -> dict[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for cs in statuses:
+        if cs.get("name") == component:
+            return dict(cs)
+    return dict(statuses[0]) if statuses else {}
+
+
+def _unscheduled(status: dict[str, Any]) -> tuple[str, str]:
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or "")
+    return "", ""
+
+
+def _container_state(cs: dict[str, Any]) -> tuple[str, str, str, int | None]:
+    """(state, reason, message, exit code) of a containerStatus."""
+    state = cs.get("state") or {}
+    if "running" in state:
+        return "Running", "", "", None
+    if "terminated" in state:
+        t = state["terminated"] or {}
+        return "Terminated", str(t.get("reason") or ""), str(t.get("message") or ""), \
+            _int(t.get("exitCode"))
+    w = state.get("waiting") or {}
+    return "Waiting", str(w.get("reason") or ""), str(w.get("message") or ""), None
+
+
+def pod_row(job: str, pod: dict[str, Any]) -> PodRow:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    component = str((meta.get("labels") or {}).get(COMPONENT_LABEL, ""))
+    phase = str(status.get("phase") or "Pending")
+    cs = _main_container(pod, component)
+    if cs:
+        state, reason, message, exit_code = _container_state(cs)
+    else:  # not scheduled, or evicted: the pod's own conditions/reason say why
+        state, exit_code = phase, None
+        reason, message = _unscheduled(status)
+        reason = reason or str(status.get("reason") or "")
+        message = message or str(status.get("message") or "")
+    if meta.get("deletionTimestamp"):
+        state = "Terminating"
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    return PodRow(
+        name=str(meta.get("name", "")), component=component,
+        index=_index(job, str(meta.get("name", ""))) if component == "node" else None,
+        phase=phase, state=state, ready=bool(cs.get("ready")), restarts=_int(cs.get("restartCount")) or 0,
+        reason=reason, message=" ".join(message.split()), exit_code=exit_code,
+        last_exit_code=_int(last.get("exitCode")) if last else None,
+        last_reason=str(last.get("reason") or ""),
+        node_name=str((pod.get("spec") or {}).get("nodeName") or ""),
+    )
+
+
+def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
+               statefulset: dict[str, Any] | None, pods: list[dict[str, Any]]) -> K8sJobStatus:
+    """The job's status from its StatefulSet (None when absent) and its pods (nodes and store)."""
+    rows = [pod_row(name, p) for p in pods]
+    nodes = tuple(sorted((r for r in rows if r.component == "node"),
+                         key=lambda r: (r.index is None, r.index or 0, r.name)))
+    store = tuple(sorted((r for r in rows if r.component == "rdzv"), key=lambda r: r.name))
+    status = K8sJobStatus(name=name, namespace=namespace, phase="NotFound", nodes_min=nodes_min,
+                          nodes_max=nodes_max, replicas=0, nodes=nodes, store=store)
+    if statefulset is None:
+        return status
+    annotations = (statefulset.get("metadata") or {}).get("annotations") or {}
+    replicas = _int((statefulset.get("spec") or {}).get("replicas"))
+    replicas = 1 if replicas is None else replicas  # the API's default
+    outcome = annotations.get(OUTCOME_ANNOTATION)
+    if outcome in OUTCOMES:
+        return replace(status, phase=str(outcome), replicas=replicas,
+                       exit_code=_int(annotations.get(EXIT_CODE_ANNOTATION)),
+                       finished_by=str(annotations.get(FINISHED_BY_ANNOTATION) or ""))
+    running = sum(1 for n in nodes if n.running)
+    return replace(status, phase="Pending" if running < nodes_min else "Running", replicas=replicas)

@@ -1,0 +1,452 @@
+"""kdist.backends.k8s and kdist.cli_k8s against a real local HTTP server acting as the API server.
+
+Only the API server is stood in for (FakeApi, from test_kube_client): kubeconfig loading, the
+client, the backend and the CLI run for real. Recorded objects come from tests/fixtures/k8s_api.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from conftest import FIXTURES, ROOT
+from test_kube_client import FakeApi, Reply, free_port, status_body, write_kubeconfig
+
+from kdist.backends import k8s as backend
+from kdist.backends.k8s import (
+    JobFinished,
+    K8sJob,
+    WaitTimeout,
+    manifests,
+    object_path,
+)
+from kdist.cli import KdistGroup, cli, load_plan, spec_option
+from kdist.cli_k8s import k8s_logs, k8s_options, k8s_scale, k8s_status, register
+from kdist.errors import UsageError
+from kdist.load import load_file
+from kdist.plan import LaunchPlan
+from kdist.render import k8s
+
+EXAMPLES = sorted((ROOT / "trainers" / "examples").glob("*.yaml"))
+CPU = ROOT / "trainers" / "examples" / "cpu-gloo.yaml"  # job cifar-cpu, nodes 2:3, no namespace
+GPU = ROOT / "trainers" / "examples" / "gpu-nccl.yaml"  # job cifar-gpu, namespace ml
+STS = "/apis/apps/v1/namespaces/default/statefulsets/cifar-cpu"
+PODS = "/api/v1/namespaces/default/pods"
+SELECTOR = "app.kubernetes.io/instance=cifar-cpu,app.kubernetes.io/managed-by=kdist"
+APPLY_QUERY = {"fieldManager": ["kdist"], "force": ["true"]}
+
+
+def fixture(name: str) -> Any:
+    return json.loads((FIXTURES / "k8s_api" / f"{name}.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApi]:
+    with FakeApi() as server:
+        yield server
+
+
+@pytest.fixture
+def env(tmp_path: Path, api: FakeApi) -> dict[str, str]:
+    cfg = write_kubeconfig(tmp_path / "kubeconfig", api.url, contexts=("kind-kdist", "prod"))
+    return {"KUBECONFIG": str(cfg), "HOME": str(tmp_path)}
+
+
+def plan(path: Path = CPU) -> LaunchPlan:
+    return LaunchPlan(load_file(path))
+
+
+def job(env: dict[str, str], path: Path = CPU, namespace: str | None = None) -> K8sJob:
+    return K8sJob.connect(plan(path), None, namespace, env)
+
+
+def sequence(*replies: Reply) -> Any:
+    """A handler answering with each reply in turn, then the last one again."""
+    it = itertools.chain(replies, itertools.repeat(replies[-1]))
+    return lambda _req: next(it)
+
+
+# ---- apply -------------------------------------------------------------------------------------
+
+
+def test_apply_sends_every_rendered_object_in_order(env: dict[str, str], api: FakeApi) -> None:
+    p = plan()
+    applied = list(job(env).apply())
+    docs = k8s.render(p)
+    get, *patches = api.requests
+    assert (get.method, get.path) == ("GET", STS)  # is the job already finished?
+    assert [(r.method, r.path) for r in patches] == [
+        ("PATCH", object_path(d, "default")) for d in docs]
+    for req, doc in zip(patches, docs, strict=True):
+        assert req.query == APPLY_QUERY
+        assert req.headers["content-type"] == "application/apply-patch+yaml"
+        assert req.headers["authorization"] == "Bearer t0ken-abc"
+        body = yaml.safe_load(req.body)
+        assert body["metadata"]["namespace"] == "default"
+        assert body == {**doc, "metadata": {**doc["metadata"], "namespace": "default"}}
+    assert [str(a) for a in applied][-1] == "statefulset.apps/cifar-cpu serverside-applied"
+    kinds = [d["kind"] for d in docs]
+    assert kinds[-1] == "StatefulSet"
+    assert {"NetworkPolicy", "PersistentVolumeClaim", "Service"} < set(kinds[:kinds.index("StatefulSet")])
+
+
+def test_rest_paths_for_every_kind() -> None:
+    paths = {kind: object_path({"kind": kind, "apiVersion": k.api_version, "metadata": {"name": "x"}},
+                               "ml") for kind, k in backend.KINDS.items()}
+    assert paths == {
+        "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/ml/networkpolicies/x",
+        "ServiceAccount": "/api/v1/namespaces/ml/serviceaccounts/x",
+        "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/ml/roles/x",
+        "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/ml/rolebindings/x",
+        "PersistentVolumeClaim": "/api/v1/namespaces/ml/persistentvolumeclaims/x",
+        "Service": "/api/v1/namespaces/ml/services/x",
+        "Deployment": "/apis/apps/v1/namespaces/ml/deployments/x",
+        "PodDisruptionBudget": "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/x",
+        "StatefulSet": "/apis/apps/v1/namespaces/ml/statefulsets/x",
+    }
+    for example in EXAMPLES:  # every kind the renderer emits has a path
+        for doc in k8s.render(plan(example)):
+            assert doc["kind"] in backend.KINDS
+
+
+def test_spec_namespace_body_is_exactly_the_rendered_object(env: dict[str, str], api: FakeApi) -> None:
+    list(job(env, GPU).apply())
+    docs = k8s.render(plan(GPU))
+    patches = [r for r in api.requests if r.method == "PATCH"]
+    assert [r.json() for r in patches] == docs
+    assert all("/namespaces/ml/" in r.path for r in patches)
+
+
+def test_applying_twice_sends_identical_requests(env: dict[str, str], api: FakeApi) -> None:
+    list(job(env).apply())
+    first = [r.key() for r in api.requests]
+    api.requests.clear()
+    list(job(env).apply())
+    assert [r.key() for r in api.requests] == first
+
+
+def test_server_dry_run_adds_dry_run_all(env: dict[str, str], api: FakeApi) -> None:
+    applied = list(job(env).apply(dry_run=True))
+    patches = [r for r in api.requests if r.method == "PATCH"]
+    assert patches and all(r.query == {**APPLY_QUERY, "dryRun": ["All"]} for r in patches)
+    assert str(applied[0]).endswith("serverside-applied (server dry run)")
+
+
+def test_namespace_precedence(tmp_path: Path, env: dict[str, str], api: FakeApi) -> None:
+    assert job(env).namespace == "default"
+    assert job(env, GPU).namespace == "ml"  # the spec's
+    assert job(env, GPU, "team-b").namespace == "team-b"  # --namespace wins
+    cfg = write_kubeconfig(tmp_path / "ns-config", api.url, namespace="research")
+    assert job({"KUBECONFIG": str(cfg)}).namespace == "research"  # the context's
+    moved = manifests(plan(GPU), "team-b")
+    assert all(d["metadata"]["namespace"] == "team-b" for d in moved)
+    assert list(moved[0]["metadata"])[:2] == ["name", "namespace"]
+
+
+def test_a_finished_job_is_not_reapplied(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, Reply(200, fixture("statefulset-succeeded")))
+    with pytest.raises(JobFinished, match=r"job cifar-cpu already finished .*Succeeded: exit code 0"):
+        list(job(env).apply())
+    assert [r.method for r in api.requests] == ["GET"]
+
+
+# ---- status and wait ---------------------------------------------------------------------------
+
+
+def test_status_reads_the_statefulset_and_the_jobs_pods(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("GET", PODS, Reply(200, fixture("pods-restarting")))
+    s = job(env).status()
+    assert (s.phase, s.running) == ("Running", 2)
+    assert api.requests[1].query == {"labelSelector": [SELECTOR]}
+    assert [n.restarts for n in s.nodes] == [0, 3, 1]
+
+
+def test_status_not_found(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", PODS, Reply(200, fixture("pods-empty")))
+    assert job(env).status().phase == "NotFound"
+
+
+def test_watch_yields_snapshots_until_finished(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, sequence(Reply(200, fixture("statefulset-pending")),
+                                Reply(200, fixture("statefulset-running")),
+                                Reply(200, fixture("statefulset-succeeded"))))
+    api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
+                                 Reply(200, fixture("pods-running")),
+                                 Reply(200, fixture("pods-finished"))))
+    slept: list[float] = []
+    phases = [s.phase for s in job(env).watch(sleep=slept.append)]
+    assert phases == ["Pending", "Running", "Succeeded"]
+    assert slept == [2.0, 2.0]
+
+
+def test_watch_times_out(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("GET", PODS, Reply(200, fixture("pods-running")))
+    clock = itertools.count(0, 5).__next__
+    with pytest.raises(WaitTimeout, match=r"timed out after 3s .* Running: 3 of 3 nodes running"):
+        list(job(env).watch(timeout=3, sleep=lambda _s: None, clock=clock))
+
+
+# ---- scale, delete, logs -----------------------------------------------------------------------
+
+
+def test_scale_patches_the_scale_subresource(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("PATCH", STS + "/scale", Reply(200, {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                                                "spec": {"replicas": 2}}))
+    change = job(env).scale(2)
+    assert (change.before, change.after) == (3, 2)
+    patch = api.requests[-1]
+    assert (patch.method, patch.path, patch.query, patch.json()) == (
+        "PATCH", STS + "/scale", {"fieldManager": ["kdist"]}, {"spec": {"replicas": 2}})
+    assert patch.headers["content-type"] == "application/merge-patch+json"
+
+
+def test_scale_outside_min_max_sends_nothing(env: dict[str, str], api: FakeApi) -> None:
+    with pytest.raises(UsageError, match="cannot scale job cifar-cpu to 4 nodes: the spec allows 2 to 3"):
+        job(env).scale(4)
+    assert api.requests == []
+
+
+def _listing(kind: str, *names: str) -> Reply:
+    return Reply(200, {"kind": f"{kind}List", "items": [{"metadata": {"name": n}} for n in names]})
+
+
+def test_delete_lists_by_label_and_keeps_the_claim(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", "/apis/apps/v1/namespaces/default/statefulsets", _listing("StatefulSet", "cifar-cpu"))
+    api.on("GET", "/api/v1/namespaces/default/services",
+           _listing("Service", "cifar-cpu-rdzv", "cifar-cpu"))
+    api.on("GET", "/api/v1/namespaces/default/persistentvolumeclaims",
+           _listing("PersistentVolumeClaim", "cifar-cpu-checkpoints"))
+    for path in ("/apis/apps/v1/namespaces/default/statefulsets/cifar-cpu",
+                 "/api/v1/namespaces/default/services/cifar-cpu",
+                 "/api/v1/namespaces/default/services/cifar-cpu-rdzv",
+                 "/api/v1/namespaces/default/persistentvolumeclaims/cifar-cpu-checkpoints"):
+        api.on("DELETE", path, Reply(200, {"kind": "Status", "status": "Success"}))
+    for kind in ("Deployment", "PodDisruptionBudget", "NetworkPolicy", "RoleBinding", "Role",
+                 "ServiceAccount"):
+        api.on("GET", backend.collection_path(kind, "default"), _listing(kind))
+    kept = job(env).delete()
+    assert kept.removed == ["statefulset.apps/cifar-cpu", "service/cifar-cpu", "service/cifar-cpu-rdzv"]
+    assert kept.kept == ["persistentvolumeclaim/cifar-cpu-checkpoints"]
+    lists = [r for r in api.requests if r.method == "GET"]
+    assert [r.path.rsplit("/", 1)[1] for r in lists] == [
+        backend.KINDS[k].plural for k in backend.DELETE_ORDER]
+    assert all(r.query == {"labelSelector": [SELECTOR]} for r in lists)
+    deletes = [r for r in api.requests if r.method == "DELETE"]
+    assert all(r.query == {"propagationPolicy": ["Background"]} for r in deletes)
+    api.requests.clear()
+    gone = job(env).delete(volumes=True)
+    assert gone.removed[-1] == "persistentvolumeclaim/cifar-cpu-checkpoints" and gone.kept == []
+
+
+def test_logs_of_every_pod_with_node_prefixes(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("GET", PODS, Reply(200, fixture("pods-running")))
+    for i in range(3):
+        api.on("GET", f"{PODS}/cifar-cpu-{i}/log", Reply(200, f"hello from {i}\nbye {i}\n"))
+    api.on("GET", f"{PODS}/cifar-cpu-rdzv-6b8f9d7c5-x4k2p/log", Reply(200, "store up\n"))
+    lines = list(job(env).logs(tail=10))
+    assert lines == ["node-0 | hello from 0", "node-0 | bye 0", "node-1 | hello from 1",
+                     "node-1 | bye 1", "node-2 | hello from 2", "node-2 | bye 2", "rdzv | store up"]
+    log_req = next(r for r in api.requests if r.path.endswith("cifar-cpu-1/log"))
+    assert log_req.query == {"container": ["node"], "tailLines": ["10"]}
+
+
+def test_follow_logs_of_one_node(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", f"{PODS}/cifar-cpu-2/log", Reply(200, chunks=[b"step 1\n", b"step 2\n"]))
+    assert list(job(env).logs(["node-2"], follow=True)) == ["node-2 | step 1", "node-2 | step 2"]
+    assert api.requests[0].query == {"container": ["node"], "follow": ["true"]}
+    with pytest.raises(UsageError, match="unknown node '7': expected 0 to 2"):
+        list(job(env).logs(["7"]))
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+def make_cli() -> click.Group:
+    """apply/delete as registered, plus stand-ins for the shared status/logs/scale commands'
+    `--target k8s` route (the lead's dispatch calls the same functions)."""
+    group = KdistGroup(name="kdist")
+    register(group)
+
+    @group.command("status")
+    @spec_option
+    @k8s_options
+    @click.option("--json", "as_json", is_flag=True)
+    def status(spec_file: Path, context: str | None, namespace: str | None, as_json: bool) -> None:
+        k8s_status(load_plan(spec_file), context, namespace, as_json)
+
+    @group.command("logs")
+    @spec_option
+    @k8s_options
+    @click.option("--node", "nodes", multiple=True)
+    def logs(spec_file: Path, context: str | None, namespace: str | None,
+             nodes: tuple[str, ...]) -> None:
+        k8s_logs(load_plan(spec_file), context, namespace, nodes=nodes)
+
+    @group.command("scale")
+    @spec_option
+    @k8s_options
+    @click.argument("nodes", type=int)
+    def scale(spec_file: Path, context: str | None, namespace: str | None, nodes: int) -> None:
+        k8s_scale(load_plan(spec_file), context, namespace, nodes)
+
+    return group
+
+
+def run(env: dict[str, str], *args: str) -> Result:
+    result = CliRunner().invoke(make_cli(), list(args), env=env)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
+def test_client_dry_run_yaml_equals_render(example: Path, tmp_path: Path) -> None:
+    rendered = CliRunner().invoke(cli, ["render", "--target", "k8s", "-f", str(example)])
+    assert rendered.exit_code == 0
+    no_cluster = {"KUBECONFIG": str(tmp_path / "missing"), "HOME": str(tmp_path)}
+    applied = run(no_cluster, "apply", "--target", "k8s", "-f", str(example), "--dry-run=client",
+                  "-o", "yaml")
+    assert applied.exit_code == 0
+    assert applied.stdout == rendered.stdout
+
+
+def test_cli_apply_then_wait_until_succeeded(env: dict[str, str], api: FakeApi,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")),
+                                Reply(200, fixture("statefulset-pending")),
+                                Reply(200, fixture("statefulset-running")),
+                                Reply(200, fixture("statefulset-succeeded"))))
+    api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
+                                 Reply(200, fixture("pods-running")),
+                                 Reply(200, fixture("pods-finished"))))
+    result = run(env, "apply", "-f", str(CPU), "--wait", "--timeout", "60")
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    assert out[0] == "networkpolicy.networking.k8s.io/cifar-cpu serverside-applied"
+    assert out[-1] == "statefulset.apps/cifar-cpu serverside-applied"
+    progress = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "] " in line]
+    assert progress == [
+        "Pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 ImagePullBackOff",
+        "Running: 3 of 3 nodes running (min 2)",
+        "Succeeded: exit code 0, reported by cifar-cpu-1; 1 pods stopping"]
+    assert result.stderr.splitlines()[-1] == "kdist: job cifar-cpu succeeded"
+
+
+def test_cli_wait_for_a_failed_job_exits_with_its_code(env: dict[str, str], api: FakeApi) -> None:
+    failed = fixture("statefulset-failed")
+    failed["metadata"]["annotations"]["kdist.dev/exit-code"] = "3"
+    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")), Reply(200, failed)))
+    api.on("GET", PODS, Reply(200, fixture("pods-empty")))
+    result = run(env, "apply", "-f", str(CPU), "--wait")
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[-1] == (
+        "kdist: job cifar-cpu failed: torchrun exited with code 3 on cifar-cpu-0; "
+        "see `kdist logs --target k8s`")
+
+
+def test_cli_status_table_and_json(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("GET", PODS, Reply(200, fixture("pods-restarting")))
+    table = run(env, "status", "-f", str(CPU))
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0] == ("job cifar-cpu (namespace default, context kind-kdist): Running: 2 of 3 nodes "
+                        "running (min 2); cifar-cpu-1 CrashLoopBackOff, cifar-cpu-2 restarted 1x "
+                        "(last exit 137)")
+    assert lines[1].split() == ["POD", "STATE", "READY", "RESTARTS", "LAST", "EXIT", "NODE", "NOTE"]
+    assert lines[3].split()[:6] == ["cifar-cpu-1", "Waiting", "0/1", "3", "1", "kdist-worker2"]
+    data = json.loads(run(env, "status", "-f", str(CPU), "--json").stdout)
+    assert (data["phase"], data["running"], data["nodes"][2]["last_exit_code"]) == ("Running", 2, 137)
+
+
+@pytest.mark.parametrize(("code", "reason", "message", "expected"), [
+    (403, "Forbidden", 'services "cifar-cpu" is forbidden: User "jane" cannot patch resource '
+                       '"services" in API group "" in the namespace "default"',
+     "kdist: permission denied: user 'jane' cannot patch services in namespace 'default'"),
+    (422, "Invalid", 'Service "cifar-cpu" is invalid: spec.ports[0].port: Invalid value: 0',
+     "kdist: the API server refused to patch services cifar-cpu in namespace 'default' (context "
+     "'kind-kdist'): Service \"cifar-cpu\" is invalid"),
+    (400, "BadRequest", 'admission webhook "policy.kyverno.svc" denied the request: no GPUs',
+     "kdist: the API server refused to patch services cifar-cpu in namespace 'default' (context "
+     "'kind-kdist'): admission webhook"),
+])
+def test_cli_api_errors_are_messages(env: dict[str, str], api: FakeApi, code: int, reason: str,
+                                     message: str, expected: str) -> None:
+    api.on("PATCH", "/api/v1/namespaces/default/services/cifar-cpu",
+           Reply(code, status_body(code, reason, message)))
+    result = run(env, "apply", "-f", str(CPU))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(expected)
+
+
+def test_cli_unreachable_unknown_context_and_range(env: dict[str, str], tmp_path: Path) -> None:
+    server = f"http://127.0.0.1:{free_port()}"
+    refused = write_kubeconfig(tmp_path / "refused", server)
+    result = run({"KUBECONFIG": str(refused)}, "status", "-f", str(CPU))
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"kdist: cannot reach the Kubernetes API server {server} "
+                                    "(context 'kind-kdist'): connection refused")
+    result = run(env, "apply", "-f", str(CPU), "--context", "prdo")
+    assert result.exit_code == 2
+    assert "(contexts: kind-kdist, prod); did you mean 'prod'?" in result.stderr
+    result = run(env, "apply", "-f", str(CPU), "--dry-run=client", "--wait")
+    assert (result.exit_code, result.stderr.strip()) == (
+        2, "kdist: --wait needs a real apply (--dry-run=none)")
+    result = run(env, "scale", "-f", str(CPU), "9")
+    assert (result.exit_code, result.stderr.strip()) == (
+        2, "kdist: cannot scale job cifar-cpu to 9 nodes: the spec allows 2 to 3 (nodes: 2:3)")
+    result = run({"KUBECONFIG": str(tmp_path / "none"), "HOME": str(tmp_path)}, "delete", "-f", str(CPU))
+    assert result.exit_code == 2 and "no kubeconfig" in result.stderr
+
+
+def test_cli_delete_output(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", "/apis/apps/v1/namespaces/default/statefulsets", _listing("StatefulSet", "cifar-cpu"))
+    api.on("DELETE", STS, Reply(200, {"kind": "Status", "status": "Success"}))
+    api.on("GET", "/api/v1/namespaces/default/persistentvolumeclaims",
+           _listing("PersistentVolumeClaim", "cifar-cpu-checkpoints"))
+    result = run(env, "delete", "-f", str(CPU))
+    assert result.exit_code == 0
+    assert result.stdout == "statefulset.apps/cifar-cpu deleted\n"
+    assert "kept persistentvolumeclaim/cifar-cpu-checkpoints" in result.stderr
+
+
+def test_entry_point_prints_no_traceback(env: dict[str, str]) -> None:
+    code = ("import sys; from kdist.cli import cli, main; from kdist.cli_k8s import register; "
+            "register(cli); sys.argv[0] = 'kdist'; main()")
+    done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU), "--context", "nope"],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("kdist: context 'nope' (from --context) is not in")
+
+
+def test_help_and_render_do_not_import_the_k8s_modules() -> None:
+    code = f"""
+import sys
+from click.testing import CliRunner
+from kdist.cli import cli
+from kdist.cli_k8s import register
+register(cli)
+for args in (["--help"], ["apply", "--help"], ["render", "-t", "k8s", "-f", {str(CPU)!r}]):
+    assert CliRunner().invoke(cli, args).exit_code == 0, args
+print([m for m in sys.modules if m.startswith(("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status"))])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+

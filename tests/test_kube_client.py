@@ -1,0 +1,477 @@
+"""kdist.kube: kubeconfig loading and the REST client, against a real local HTTP server.
+
+There is no API server here and none is faked beyond the HTTP boundary: FakeApi is an
+http.server on 127.0.0.1 that records every request exactly (method, path, query, headers, body)
+and answers what a test tells it to. test_k8s_backend.py imports it from here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from kdist.kube import (
+    ClusterUnreachable,
+    ContextNotFound,
+    Forbidden,
+    KubeConfigError,
+    NotFound,
+    Rejected,
+    Unauthorized,
+)
+from kdist.kube.client import APPLY_PATCH, KubeClient, Target
+from kdist.kube.config import IN_CLUSTER, connect, load_kubeconfig
+
+# ---- the HTTP boundary ---------------------------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def key(self) -> tuple[str, str, str, str | None, str | None, bytes]:
+        """Everything a client decides about a request (not Host/ports or lengths)."""
+        query = json.dumps(self.query, sort_keys=True)
+        return (self.method, self.path, query, self.headers.get("content-type"),
+                self.headers.get("authorization"), self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None  # dict/list -> JSON, str/bytes as they are
+    headers: dict[str, str] = field(default_factory=dict)
+    chunks: list[bytes] | None = None  # a chunked (streaming) body instead
+
+    def payload(self) -> tuple[bytes, str]:
+        if isinstance(self.body, bytes):
+            return self.body, "text/plain"
+        if isinstance(self.body, str):
+            return self.body.encode(), "text/plain"
+        return json.dumps(self.body if self.body is not None else {}).encode(), "application/json"
+
+
+Handler = Callable[[Recorded], Reply]
+
+
+def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+    """A metav1.Status as the API server sends it."""
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "message": message, "reason": reason, "code": code}
+    if details is not None:
+        body["details"] = details
+    return body
+
+
+def default_reply(req: Recorded) -> Reply:
+    """Server-side apply echoes the object; anything else is not found."""
+    if req.method == "PATCH" and req.headers.get("content-type") == APPLY_PATCH:
+        return Reply(200, req.json())
+    return Reply(404, status_body(404, "NotFound", f'"{req.path.rsplit("/", 1)[-1]}" not found',
+                                  {"name": req.path.rsplit("/", 1)[-1]}))
+
+
+class FakeApi:
+    """A real HTTP server on 127.0.0.1 that records requests and answers from `routes`."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.routes: dict[tuple[str, str], Handler] = {}
+        api = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                url = urlsplit(self.path)
+                req = Recorded(self.command, url.path, parse_qs(url.query),
+                               {k.lower(): v for k, v in self.headers.items()},
+                               self.rfile.read(length) if length else b"")
+                api.requests.append(req)
+                handler = api.routes.get((req.method, req.path), default_reply)
+                api.send(self, handler(req))
+
+            do_GET = do_PATCH = do_DELETE = do_POST = do_PUT = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
+
+    @staticmethod
+    def send(h: BaseHTTPRequestHandler, reply: Reply) -> None:
+        h.send_response(reply.status)
+        for name, value in reply.headers.items():
+            h.send_header(name, value)
+        if reply.chunks is not None:
+            h.send_header("Content-Type", "text/plain")
+            h.send_header("Transfer-Encoding", "chunked")
+            h.end_headers()
+            for chunk in reply.chunks:
+                h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                h.wfile.flush()
+            h.wfile.write(b"0\r\n\r\n")
+            return
+        data, ctype = reply.payload()
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def on(self, method: str, path: str, reply: Reply | Handler) -> None:
+        self.routes[(method, path)] = reply if callable(reply) else (lambda _req: reply)
+
+    def __enter__(self) -> FakeApi:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApi]:
+    with FakeApi() as server:
+        yield server
+
+
+def write_kubeconfig(path: Path, server: str, token: str = "t0ken-abc", namespace: str = "",
+                     contexts: tuple[str, ...] = ("kind-kdist",), **user: Any) -> Path:
+    """A kubeconfig whose contexts all point at `server` as user `kdist-user`."""
+    ctx: dict[str, Any] = {"cluster": "kdist", "user": "kdist-user"}
+    if namespace:
+        ctx["namespace"] = namespace
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": contexts[0],
+        "clusters": [{"name": "kdist", "cluster": {"server": server}}],
+        "contexts": [{"name": c, "context": ctx} for c in contexts],
+        "users": [{"name": "kdist-user", "user": user or {"token": token}}],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def client_for(tmp_path: Path, server: str, context: str | None = None, **kw: Any) -> KubeClient:
+    cfg = write_kubeconfig(tmp_path / "kubeconfig", server, **kw)
+    return KubeClient(connect(context, {"KUBECONFIG": str(cfg), "HOME": str(tmp_path)}),
+                      timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- kubeconfig --------------------------------------------------------------------------------
+
+
+def test_kubeconfig_list_merges_first_wins_and_resolves_relative_paths(tmp_path: Path) -> None:
+    a, b = tmp_path / "a" / "config", tmp_path / "b" / "config"
+    a.parent.mkdir()
+    (a.parent / "ca.crt").write_text("CA")
+    (a.parent / "token").write_text("from-file\n")
+    a.write_text(yaml.safe_dump({
+        "clusters": [{"name": "c1", "cluster": {"server": "https://one:6443/",
+                                                "certificate-authority": "ca.crt"}}],
+        "contexts": [{"name": "one", "context": {"cluster": "c1", "user": "u1", "namespace": "ml"}}],
+        "users": [{"name": "u1", "user": {"tokenFile": "token"}}],
+    }))
+    write_kubeconfig(b, "https://two:6443", contexts=("two", "one"))
+    env = {"KUBECONFIG": os.pathsep.join([str(tmp_path / "missing"), str(a), str(b)])}
+    config = load_kubeconfig(env)
+    assert config is not None and config.files == [a, b]
+    assert config.current_context == "two"  # a sets none; b's wins
+    one = connect("one", env)  # a defines "one" first
+    assert (one.server, one.namespace, one.ca_file, one.token_file) == (
+        "https://one:6443", "ml", str(a.parent / "ca.crt"), str(a.parent / "token"))
+    two = connect(None, env)
+    assert (two.context, two.server, two.token, two.user) == ("two", "https://two:6443",
+                                                              "t0ken-abc", "kdist-user")
+
+
+def test_client_certificate_data_and_insecure_flag(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text(yaml.safe_dump({
+        "current-context": "x",
+        "clusters": [{"name": "c", "cluster": {"server": "https://x:6443",
+                                               "insecure-skip-tls-verify": True}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "users": [{"name": "u", "user": {
+            "client-certificate-data": base64.b64encode(b"CERT").decode(),
+            "client-key-data": base64.b64encode(b"KEY").decode()}}],
+    }))
+    conn = connect(None, {"KUBECONFIG": str(cfg)})
+    assert (conn.insecure, conn.cert_data, conn.key_data) == (True, b"CERT", b"KEY")
+
+
+def test_unknown_context_lists_contexts_with_did_you_mean(tmp_path: Path) -> None:
+    cfg = write_kubeconfig(tmp_path / "config", "http://x", contexts=("kind-kdist", "prod-gpu"))
+    with pytest.raises(ContextNotFound) as e:
+        connect("kind-kdsit", {"KUBECONFIG": str(cfg)})
+    msg = str(e.value)
+    assert "context 'kind-kdsit' (from --context) is not in" in msg
+    assert "(contexts: kind-kdist, prod-gpu)" in msg
+    assert "did you mean 'kind-kdist'?" in msg
+
+
+def test_in_cluster_config_without_kubeconfig(tmp_path: Path) -> None:
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text("pod-token")
+    (sa / "namespace").write_text("ml\n")
+    (sa / "ca.crt").write_text("CA")
+    env = {"HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+           "KUBERNETES_SERVICE_PORT": "443"}
+    conn = connect(None, env, sa_dir=sa)
+    assert (conn.server, conn.context, conn.namespace, conn.token_file, conn.ca_file) == (
+        "https://10.96.0.1:443", IN_CLUSTER, "ml", str(sa / "token"), str(sa / "ca.crt"))
+    with pytest.raises(KubeConfigError, match=r"no kubeconfig .* and not running inside a cluster"):
+        connect(None, {"HOME": str(tmp_path)}, sa_dir=sa)
+
+
+def test_bad_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "config"
+    cfg.write_text("clusters: [oops\n")
+    with pytest.raises(KubeConfigError, match=f"kubeconfig {cfg} is not valid YAML"):
+        connect(None, {"KUBECONFIG": str(cfg)})
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+
+def test_get_sends_bearer_token_and_accepts_json(tmp_path: Path, api: FakeApi) -> None:
+    api.on("GET", "/api/v1/namespaces/ml/pods", Reply(200, {"kind": "PodList", "items": [{"a": 1}]}))
+    client = client_for(tmp_path, api.url)
+    assert client.list("/api/v1/namespaces/ml/pods", "a=b,c=d") == [{"a": 1}]
+    (req,) = api.requests
+    assert (req.method, req.path, req.query) == ("GET", "/api/v1/namespaces/ml/pods",
+                                                 {"labelSelector": ["a=b,c=d"]})
+    assert req.headers["authorization"] == "Bearer t0ken-abc"
+    assert req.headers["accept"] == "application/json"
+
+
+def test_server_path_prefix_and_token_file_reread(tmp_path: Path, api: FakeApi) -> None:
+    token = tmp_path / "token"
+    token.write_text("one\n")
+    client = client_for(tmp_path, api.url + "/k8s/clusters/c-1", tokenFile=str(token))
+    api.on("GET", "/k8s/clusters/c-1/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    client.get("/version")
+    token.write_text("two\n")  # projected tokens rotate
+    client.get("/version")
+    assert [r.headers["authorization"] for r in api.requests] == ["Bearer one", "Bearer two"]
+
+
+def test_apply_patch_sends_exact_body_and_content_type(tmp_path: Path, api: FakeApi) -> None:
+    client = client_for(tmp_path, api.url)
+    obj = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "ml"}}
+    path = "/api/v1/namespaces/ml/services/s"
+    assert client.patch(path, obj, APPLY_PATCH, {"fieldManager": "kdist", "force": "true"}) == obj
+    (req,) = api.requests
+    assert req.headers["content-type"] == "application/apply-patch+yaml"
+    assert req.query == {"fieldManager": ["kdist"], "force": ["true"]}
+    assert yaml.safe_load(req.body) == obj  # JSON is YAML
+
+
+def test_exec_plugin_token(tmp_path: Path, api: FakeApi) -> None:
+    plugin = tmp_path / "bin" / "get-token"
+    plugin.parent.mkdir()
+    plugin.write_text(f"""#!{sys.executable}
+import json, os, sys
+info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
+assert info["kind"] == "ExecCredential" and sys.argv[1:] == ["--cluster", "kdist"]
+print(json.dumps({{"apiVersion": info["apiVersion"], "kind": "ExecCredential",
+                  "status": {{"token": "exec-" + os.environ["TEAM"]}}}}))
+""")
+    plugin.chmod(plugin.stat().st_mode | stat.S_IXUSR)
+    client = client_for(tmp_path, api.url, exec={
+        "apiVersion": "client.authentication.k8s.io/v1", "command": "bin/get-token",
+        "args": ["--cluster", "kdist"], "env": [{"name": "TEAM", "value": "ml"}]})
+    api.on("GET", "/version", Reply(200, {}))
+    client.get("/version")
+    client.get("/version")  # the plugin runs once per client
+    assert [r.headers["authorization"] for r in api.requests] == ["Bearer exec-ml"] * 2
+
+
+def test_exec_plugin_missing_names_it_with_install_hint(tmp_path: Path, api: FakeApi) -> None:
+    client = client_for(tmp_path, api.url, exec={
+        "command": "kdist-no-such-plugin", "installHint": "install it with brew"})
+    with pytest.raises(KubeConfigError) as e:
+        client.get("/version")
+    assert str(e.value) == ("exec credential plugin 'kdist-no-such-plugin' of user 'kdist-user' is "
+                            "not installed (not on PATH): install it with brew")
+    assert api.requests == []
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+def test_rbac_denial_names_user_verb_resource_namespace(tmp_path: Path, api: FakeApi) -> None:
+    message = ('statefulsets.apps "cifar-cpu" is forbidden: User "system:serviceaccount:ci:deployer" '
+               'cannot patch resource "statefulsets" in API group "apps" in the namespace "ml"')
+    api.on("PATCH", "/apis/apps/v1/namespaces/ml/statefulsets/cifar-cpu", Reply(403, status_body(
+        403, "Forbidden", message, {"name": "cifar-cpu", "group": "apps", "kind": "statefulsets"})))
+    client = client_for(tmp_path, api.url)
+    with pytest.raises(Forbidden) as e:
+        client.patch("/apis/apps/v1/namespaces/ml/statefulsets/cifar-cpu", {}, APPLY_PATCH)
+    assert str(e.value) == (
+        "permission denied: user 'system:serviceaccount:ci:deployer' cannot patch statefulsets.apps "
+        "in namespace 'ml' (context 'kind-kdist'). Ask a cluster admin for a Role that allows it; "
+        "check with `kubectl auth can-i patch statefulsets.apps -n ml --context kind-kdist`")
+    assert e.value.code == 403 and e.value.reason == "Forbidden"
+
+
+def test_unauthorized(tmp_path: Path, api: FakeApi) -> None:
+    api.on("GET", "/api/v1/namespaces/default/pods", Reply(401, status_body(
+        401, "Unauthorized", "Unauthorized")))
+    with pytest.raises(Unauthorized, match="rejected the credentials of user 'kdist-user' "
+                                           r"\(context 'kind-kdist'\): Unauthorized"):
+        client_for(tmp_path, api.url).list("/api/v1/namespaces/default/pods")
+
+
+def test_validation_rejection_shows_status_message_and_causes(tmp_path: Path, api: FakeApi) -> None:
+    path = "/apis/apps/v1/namespaces/ml/statefulsets/cifar-cpu"
+    api.on("PATCH", path, Reply(422, status_body(
+        422, "Invalid", 'StatefulSet.apps "cifar-cpu" is invalid: spec.replicas: Invalid value: -1: '
+                        "must be greater than or equal to 0",
+        {"name": "cifar-cpu", "group": "apps", "kind": "StatefulSet", "causes": [
+            {"reason": "FieldValueInvalid", "field": "spec.replicas",
+             "message": "Invalid value: -1: must be greater than or equal to 0"},
+            {"reason": "FieldValueRequired", "field": "spec.selector", "message": "Required value"}]})))
+    with pytest.raises(Rejected) as e:
+        client_for(tmp_path, api.url).patch(path, {}, APPLY_PATCH)
+    assert str(e.value) == (
+        "the API server refused to patch statefulsets.apps cifar-cpu in namespace 'ml' (context "
+        "'kind-kdist'): StatefulSet.apps \"cifar-cpu\" is invalid: spec.replicas: Invalid value: -1: "
+        "must be greater than or equal to 0\n  spec.selector: Required value")
+
+
+def test_admission_webhook_denial_is_a_rejection_not_rbac(tmp_path: Path, api: FakeApi) -> None:
+    path = "/api/v1/namespaces/ml/services/cifar-cpu"
+    message = ('admission webhook "validation.gatekeeper.sh" denied the request: [must-have-team] '
+               'you must provide labels: {"team"}')
+    api.on("PATCH", path, Reply(403, status_body(403, "Forbidden", message)))
+    with pytest.raises(Rejected, match=r"refused to patch services cifar-cpu in namespace 'ml' "
+                                       r"\(context 'kind-kdist'\): admission webhook"):
+        client_for(tmp_path, api.url).patch(path, {}, APPLY_PATCH)
+
+
+def test_missing_namespace(tmp_path: Path, api: FakeApi) -> None:
+    path = "/api/v1/namespaces/ml/services/cifar-cpu"
+    api.on("PATCH", path, Reply(404, status_body(404, "NotFound", 'namespaces "ml" not found',
+                                                 {"name": "ml", "kind": "namespaces"})))
+    with pytest.raises(NotFound, match=r"namespace 'ml' does not exist .* `kubectl create namespace ml`"):
+        client_for(tmp_path, api.url).patch(path, {}, APPLY_PATCH)
+
+
+def test_connection_refused_names_server_and_context(tmp_path: Path) -> None:
+    server = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ClusterUnreachable) as e:
+        client_for(tmp_path, server).get("/version")
+    assert str(e.value) == (f"cannot reach the Kubernetes API server {server} (context 'kind-kdist'): "
+                            "connection refused. Is the cluster running? Check with "
+                            "`kubectl cluster-info --context kind-kdist`")
+    assert e.value.exit_code == 3
+
+
+def test_unresolvable_host(tmp_path: Path) -> None:
+    with pytest.raises(ClusterUnreachable, match=r"cannot resolve host 'kdist-api\.invalid'"):
+        client_for(tmp_path, "https://kdist-api.invalid:6443").get("/version")
+
+
+def test_warning_headers_are_kept(tmp_path: Path, api: FakeApi) -> None:
+    text = 'would violate PodSecurity "restricted:latest": host namespaces'
+    escaped = text.replace('"', '\\"')
+    api.on("GET", "/version", Reply(200, {}, headers={"Warning": f'299 - "{escaped}"'}))
+    client = client_for(tmp_path, api.url)
+    client.get("/version")
+    assert client.warnings == [text]
+
+
+def test_stream_yields_lines_as_chunks_arrive(tmp_path: Path, api: FakeApi) -> None:
+    path = "/api/v1/namespaces/default/pods/cifar-cpu-0/log"
+    api.on("GET", path, Reply(200, chunks=[b"step 1\nst", b"ep 2\n", b"done\n"]))
+    lines = list(client_for(tmp_path, api.url).stream(path, {"follow": "true"}))
+    assert lines == ["step 1", "step 2", "done"]
+    assert api.requests[0].query == {"follow": ["true"]}
+
+
+def test_target_describes_paths() -> None:
+    assert str(Target.of("GET", "/api/v1/namespaces/ml/pods")) == "list pods in namespace 'ml'"
+    assert str(Target.of("PATCH", "/apis/apps/v1/namespaces/ml/statefulsets/x/scale")) == (
+        "patch statefulsets.apps/scale x in namespace 'ml'")
+    assert str(Target.of("DELETE", "/apis/rbac.authorization.k8s.io/v1/namespaces/a/roles/r")) == (
+        "delete roles.rbac.authorization.k8s.io r in namespace 'a'")
+
+
+# ---- TLS (with a CA generated here; skipped without openssl) -----------------------------------
+
+
+def _make_ca_and_cert(folder: Path) -> tuple[Path, Path, Path]:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=kdist-test-ca")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    return folder / "ca.crt", folder / "server.crt", folder / "server.key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_https_with_certificate_authority(tmp_path: Path, api: FakeApi) -> None:
+    ca, cert, key = _make_ca_and_cert(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    api.server.socket = tls.wrap_socket(api.server.socket, server_side=True)
+    server = api.url.replace("http://", "https://")
+    api.on("GET", "/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    cfg = tmp_path / "kubeconfig"
+    write_kubeconfig(cfg, server)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(
+        ca.read_bytes()).decode()
+    cfg.write_text(yaml.safe_dump(doc))
+    env = {"KUBECONFIG": str(cfg)}
+    assert KubeClient(connect(None, env), timeout=5).get("/version") == {"gitVersion": "v1.31.0"}
+    untrusted = tmp_path / "untrusted"
+    write_kubeconfig(untrusted, server)
+    with pytest.raises(ClusterUnreachable, match="TLS certificate is not trusted"):
+        KubeClient(connect(None, {"KUBECONFIG": str(untrusted)}), timeout=5).get("/version")
