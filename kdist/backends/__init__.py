@@ -1,0 +1,1 @@
+"""Backends: the only modules with side effects (processes, Docker, the Kubernetes API)."""
