@@ -7,22 +7,13 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from kdist import __version__
+from kdist.cliopts import F, load_plan, spec_option
 from kdist.errors import KdistError, SpecError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def spec_option(fn: F) -> F:
-    """`-f/--file`: the job spec, shared by every command that reads one."""
-    return click.option(
-        "-f", "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
-        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
-    )(fn)
 
 
 def target_option(*targets: str) -> Callable[[F], F]:
@@ -33,13 +24,6 @@ def target_option(*targets: str) -> Callable[[F], F]:
         )(fn)
 
     return decorate
-
-
-def load_plan(spec_file: Path) -> Any:
-    from kdist.load import load_file
-    from kdist.plan import LaunchPlan
-
-    return LaunchPlan(load_file(spec_file))
 
 
 class KdistGroup(click.Group):
@@ -101,11 +85,12 @@ def init(path: Path, name: str | None, force: bool) -> None:
 
 def _register() -> None:
     """Commands that live in their own modules (kept out of `render`'s import path)."""
-    from kdist.cli_k8s import register as register_k8s
+    from kdist import cli_compose, cli_k8s
     from kdist.cli_validate import validate
 
     cli.add_command(validate)
-    register_k8s(cli)
+    cli_compose.register(cli)
+    cli_k8s.register(cli)
 
 
 _register()

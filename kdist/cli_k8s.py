@@ -2,7 +2,7 @@
 
 `apply` and `delete` are commands (`register(cli)` adds them); `k8s_status`, `k8s_logs`,
 `k8s_scale` and `k8s_delete` are what the shared commands call for `--target k8s`. This module
-imports only click and kdist.cli: the backend and the API client are imported when a command
+imports only click and kdist.cliopts: the backend and the API client are imported when a command
 runs, so `kdist --help` and `kdist render` never load them. Library errors (KdistError) become
 messages and exit codes in kdist.cli's group.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kdist.cli import load_plan, spec_option
+from kdist.cliopts import load_plan, spec_option
 from kdist.errors import UsageError
 
 if TYPE_CHECKING:

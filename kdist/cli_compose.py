@@ -1,0 +1,208 @@
+"""`kdist up | down | logs | status | scale | kill`: the job as a Docker Compose project.
+
+`status`, `logs` and `scale` also take `--target k8s` and hand over to kdist.cli_k8s.
+
+The commands only turn kdist.backends.compose's data into output; library errors (KdistError)
+become messages and exit codes in kdist.cli's group. Register them with `register(cli)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from kdist.cli_k8s import k8s_options
+from kdist.cliopts import file_only_option, job_target_option, load_plan, spec_option
+from kdist.errors import KdistError
+
+if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
+    from kdist.backends.compose import ComposeJob, JobStatus
+
+
+def _open(spec_file: Path, rewrite: bool = False) -> ComposeJob:
+    from kdist.backends.compose import ComposeJob
+
+    return ComposeJob.open(load_plan(spec_file), Path.cwd(), rewrite=rewrite)
+
+
+def format_status(status: JobStatus) -> str:
+    """The `kdist status` table: one row per service."""
+    rows = [("SERVICE", "STATE", "EXIT", "RESTARTS", "NOTE")]
+    if status.store is not None:
+        s = status.store
+        rows.append((s.service, s.state, str(s.exit_code) if s.stopped else "-", str(s.restarts),
+                     s.health or ""))
+    for n in status.nodes:
+        c = n.container
+        rows.append((n.service, n.state, "-" if n.exit_code is None else str(n.exit_code),
+                     "-" if c is None else str(c.restarts), n.note))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
+             for r in rows]
+    running = sum(1 for n in status.nodes if n.running)
+    head = f"job {status.name}: {status.phase} ({running} of {len(status.nodes)} nodes running)"
+    return "\n".join([head, *(line.rstrip() for line in lines)])
+
+
+def status_dict(status: JobStatus) -> dict[str, Any]:
+    def container(c: Any) -> dict[str, Any] | None:
+        if c is None:
+            return None
+        return {"name": c.name, "state": c.state, "exit_code": c.exit_code if c.stopped else None,
+                "restarts": c.restarts, "oom_killed": c.oom_killed, "health": c.health}
+
+    return {
+        "name": status.name,
+        "phase": status.phase,
+        "store": container(status.store),
+        "nodes": [{"service": n.service, "container": container(n.container),
+                   "stopped_by": n.stopped_by or None, "note": n.note} for n in status.nodes],
+    }
+
+
+@click.command()
+@spec_option
+@click.option("-d", "--detach", is_flag=True,
+              help="Start the job and return (then: kdist status, kdist logs -f, kdist down).")
+@click.option("--build/--no-build", default=None,
+              help="Always build the image first / never build it.  [default: build when the image "
+                   "is missing and the spec has compose.build]")
+@click.pass_context
+def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None) -> None:
+    """Run the job on Docker Compose.
+
+    Renders the spec to .kdist/compose/<name>/docker-compose.yaml and starts the project
+    (`docker compose -p <name> up`). Attached, it streams the nodes' logs, prints a status
+    summary and exits 0 only when the job succeeded (nodes stopped by kdist kill/scale excepted);
+    otherwise with the failing node's exit code and root cause.
+    """
+    job = _open(spec_file, rewrite=True)
+    started = job.up(build=build, on_output=lambda line: click.echo(line, err=True))
+    name = job.project.name
+    if detach:
+        running = sum(1 for n in started.nodes if n.running)
+        click.echo(f"kdist: job {name} started with {running} nodes; follow it with `kdist logs -f` "
+                   "and `kdist status`, remove it with `kdist down`", err=True)
+        return
+    try:
+        for line in job.follow():
+            click.echo(line)
+    except KeyboardInterrupt:
+        click.echo(f"\nkdist: interrupted; stopping job {name} (`kdist down` removes it)", err=True)
+        job.stop()
+        ctx.exit(130)
+    status = job.finish()
+    click.echo(format_status(status))
+    if status.phase != "succeeded":
+        raise job.failure(status) or KdistError(
+            f"job {name} is {status.phase}, but its logs ended; see `kdist status`")
+    click.echo(f"kdist: job {name} succeeded", err=True)
+
+
+@click.command()
+@spec_option
+@click.option("-v", "--volumes", is_flag=True,
+              help="Also remove the checkpoint volume (the next `kdist up` starts from scratch).")
+def down(spec_file: Path, volumes: bool) -> None:
+    """Stop and remove the job's containers and network (checkpoints are kept by default)."""
+    job = _open(spec_file)
+    job.down(volumes=volumes)
+    kept = "" if volumes else f"; checkpoint volume {job.project.volume} kept (--volumes removes it)"
+    click.echo(f"kdist: removed job {job.project.name}{kept}", err=True)
+
+
+@click.command()
+@file_only_option
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
+@click.option("--node", "nodes", multiple=True, metavar="NODE",
+              help="Only this node: node-1, 1 or rdzv (repeatable).  [default: every service]")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines of each.")
+@click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with the engine's timestamp.")
+@job_target_option
+@k8s_options
+@click.pass_context
+def logs(ctx: click.Context, spec_file: Path, follow: bool, nodes: tuple[str, ...], tail: int | None,
+         timestamps: bool, target: str, context: str | None, namespace: str | None) -> None:
+    """The job's logs, one `node-N | ` prefix per line."""
+    if target == "k8s":
+        from kdist.cli_k8s import k8s_logs
+
+        return k8s_logs(load_plan(spec_file), context, namespace, follow=follow, nodes=nodes,
+                        tail=tail)
+    job = _open(spec_file)
+    try:
+        for line in job.logs(follow=follow, services=nodes, tail=tail, timestamps=timestamps):
+            click.echo(line)
+    except KeyboardInterrupt:
+        ctx.exit(130)
+
+
+@click.command()
+@spec_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@job_target_option
+@k8s_options
+def status(spec_file: Path, as_json: bool, target: str, context: str | None,
+           namespace: str | None) -> None:
+    """The job's phase, and per node its state, exit code and restarts."""
+    if target == "k8s":
+        from kdist.cli_k8s import k8s_status
+
+        return k8s_status(load_plan(spec_file), context, namespace, as_json)
+    result = _open(spec_file).status()
+    if as_json:
+        click.echo(json.dumps(status_dict(result), indent=2))
+    else:
+        click.echo(format_status(result))
+
+
+@click.command()
+@spec_option
+@click.argument("nodes", type=int)
+@job_target_option
+@k8s_options
+def scale(spec_file: Path, nodes: int, target: str, context: str | None,
+          namespace: str | None) -> None:
+    """Run NODES nodes (within the spec's MIN:MAX) while the job runs.
+
+    Starting nodes join at the next rendezvous round; scaling down stops the highest nodes.
+    """
+    if target == "k8s":
+        from kdist.cli_k8s import k8s_scale
+
+        return k8s_scale(load_plan(spec_file), context, namespace, nodes)
+    job = _open(spec_file)
+    change = job.scale(nodes)
+    if change.started:
+        click.echo(f"kdist: started {', '.join(change.started)}; it joins at the next rendezvous "
+                   "round", err=True)
+    elif change.stopped:
+        click.echo(f"kdist: stopped {', '.join(change.stopped)}; the others continue", err=True)
+    else:
+        click.echo(f"kdist: job {job.project.name} already runs {nodes} nodes", err=True)
+
+
+@click.command()
+@spec_option
+@click.argument("node")
+@click.option("-s", "--signal", "signal_", default="SIGKILL", show_default=True,
+              help="The signal to send.")
+def kill(spec_file: Path, node: str, signal_: str) -> None:
+    """Chaos: kill one node's container (NODE: node-1 or 1; rdzv is the store).
+
+    The killed node does not count against the job's exit code.
+    """
+    service = _open(spec_file).kill(node, signal_)
+    click.echo(f"kdist: sent {signal_} to {service}", err=True)
+
+
+COMMANDS = (up, down, logs, status, scale, kill)
+
+
+def register(group: click.Group) -> None:
+    """Add the compose commands to `group` (idempotent)."""
+    for command in COMMANDS:
+        group.add_command(command)

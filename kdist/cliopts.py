@@ -1,0 +1,44 @@
+"""Option decorators and helpers shared by every CLI module (imported by kdist.cli and the
+command modules it registers, so none of them imports kdist.cli)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from kdist.plan import LaunchPlan
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def spec_option(fn: F) -> F:
+    """`-f/--file`: the job spec, shared by every command that reads one."""
+    return click.option(
+        "-f", "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
+    )(fn)
+
+
+def file_only_option(fn: F) -> F:
+    """`--file` without `-f`, for `kdist logs`, where `-f` means follow (as in docker and kubectl)."""
+    return click.option(
+        "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
+    )(fn)
+
+
+def job_target_option(fn: F) -> F:
+    """`--target compose|k8s` for commands that act on a running job."""
+    return click.option("--target", type=click.Choice(["compose", "k8s"]), default="compose",
+                        show_default=True, help="Where the job runs.")(fn)
+
+
+def load_plan(spec_file: Path) -> LaunchPlan:
+    from kdist.load import load_file
+    from kdist.plan import LaunchPlan
+
+    return LaunchPlan(load_file(spec_file))
