@@ -83,6 +83,16 @@ def init(path: Path, name: str | None, force: bool) -> None:
     click.echo(f"wrote {path}; next: kdist render --target compose -f {path}", err=True)
 
 
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of kdist.yaml (for editors: see README, "Editor support")."""
+    import json
+
+    from kdist.schema import job_schema
+
+    click.echo(json.dumps(job_schema(), indent=2))
+
+
 def _register() -> None:
     """Commands that live in their own modules (kept out of `render`'s import path)."""
     from kdist import cli_compose, cli_k8s

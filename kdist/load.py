@@ -66,6 +66,12 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def described(rule: Rule, schema: dict[str, Any]) -> Rule:
+    """Attach the JSON Schema of what `rule` accepts (read by kdist.schema)."""
+    rule.json_schema = schema  # type: ignore[attr-defined]
+    return rule
+
+
 # ---- scalar rules ---------------------------------------------------------------------------
 
 
@@ -78,7 +84,8 @@ def integer(low: int, high: int | None = None) -> Rule:
             raise Invalid(f"expected an integer {bound}, got {v}")
         return v
 
-    return rule
+    bounds = {"minimum": low} | ({"maximum": high} if high is not None else {})
+    return described(rule, {"type": "integer", **bounds})
 
 
 def text(pattern: re.Pattern[str] | None = None, hint: str = "", max_len: int = 0) -> Rule:
@@ -93,7 +100,12 @@ def text(pattern: re.Pattern[str] | None = None, hint: str = "", max_len: int = 
             raise Invalid(f"must be at most {max_len} characters, got {len(v)}")
         return v
 
-    return rule
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if pattern is not None:
+        schema["pattern"] = pattern.pattern
+    if max_len:
+        schema["maxLength"] = max_len
+    return described(rule, schema)
 
 
 def choice(*options: str) -> Rule:
@@ -104,7 +116,7 @@ def choice(*options: str) -> Rule:
             raise Invalid(f"expected one of {listed}, got {describe(v)}{hint}")
         return str(v)
 
-    return rule
+    return described(rule, {"enum": list(options)})
 
 
 def quantity(kind: str) -> Rule:
@@ -120,7 +132,8 @@ def quantity(kind: str) -> Rule:
             raise Invalid(f"must be greater than zero, got {v!r}")
         return v
 
-    return rule
+    return described(rule, {"oneOf": [{"type": "string", "pattern": pattern.pattern},
+                                      {"type": "number", "exclusiveMinimum": 0}]})
 
 
 def string_list(item: Rule) -> Rule:
@@ -129,7 +142,7 @@ def string_list(item: Rule) -> Rule:
             raise Invalid(f"expected a list, got {describe(v)}")
         return tuple(r.value(item, x, f"{path}[{i}]", r.item_pos(v, i, pos)) for i, x in enumerate(v))
 
-    return rule
+    return described(rule, {"type": "array", "items": item})
 
 
 def scalar_text(r: Reader, v: Any, path: str, pos: Pos) -> str:
@@ -139,6 +152,9 @@ def scalar_text(r: Reader, v: Any, path: str, pos: Pos) -> str:
     if type(v) in (int, float, str):
         return str(v)
     raise Invalid(f"expected a string or number, got {describe(v)}")
+
+
+described(scalar_text, {"type": ["string", "number", "boolean"]})
 
 
 def string_map(key_re: re.Pattern[str], key_hint: str, reserved: str = "") -> Rule:
@@ -156,14 +172,18 @@ def string_map(key_re: re.Pattern[str], key_hint: str, reserved: str = "") -> Ru
                 out.append((key, r.value(scalar_text, val, f"{path}.{key}", r.val_pos(v, key, pos))))
         return tuple(sorted(out))
 
-    return rule
+    schema = {"type": "object", "propertyNames": {"pattern": key_re.pattern},
+              "additionalProperties": scalar_text}
+    if reserved:
+        schema["propertyNames"] = {"pattern": key_re.pattern, "not": {"pattern": f"^{reserved}"}}
+    return described(rule, schema)
 
 
 def section(cls: type[T]) -> Rule:
     def rule(r: Reader, v: Any, path: str, pos: Pos) -> T:
         return r.section(cls, v, path, pos)
 
-    return rule
+    return described(rule, {"section": cls})
 
 
 def nodes(r: Reader, v: Any, path: str, pos: Pos) -> s.Nodes:
@@ -190,6 +210,15 @@ def nodes(r: Reader, v: Any, path: str, pos: Pos) -> s.Nodes:
     if not low <= count <= high:
         raise Invalid(f"count ({count}) must be within min:max ({low}:{high})")
     return s.Nodes(min=low, max=high, count=count)
+
+
+_COUNT = {"type": "integer", "minimum": 1}
+described(nodes, {"oneOf": [
+    _COUNT,
+    {"type": "string", "pattern": r"^\s*\d+:\d+\s*$"},
+    {"type": "object", "properties": {"min": _COUNT, "max": _COUNT, "count": _COUNT},
+     "required": ["min", "max"], "additionalProperties": False},
+]})
 
 
 DNS_NAME = text(LABEL_RE, "expected a DNS-1123 label (lowercase letters, digits and '-')", 63)
