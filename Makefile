@@ -14,8 +14,8 @@ $(BIN)/kdist: pyproject.toml
 
 venv: $(BIN)/kdist
 
-demo: venv  ## run the example elastic job as 3 simulated nodes on this host
-	$(BIN)/kdist run -f trainers/examples/cpu-gloo.yaml
+demo: venv  ## the example elastic job as 3 simulated nodes on this host; node-2 is killed at 15 s
+	$(BIN)/kdist run -f trainers/examples/cpu-gloo.yaml --kill node-2@15s
 
 test: venv lint  ## the whole test suite (Docker/helm tests skip with a reason when absent)
 	$(BIN)/pytest -q -ra --durations=15
@@ -25,7 +25,7 @@ lint: venv
 	$(BIN)/mypy kdist trainers/train.py trainers/smoke.py
 
 golden: venv  ## regenerate golden files and committed manifests (review the diff!)
-	$(BIN)/pytest -q tests/test_golden.py --update-golden
+	$(BIN)/pytest -q tests/test_golden.py tests/test_docs.py --update-golden
 	$(MAKE) examples
 
 examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/

@@ -20,8 +20,8 @@ CHECKPOINT_ENV = "KDIST_CHECKPOINT_DIR"
 STORE_CODE = """\
 import datetime, signal, sys
 from torch.distributed import TCPStore
-port, timeout = int(sys.argv[1]), int(sys.argv[2])
-store = TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
+port, timeout, bind = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3:] or ["0.0.0.0"])[0]
+store = TCPStore(bind, port, is_master=True, wait_for_workers=False,
                  timeout=datetime.timedelta(seconds=timeout))
 print(f"kdist: rendezvous store listening on port {port}", flush=True)
 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,9 +167,11 @@ class LaunchPlan:
             *s.args,
         ]  # fmt: skip
 
-    def store_argv(self, port: int | None = None) -> list[str]:
+    def store_argv(self, port: int | None = None, bind: str = "") -> list[str]:
+        """The standalone store; `bind` (default: every interface) e.g. 127.0.0.1 locally."""
         timeout = self.spec.rendezvous.read_timeout
-        return ["python3", "-c", STORE_CODE, str(port or self.spec.rendezvous.port), str(timeout)]
+        argv = ["python3", "-c", STORE_CODE, str(port or self.spec.rendezvous.port), str(timeout)]
+        return [*argv, bind] if bind else argv
 
     def wait_argv(self, host: str) -> list[str]:
         r = self.spec.rendezvous

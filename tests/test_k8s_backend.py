@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
 from click.testing import CliRunner, Result
@@ -30,8 +29,7 @@ from kdist.backends.k8s import (
     manifests,
     object_path,
 )
-from kdist.cli import KdistGroup, cli, load_plan, spec_option
-from kdist.cli_k8s import k8s_logs, k8s_options, k8s_scale, k8s_status, register
+from kdist.cli import cli
 from kdist.errors import UsageError
 from kdist.load import load_file
 from kdist.plan import LaunchPlan
@@ -275,39 +273,11 @@ def test_follow_logs_of_one_node(env: dict[str, str], api: FakeApi) -> None:
 # ---- the command line --------------------------------------------------------------------------
 
 
-def make_cli() -> click.Group:
-    """apply/delete as registered, plus stand-ins for the shared status/logs/scale commands'
-    `--target k8s` route (the lead's dispatch calls the same functions)."""
-    group = KdistGroup(name="kdist")
-    register(group)
-
-    @group.command("status")
-    @spec_option
-    @k8s_options
-    @click.option("--json", "as_json", is_flag=True)
-    def status(spec_file: Path, context: str | None, namespace: str | None, as_json: bool) -> None:
-        k8s_status(load_plan(spec_file), context, namespace, as_json)
-
-    @group.command("logs")
-    @spec_option
-    @k8s_options
-    @click.option("--node", "nodes", multiple=True)
-    def logs(spec_file: Path, context: str | None, namespace: str | None,
-             nodes: tuple[str, ...]) -> None:
-        k8s_logs(load_plan(spec_file), context, namespace, nodes=nodes)
-
-    @group.command("scale")
-    @spec_option
-    @k8s_options
-    @click.argument("nodes", type=int)
-    def scale(spec_file: Path, context: str | None, namespace: str | None, nodes: int) -> None:
-        k8s_scale(load_plan(spec_file), context, namespace, nodes)
-
-    return group
-
-
 def run(env: dict[str, str], *args: str) -> Result:
-    result = CliRunner().invoke(make_cli(), list(args), env=env)
+    """The real CLI; the commands shared with Compose get `--target k8s`."""
+    argv = [args[0], "--target", "k8s", *args[1:]] if args[0] in {"status", "logs", "scale"} \
+        else list(args)
+    result = CliRunner().invoke(cli, argv, env=env)
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
@@ -440,8 +410,6 @@ def test_help_and_render_do_not_import_the_k8s_modules() -> None:
 import sys
 from click.testing import CliRunner
 from kdist.cli import cli
-from kdist.cli_k8s import register
-register(cli)
 for args in (["--help"], ["apply", "--help"], ["render", "-t", "k8s", "-f", {str(CPU)!r}]):
     assert CliRunner().invoke(cli, args).exit_code == 0, args
 print([m for m in sys.modules if m.startswith(("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status"))])

@@ -108,7 +108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "--epochs", type=int, default=1, help="epochs to train when --max-steps is 0 (default 1)"
     )
     p.add_argument("--batch-size", type=int, default=32, help="per-worker batch size")
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--checkpoint-dir",

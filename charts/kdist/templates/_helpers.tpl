@@ -130,8 +130,8 @@ while True:
 {{- define "kdist.storeCode" -}}
 import datetime, signal, sys
 from torch.distributed import TCPStore
-port, timeout = int(sys.argv[1]), int(sys.argv[2])
-store = TCPStore("0.0.0.0", port, is_master=True, wait_for_workers=False,
+port, timeout, bind = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3:] or ["0.0.0.0"])[0]
+store = TCPStore(bind, port, is_master=True, wait_for_workers=False,
                  timeout=datetime.timedelta(seconds=timeout))
 print(f"kdist: rendezvous store listening on port {port}", flush=True)
 for sig in (signal.SIGTERM, signal.SIGINT):

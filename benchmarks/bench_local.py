@@ -1,0 +1,328 @@
+"""The local target (`kdist run`) against plain torchrun, side by side in one run.
+
+    python benchmarks/bench_local.py [--runs 3] [--quick] [--cap 150] [--scale 8,16,32]
+                                     [--scale-cap 240] [--keep-alive S]
+
+- recovery: a 3-node elastic job (nodes 2:3) loses a node that does not host the store
+  (SIGKILL of its whole process tree); seconds from the kill to the first training step of
+  the two survivors. kdist's defaults against plain torchrun with torch's defaults (the same
+  trainer, node 0 hosting the store, `--rdzv-conf is_host=...` only; both with
+  TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 as kdist sets it). Target: <= 8 s for kdist.
+- launch: wall time of `kdist run` of the 2-node smoke job against the same two torchrun
+  command lines started by hand, and their ratio.
+- scale: 8, 16 and 32 simulated nodes of the smoke job; wall time, and wall time minus one
+  bare `python -c "import torch"`. A size that does not finish within --scale-cap with the
+  spec's keep-alive (1 s x 5) is run again with keep_alive_interval 5 s x 3: on 2 cores, 32
+  agents heart-beating every second keep the c10d rendezvous state from ever settling.
+
+Medians of --runs runs (--quick: one run each). Writes benchmarks/results/local.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kdist.backends.local import (
+    LOCAL_HOST,
+    NODE_RANK_ENV,
+    RUN_ID_ENV,
+    free_port,
+    kill_tree,
+    start_process,
+)
+from kdist.load import load_file, load_text
+from kdist.plan import LaunchPlan
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "local.json"
+KDIST = [sys.executable, "-c",
+         "from kdist.cli import cli, main; from kdist.cli_run import run; "
+         "'run' in cli.commands or cli.add_command(run); main()"]
+TRAIN_ARGS = ["--synthetic", "--max-steps", "100000", "--checkpoint-every", "10",
+              "--batch-size", "16", "--step-sleep", "0.2"]
+KILL_AT = 15.0  # seconds after start: training runs by then on 2 cores
+
+
+def elastic_text(entrypoint: str) -> str:
+    """3 nodes (2:3), store on node 0, kdist's default rendezvous timeouts."""
+    return (f"name: bench\nimage: x:1\nentrypoint: {entrypoint}\n"
+            f"args: {json.dumps(TRAIN_ARGS)}\nnodes: \"2:3\"\nmax_restarts: 3\n"
+            "rendezvous: {store: node0}\n")
+
+
+def elastic_plan() -> LaunchPlan:
+    return LaunchPlan(load_text(elastic_text(str(ROOT / "trainers" / "train.py"))))
+
+
+def first_recovered_step(events: list[tuple[float, dict[str, Any]]], kill_wall: float
+                         ) -> float | None:
+    for wall, event in events:
+        if wall > kill_wall and event.get("event") == "step" and event.get("world_size") == 2:
+            return wall - kill_wall
+    return None
+
+
+# ---- recovery ----------------------------------------------------------------------------
+
+
+def recovery_kdist(cap: float, workdir: Path) -> float | None:
+    """`kdist run --kill node-2@15s`; stopped with SIGINT once the survivors step again."""
+    spec = workdir / "kdist.yaml"
+    spec.write_text(elastic_text("trainers/train.py"))
+    run_dir = workdir / "run"
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir),
+                             "--kill", f"node-2@{KILL_AT}s"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + KILL_AT + cap + 60
+    killed = False
+    for line in proc.stdout:
+        killed = killed or line.startswith("kdist | kill ")
+        if (killed and '"world_size":2' in line and '"event":"step"' in line) \
+                or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    kill_wall = next((e["wall"] for e in events if e["event"] == "kdist.kill"), None)
+    if kill_wall is None:
+        return None
+    return first_recovered_step([(e["wall"], e) for e in events], kill_wall)
+
+
+def recovery_torchrun(cap: float, workdir: Path) -> float | None:
+    """Three plain torchrun agents, torch's default rendezvous timeouts; SIGKILL node 2's tree."""
+    plan, port, tag = elastic_plan(), free_port(), f"bench-plain-{os.getpid()}-{time.time_ns()}"
+    lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+           "KDIST_CHECKPOINT_DIR": str(workdir / "checkpoints"), RUN_ID_ENV: tag}
+    procs = []
+    for node in range(3):
+        argv = plan.torchrun_argv(LOCAL_HOST, port, is_host=node == 0)
+        at = argv.index("--rdzv-conf")
+        argv[at + 1] = f"is_host={'true' if node == 0 else 'false'}"  # torch's default timeouts
+        cmd = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+        procs.append(start_process(f"node-{node}", node, cmd, workdir / f"node-{node}",
+                                   {**env, NODE_RANK_ENV: str(node)},
+                                   workdir / f"node-{node}.log", lines))
+    events: list[tuple[float, dict[str, Any]]] = []
+    start, kill_wall = time.monotonic(), 0.0
+    try:
+        while time.monotonic() - start < KILL_AT + cap:
+            collect(lines, events, 0.2)
+            if not kill_wall and time.monotonic() - start >= KILL_AT:
+                kill_tree([procs[2].popen.pid], {RUN_ID_ENV: tag, NODE_RANK_ENV: "2"})
+                kill_wall = time.time()
+            if kill_wall and first_recovered_step(events, kill_wall) is not None:
+                break
+    finally:
+        kill_tree([p.popen.pid for p in procs], {RUN_ID_ENV: tag})
+        for p in procs:
+            p.popen.wait()
+    return first_recovered_step(events, kill_wall) if kill_wall else None
+
+
+def collect(lines: queue.Queue[tuple[str, str | None]], events: list[tuple[float, dict[str, Any]]],
+            timeout: float) -> None:
+    try:
+        item = lines.get(timeout=timeout)
+        while True:
+            line = item[1] or ""
+            if "KDIST_METRIC " in line:
+                events.append((time.time(), json.loads(line.split("KDIST_METRIC ", 1)[1])))
+            item = lines.get_nowait()
+    except queue.Empty:
+        return
+
+
+# ---- launch and scale --------------------------------------------------------------------
+
+
+def timed(argv: list[str], cap: float = 600.0) -> float:
+    """Wall time of a command; after `cap` seconds it gets SIGINT (kdist then stops its job)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    try:
+        _, stderr = proc.communicate(timeout=cap)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+        raise RuntimeError(f"did not finish within {cap:.0f} s (stopped with SIGINT)") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {stderr.strip()[-500:]}")
+    return time.perf_counter() - start
+
+
+def launch_kdist(spec: Path, workdir: Path, cap: float = 600.0) -> float:
+    return timed([*KDIST, "run", "-f", str(spec), "--run-dir", str(workdir / "run")], cap)
+
+
+def launch_by_hand(spec: Path, workdir: Path) -> float:
+    """The plan's torchrun command lines (store on node 0), started and awaited directly."""
+    plan = LaunchPlan(dataclasses.replace(load_file(spec),
+                                          entrypoint=str(ROOT / "trainers" / "smoke.py")))
+    port = free_port()
+    env = {**os.environ, **plan.env(), "PET_LOCAL_ADDR": LOCAL_HOST}
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run",
+                               *plan.torchrun_argv(LOCAL_HOST, port, is_host=i == 0)[1:]],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+             for i in range(plan.spec.nodes.count)]
+    codes = [p.wait() for p in procs]
+    if codes != [0] * len(procs):
+        raise RuntimeError(f"torchrun exit codes {codes}")
+    return time.perf_counter() - start
+
+
+def smoke_spec(workdir: Path, nodes: int, keep_alive: int) -> Path:
+    """The smoke example with `nodes` nodes (and a keep-alive interval, when given)."""
+    spec = workdir / f"smoke-{nodes}.yaml"
+    text = (ROOT / "trainers" / "examples" / "smoke-node0.yaml").read_text()
+    text = text.replace("nodes: 2\n", f"nodes: {nodes}\n")
+    if keep_alive:
+        text = text.replace("  store: node0\n", f"  store: node0\n  keep_alive_interval: "
+                            f"{keep_alive}\n  keep_alive_max_attempt: 3\n")
+    spec.write_text(text)
+    return spec
+
+
+def median_of(label: str, runs: int, measure: Callable[[Path], float | None]
+              ) -> dict[str, Any]:
+    """Median over the runs that gave a number; failed runs are listed with their error."""
+    values: list[float | None] = []
+    errors: list[str] = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="kdist-bench-") as tmp:
+            try:
+                values.append(measure(Path(tmp)))
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                values.append(None)
+                errors.append(str(e))
+            print(f"{label}: {values[-1]}", file=sys.stderr, flush=True)
+    done = [v for v in values if v is not None]
+    median = round(statistics.median(done), 2) if done else None
+    result = {"median_s": median, "runs_s": [None if v is None else round(v, 2) for v in values]}
+    return {**result, "errors": errors} if errors else result
+
+
+def import_torch_time() -> float:
+    return statistics.median(timed([sys.executable, "-c", "import torch"]) for _ in range(3))
+
+
+def bench_recovery(runs: int, cap: float) -> dict[str, Any]:
+    return {
+        "kdist": median_of("recovery kdist", runs, lambda d: recovery_kdist(cap, d)),
+        "torchrun_defaults": median_of("recovery torchrun", runs,
+                                       lambda d: recovery_torchrun(cap, d)),
+        "cap_s": cap,
+    }
+
+
+def bench_launch(runs: int) -> dict[str, Any]:
+    spec = ROOT / "trainers" / "examples" / "smoke-node0.yaml"
+    kdist = median_of("launch kdist", runs, lambda d: launch_kdist(spec, d))
+    by_hand = median_of("launch by hand", runs, lambda d: launch_by_hand(spec, d))
+    ok = kdist["median_s"] is not None and by_hand["median_s"] is not None
+    ratio = round(kdist["median_s"] / by_hand["median_s"], 2) if ok else None
+    return {"kdist": kdist, "torchrun_by_hand": by_hand, "ratio": ratio}
+
+
+def scale_run(nodes: int, keep_alive: int, cap: float, workdir: Path) -> float:
+    return launch_kdist(smoke_spec(workdir, nodes, keep_alive), workdir, cap)
+
+
+def bench_scale(runs: int, sizes: list[int], torch_import: float, keep_alive: int, cap: float
+                ) -> list[dict[str, Any]]:
+    """One row per size; a size that fails with the spec's keep-alive is retried with 5 s."""
+    rows = []
+    for nodes in sizes:
+        for interval in (keep_alive, 5) if not keep_alive else (keep_alive,):
+            measure = functools.partial(scale_run, nodes, interval, cap)
+            result = median_of(f"scale {nodes} (keep-alive {interval or 1}s)", runs, measure)
+            wall = result["median_s"]
+            minus = None if wall is None else round(wall - torch_import, 2)
+            rows.append({"nodes": nodes, "keep_alive_interval": interval or 1, **result,
+                         "minus_import_torch_s": minus})
+            if wall is not None:
+                break
+    return rows
+
+
+def show(results: dict[str, Any]) -> None:
+    rec, launch = results["recovery"], results["launch"]
+    failed = [k for k, v in flat(results) if isinstance(v, dict) and v.get("errors")]
+    print(f"{'benchmark':<46} {'kdist s':>9} {'torchrun s':>11}  runs")
+    print(f"{'recovery (kill -> survivors step)':<46} {fmt(rec['kdist'])} "
+          f"{fmt(rec['torchrun_defaults'], 11)}  {rec['kdist']['runs_s']} vs "
+          f"{rec['torchrun_defaults']['runs_s']}")
+    print(f"{'launch, 2-node smoke (wall)':<46} {fmt(launch['kdist'])} "
+          f"{fmt(launch['torchrun_by_hand'], 11)}  ratio {launch['ratio']}")
+    for row in results["scale"]:
+        label = f"scale, {row['nodes']}-node smoke, keep-alive {row['keep_alive_interval']}s"
+        print(f"{label:<46} {fmt(row)} {'':>11}  minus import torch: "
+              f"{row['minus_import_torch_s']} s")
+    print(f"bare `python -c 'import torch'`: {results['import_torch_s']:.2f} s")
+    if failed:
+        print(f"runs that failed (see errors in {RESULTS.name}): {', '.join(failed)}")
+    target = rec["kdist"]["median_s"]
+    print(f"recovery target <= 8 s: {'met' if target is not None and target <= 8 else 'NOT met'}")
+
+
+def flat(results: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = [(f"recovery.{k}", v) for k, v in results["recovery"].items()]
+    out += [(f"launch.{k}", v) for k, v in results["launch"].items()]
+    return out + [(f"scale.{r['nodes']}@{r['keep_alive_interval']}s", r) for r in results["scale"]]
+
+
+def fmt(result: dict[str, Any], width: int = 9) -> str:
+    value = result["median_s"]
+    return f"{'timeout' if value is None else f'{value:.2f}':>{width}}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one run of each")
+    parser.add_argument("--cap", type=float, default=150.0,
+                        help="give up on a recovery after this many seconds")
+    parser.add_argument("--scale", default="8,16,32", help="node counts for the scale runs")
+    parser.add_argument("--scale-cap", type=float, default=240.0,
+                        help="stop a scale run after this many seconds")
+    parser.add_argument("--keep-alive", type=int, default=0, metavar="S",
+                        help="rendezvous.keep_alive_interval for the scale runs (with 3 "
+                             "attempts); default: the spec's (1 s x 5)")
+    args = parser.parse_args()
+    runs = 1 if args.quick else max(args.runs, 3)
+    torch_import = import_torch_time()
+    results = {
+        "runs": runs,
+        "cpus": os.cpu_count(),
+        "import_torch_s": round(torch_import, 2),
+        "recovery": bench_recovery(runs, args.cap),
+        "launch": bench_launch(runs),
+        "scale": bench_scale(runs, [int(n) for n in args.scale.split(",") if n], torch_import,
+                             args.keep_alive, args.scale_cap),
+    }
+    show(results)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""`kdist run`: real torchrun processes (torch CPU, gloo) on this host, no mocks.
+
+The `torch` tests start whole jobs (about 2.5 minutes together on 2 cores); the others check
+option handling, process-tree killing and the console with cheap real processes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from kdist.backends.local import (
+    Kill,
+    NodeResult,
+    RunOptions,
+    RunResult,
+    check_options,
+    find_processes,
+    kill_tree,
+    parse_kill,
+    parse_seconds,
+    resolve_entrypoint,
+    stop_reason,
+)
+from kdist.cli import KdistGroup
+from kdist.cli_run import TerminalConsole, run
+from kdist.errors import UsageError
+from kdist.load import load_text
+from kdist.plan import LaunchPlan
+from kdist.runstatus import JobStatus
+
+ROOT = Path(__file__).resolve().parent.parent
+# `kdist run` whether or not kdist.cli registers the command itself
+KDIST = [sys.executable, "-c",
+         "from kdist.cli import cli, main; from kdist.cli_run import run; "
+         "'run' in cli.commands or cli.add_command(run); main()"]
+
+
+def spec_text(name: str, nodes: str, args: list[str], extra: str = "") -> str:
+    return (f"name: {name}\nimage: kdist-trainer:test\nentrypoint: trainers/train.py\n"
+            f"args: {json.dumps(args)}\nnodes: {json.dumps(nodes) if ':' in nodes else nodes}\n"
+            f"{extra}")
+
+
+def write_spec(tmp_path: Path, *args: Any, **kwargs: Any) -> Path:
+    path = tmp_path / "kdist.yaml"
+    path.write_text(spec_text(*args, **kwargs), encoding="utf-8")
+    return path
+
+
+def kdist_run(spec: Path, run_dir: Path, *options: str, timeout: float = 180
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir), *options],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(stdout: str) -> list[dict[str, Any]]:
+    """KDIST_METRIC events in arrival order, plus kdist's own `kill` lines as {"event": "kill"}."""
+    out: list[dict[str, Any]] = []
+    for line in stdout.splitlines():
+        if "KDIST_METRIC " in line:
+            out.append(json.loads(line.split("KDIST_METRIC ", 1)[1]))
+        elif line.startswith("kdist | kill "):
+            out.append({"event": "kill", "line": line})
+    return out
+
+
+def explain(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\nstderr:\n{result.stderr[-3000:]}\nstdout:\n" \
+           f"{result.stdout[-4000:]}"
+
+
+def check_resumes(events: list[dict[str, Any]], max_steps: int) -> None:
+    """Every (re)start resumes right after the last checkpoint; no step is skipped."""
+    last_checkpoint, expected_next = 0, 1
+    for event in events:
+        if event["event"] == "checkpoint":
+            last_checkpoint = event["step"]
+        elif event["event"] == "start":
+            assert event["resumed_step"] == last_checkpoint, events
+            expected_next = last_checkpoint + 1
+        elif event["event"] == "step":
+            assert event["step"] == expected_next, (event, events)
+            expected_next += 1
+    steps = {e["step"] for e in events if e["event"] == "step"}
+    assert steps == set(range(1, max_steps + 1))
+    assert events[-1] == {"event": "done", "step": max_steps, "world_size": events[-1]["world_size"]}
+
+
+# ---- whole jobs --------------------------------------------------------------------------
+
+
+@pytest.mark.torch
+def test_two_nodes_finish_with_identical_parameters(tmp_path: Path) -> None:
+    dump = tmp_path / "params"
+    spec = write_spec(tmp_path, "pair", "2", ["--synthetic", "--max-steps", "12",
+                                              "--checkpoint-every", "4", "--batch-size", "16",
+                                              "--dump-params", str(dump)])
+    result = kdist_run(spec, tmp_path / "run")
+    assert result.returncode == 0, explain(result)
+    hashes = [json.loads((tmp_path / f"params.rank{r}.json").read_text())["param_sha256"]
+              for r in range(2)]
+    assert hashes[0] == hashes[1]
+    assert re.search(r"run pair-\S+ succeeded: 2 nodes, final step 12, \S+ elapsed, logs in ",
+                     result.stderr), result.stderr
+    assert "node-0 | " in result.stdout and "node-1 | " in result.stdout
+    for name in ("node-0.log", "node-1.log", "store.log", "metrics.jsonl"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint.pt").exists()
+
+
+@pytest.mark.torch
+def test_losing_a_node_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
+    """nodes 2:3, store on node 0: SIGKILL node 2 mid-run; nodes 0 and 1 finish the job."""
+    spec = write_spec(tmp_path, "elastic", "2:3",
+                      ["--synthetic", "--max-steps", "40", "--checkpoint-every", "4",
+                       "--batch-size", "16", "--step-sleep", "0.5"],
+                      "rendezvous: {store: node0}\n")
+    result = kdist_run(spec, tmp_path / "run", "--kill", "node-2@20s")
+    assert result.returncode == 0, explain(result)
+    events = metrics(result.stdout)
+    kill_at = next(i for i, e in enumerate(events) if e["event"] == "kill")
+    before, after = events[:kill_at], events[kill_at:]
+    assert any(e["event"] == "step" and e["world_size"] == 3 for e in before), \
+        "the kill came before training started; raise the kill time"
+    assert any(e["event"] == "step" for e in after), "the job was done before the kill"
+    worlds = [e["world_size"] for e in events if e["event"] == "start"]
+    assert worlds[0] == 3 and worlds[-1] == 2
+    check_resumes([e for e in events if e["event"] != "kill"], 40)
+    assert "succeeded: 3 nodes (1 killed), final step 40" in result.stderr
+
+
+@pytest.mark.torch
+def test_losing_node_0_is_survivable_with_the_standalone_store(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "standalone", "1:2",
+                      ["--synthetic", "--max-steps", "30", "--checkpoint-every", "5",
+                       "--batch-size", "16", "--step-sleep", "0.5"])
+    result = kdist_run(spec, tmp_path / "run", "--kill", "node-0@14s")
+    assert result.returncode == 0, explain(result)
+    events = metrics(result.stdout)
+    assert [e["world_size"] for e in events if e["event"] == "start"][-1] == 1
+    check_resumes([e for e in events if e["event"] != "kill"], 30)
+    assert "kdist | exit node=0 code=-9 killed=True" in result.stdout
+
+
+def job_processes(run_dir: Path, sessions: set[int]) -> dict[int, str]:
+    """pid -> state of live processes that belong to the run: by environment, cwd or session."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        state, session = stat.rsplit(")", 1)[1].split()[0], int(stat.rsplit(")", 1)[1].split()[4])
+        if state != "Z" and (str(run_dir).encode() in environ or cwd.startswith(str(run_dir))
+                             or session in sessions):
+            found[int(entry.name)] = state
+    return found
+
+
+def sessions_of(pids: set[int]) -> set[int]:
+    return {os.getsid(pid) for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+@pytest.mark.torch
+def test_ctrl_c_stops_every_process_of_the_job(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "interrupt", "2",
+                      ["--synthetic", "--max-steps", "5000", "--step-sleep", "0.2"])
+    run_dir = (tmp_path / "run").resolve()
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if '"event":"step"' in line or time.monotonic() > deadline:
+                break
+        running = job_processes(run_dir, set())
+        sessions = sessions_of(set(running)) - {os.getsid(0)}
+        assert len(running) >= 5, running  # store, 2 agents, 2 workers
+        assert len(sessions) >= 5  # torchrun starts its workers in sessions of their own
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+        stopped_after = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert stopped_after < 15
+    assert "interrupted by SIGINT" in stderr
+    left = job_processes(run_dir, sessions)
+    assert not left, f"left behind: {left}"
+    assert not [pid for pid in running if Path(f"/proc/{pid}/stat").exists()
+                and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+
+
+@pytest.mark.torch
+def test_a_failing_trainer_reports_its_root_cause(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, "failing", "2", ["--synthetic", "--max-steps", "20",
+                                                 "--fail-at-step", "3", "--batch-size", "16"],
+                      "max_restarts: 0\n")
+    result = kdist_run(spec, tmp_path / "run")
+    assert result.returncode == 1, explain(result)
+    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank 0 \(local rank 0\) "
+                     r"exited with code 1\n", result.stderr), result.stderr
+    assert "RuntimeError: injected failure at step 3" in result.stderr
+    assert "log: " in result.stderr and "internal error" not in result.stderr
+    assert re.search(r"run failing-\S+ failed: 2 nodes", result.stderr)
+
+
+# ---- options, process trees, console (no torch) ------------------------------------------
+
+
+PLAN = LaunchPlan(load_text(spec_text("opts", "2:3", ["--synthetic"])))
+
+
+def test_fault_injection_options_parse() -> None:
+    assert parse_kill("node-1@20s") == Kill(1, 20.0)
+    assert parse_kill("2@1.5") == Kill(2, 1.5)
+    assert parse_seconds("500ms", "--add-node") == 0.5
+    assert parse_seconds("2m", "--add-node") == 120.0
+    for bad in ("node-1", "node-x@2s", "1@soon"):
+        with pytest.raises(UsageError, match="--kill"):
+            parse_kill(bad)
+
+
+def test_options_must_fit_the_spec() -> None:
+    assert check_options(PLAN, RunOptions()) == 3
+    assert check_options(PLAN, RunOptions(nodes=2, add_nodes=(5.0,))) == 2
+    with pytest.raises(UsageError, match=r"--nodes 4 is outside nodes 2:3"):
+        check_options(PLAN, RunOptions(nodes=4))
+    with pytest.raises(UsageError, match=r"would start 4 nodes; the spec allows at most 3"):
+        check_options(PLAN, RunOptions(add_nodes=(5.0,)))
+    with pytest.raises(UsageError, match=r"node-3: the run has nodes node-0..node-2"):
+        check_options(PLAN, RunOptions(kills=(Kill(3, 1.0),)))
+
+
+def test_the_entrypoint_is_resolved_against_the_working_directory(tmp_path: Path) -> None:
+    plan = resolve_entrypoint(PLAN, ROOT)
+    assert plan.spec.entrypoint == str(ROOT / "trainers" / "train.py")
+    argv, original = plan.torchrun_argv("127.0.0.1", 1234), PLAN.torchrun_argv("127.0.0.1", 1234)
+    assert argv[:-2] == original[:-2]  # the plan's command line; only the script path differs
+    assert argv[-2:] == [str(ROOT / "trainers" / "train.py"), "--synthetic"]
+    with pytest.raises(UsageError, match=r"entrypoint trainers/train\.py not found"):
+        resolve_entrypoint(PLAN, tmp_path)
+
+
+def test_cli_errors_before_starting_anything(tmp_path: Path) -> None:
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(spec_text("opts", "2:3", ["--synthetic"]), encoding="utf-8")
+    group = KdistGroup(name="kdist", commands=[run])  # kdist.cli's error handling, only `run`
+    result = CliRunner().invoke(group, ["run", "-f", str(spec), "--nodes", "5"])
+    assert result.exit_code == 2
+    assert "kdist: --nodes 5 is outside nodes 2:3 of the spec" in result.output
+    result = CliRunner().invoke(group, ["run", "-f", str(spec), "--kill", "soon"])
+    assert result.exit_code == 2 and "--kill: expected NODE@TIME" in result.output
+
+
+def test_job_success_rules() -> None:
+    def result(*nodes: NodeResult) -> RunResult:
+        return RunResult("r", Path("/r"), nodes, 10, 1.0)
+
+    assert result(NodeResult(0, 0), NodeResult(1, -9, killed=True)).succeeded
+    assert not result(NodeResult(0, 0), NodeResult(1, 1)).succeeded
+    assert not result(NodeResult(0, -9, killed=True)).succeeded
+    assert not result(NodeResult(0, 0), NodeResult(1, -15, stopped=True)).succeeded
+    assert result(NodeResult(0, 0)).summary() == (
+        "run r succeeded: 1 node, final step 10, 00:01 elapsed, logs in /r")
+
+
+def test_when_kdist_stops_the_remaining_nodes() -> None:
+    up, ok, killed = NodeResult(0, None), NodeResult(1, 0, at=10.0), NodeResult(2, -9, True)
+
+    def reason(*nodes: NodeResult, adds: bool = False, store: int | None = None,
+               now: float = 11.0) -> str:
+        return stop_reason(nodes, 2, adds, store, now, linger=60)
+
+    assert reason(up, NodeResult(1, None)) == ""
+    assert reason(up, ok) == ""  # one node finished first: the others are in the exit barrier
+    assert reason(up, ok, now=71) == "node-0 still running 60s after node-1 finished"
+    assert reason(up, NodeResult(1, 1)) == "node-1 failed; stopped the other nodes"
+    assert reason(up, killed) == "1 node(s) left, fewer than nodes.min=2: the job cannot continue"
+    assert reason(up, killed, adds=True) == ""  # a node is still to come
+    assert reason(up, NodeResult(1, None), store=1) == "the rendezvous store exited with code 1"
+    assert reason(ok, killed) == ""  # nothing left to stop
+
+
+def test_kill_tree_finds_orphans_in_their_own_sessions() -> None:
+    """Like torchrun's workers: a child in a new session, then its parent is gone."""
+    env = {**os.environ, "KDIST_RUN_ID": "tree-test", "KDIST_NODE_RANK": "7"}
+    agent = subprocess.Popen(["sh", "-c", "setsid sleep 300 & sleep 300"], env=env,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(find_processes([agent.pid], {})) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tree = find_processes([agent.pid], {})
+        assert len(tree) == 3  # sh, sleep, setsid'ed sleep
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait()
+        markers = {"KDIST_RUN_ID": "tree-test", "KDIST_NODE_RANK": "7"}
+        assert find_processes([agent.pid], markers) == tree - {agent.pid}  # found by env only
+        assert kill_tree([agent.pid], markers) == 2
+        assert find_processes([], markers) == set()
+    finally:
+        kill_tree([agent.pid], {"KDIST_RUN_ID": "tree-test"})
+
+
+def test_console_keeps_the_status_line_below_the_log() -> None:
+    screen = io.StringIO()
+    console = TerminalConsole(screen, interval=0)
+    status = JobStatus()
+    status.node(0)
+    console.status(status, 5)
+    assert screen.getvalue() == "\r\x1b[K[00:05] nodes 1/1 up | rounds 0 | restarts 0 | world -"
+    console.log("node-0", "hello")  # clears the status line first (the log goes to stdout)
+    assert screen.getvalue().endswith("\r\x1b[K")
+    quiet = TerminalConsole(None)
+    quiet.status(status, 5)  # not a terminal: no status line, nothing to clear
+    quiet.clear()
