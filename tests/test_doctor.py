@@ -1,0 +1,306 @@
+"""`kdist doctor`: every check made to fail for real on this machine, and the happy path."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+from conftest import ROOT
+
+from kdist.cli import KdistGroup
+from kdist.cli_ux import diff, doctor
+from kdist.diff import compare
+from kdist.doctor import CHECKS, check_gpu_sets, visible_gpus
+from kdist.load import load_file
+from kdist.plan import LaunchPlan
+from kdist.render import compose, k8s
+from kdist.spec import JobSpec
+from kdist.validate.rules import RULES
+
+
+@click.group(cls=KdistGroup)
+def cli() -> None:
+    """A group like kdist's, with the commands under test."""
+
+
+cli.add_command(doctor)
+cli.add_command(diff)
+
+
+def write_spec(tmp_path: Path, **fields: Any) -> Path:
+    doc: dict[str, Any] = {"name": "doc", "image": "trainer:1.0", "entrypoint": "train.py",
+                           "nodes": 1, "resources": {"shm": "1Mi"}}
+    doc.update(fields)
+    path = tmp_path / "kdist.yaml"
+    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return path
+
+
+def invoke(*args: str) -> Result:
+    result = CliRunner().invoke(cli, ["doctor", *args])
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def checks(*args: str) -> dict[str, dict[str, str]]:
+    """Run with --json; the checks by name."""
+    result = invoke(*args, "--json")
+    doc = json.loads(result.stdout)
+    assert doc["ok"] == (result.exit_code == 0)
+    return {c["check"]: c for c in doc["checks"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def listening() -> Iterator[int]:
+    """A port something listens on (as a busy rendezvous port would be)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def shm_bytes() -> int:
+    st = os.statvfs("/dev/shm")
+    return st.f_frsize * st.f_blocks
+
+
+# ---- local target ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_a_spec_that_fits_passes_for_the_local_target(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, rendezvous={"port": free_port()})
+    result = invoke("-f", str(spec))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].split() == ["CHECK", "STATUS", "DETAIL"]
+    for name in ("python", "torch", "port", "shm", "interface", "gpus"):
+        assert any(line.split()[:2] == [name, "ok"] for line in result.stdout.splitlines()), name
+    assert "checks passed for target local" in result.stdout
+
+
+def test_a_busy_rendezvous_port_fails(tmp_path: Path, listening: int) -> None:
+    spec = write_spec(tmp_path, rendezvous={"port": listening})
+    result = invoke("-f", str(spec))
+    assert result.exit_code == 1
+    assert f"rendezvous port {listening} on 127.0.0.1: already in use" in result.stdout
+    assert "fix: stop what holds it" in result.stdout and "rendezvous.port" in result.stdout
+    assert "1 failed" in result.stderr
+
+
+def test_a_missing_network_interface_fails(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, network_interface="kdist-nope0", rendezvous={"port": free_port()})
+    found = checks("-f", str(spec))["interface"]
+    assert found["status"] == "fail"
+    assert "network interface 'kdist-nope0' (spec.network_interface) is not on this host" \
+        in found["detail"]
+    assert "lo" in found["detail"].split("it has: ")[1].split(", ")  # the interfaces it has
+    assert "network_interface" in found["fix"]
+
+
+def test_present_interface_is_ok(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, network_interface="lo", rendezvous={"port": free_port()})
+    assert checks("-f", str(spec))["interface"]["status"] == "ok"
+
+
+def test_dev_shm_smaller_than_the_spec_fails_with_several_processes(tmp_path: Path) -> None:
+    want = 2 * shm_bytes() // 2**20
+    spec = write_spec(tmp_path, procs_per_node=2, resources={"shm": f"{want}Mi"},
+                      rendezvous={"port": free_port()})
+    found = checks("-f", str(spec))["shm"]
+    assert found["status"] == "fail"
+    assert found["detail"].startswith("/dev/shm is ")
+    assert f"smaller than resources.shm {want}Mi" in found["detail"]
+    assert "resources.shm" in found["fix"]
+
+
+def test_dev_shm_smaller_than_the_spec_warns_with_one_process(tmp_path: Path) -> None:
+    want = 2 * shm_bytes() // 2**20
+    spec = write_spec(tmp_path, resources={"shm": f"{want}Mi"}, rendezvous={"port": free_port()})
+    found = checks("-f", str(spec))["shm"]
+    assert found["status"] == "warn" and "Bus error" in found["detail"]
+
+
+def test_gpus_requested_on_a_machine_without_gpus(tmp_path: Path) -> None:
+    if visible_gpus()[0]:
+        pytest.skip("this machine has GPUs")
+    spec = write_spec(tmp_path, resources={"shm": "1Mi", "gpu": 1},
+                      rendezvous={"port": free_port()})
+    local = checks("-f", str(spec))["gpus"]
+    assert local["status"] == "fail"
+    assert local["detail"].startswith("the spec asks for 1 GPU per node, but 0 GPUs visible")
+    assert checks("-f", str(spec), "--in-node")["gpus"]["status"] == "fail"
+    assert checks("-f", str(spec), "--target", "k8s")["gpus"]["status"] == "warn"
+
+
+# ---- --in-node -----------------------------------------------------------------------------
+
+
+def test_in_node_dns_failure_is_one_line_on_stderr(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path)
+    result = invoke("-f", str(spec), "--in-node", "--rdzv-host", "kdist-store.invalid")
+    assert result.exit_code == 1
+    fails = [line for line in result.stderr.splitlines() if line.startswith("kdist doctor: FAIL")]
+    assert len(fails) == 1
+    assert fails[0].startswith("kdist doctor: FAIL dns: cannot resolve the rendezvous host "
+                               "kdist-store.invalid: ")
+    assert "; fix: " in fails[0]
+    names = [line.split()[3].rstrip(":") for line in result.stdout.splitlines()]
+    assert names == ["shm", "interface", "gpus"]  # the node-local checks that passed
+
+
+def test_in_node_resolves_the_store_host_as_rendered_for_kubernetes(tmp_path: Path) -> None:
+    standalone = checks("-f", str(write_spec(tmp_path)), "--in-node")["dns"]
+    assert "rendezvous host doc-rdzv" in standalone["detail"]  # not resolvable outside a cluster
+    node0 = checks("-f", str(write_spec(tmp_path, rendezvous={"store": "node0"})), "--in-node")
+    assert "rendezvous host doc-0.doc" in node0["dns"]["detail"]
+    assert "publishNotReadyAddresses" in node0["dns"]["fix"]
+
+
+def test_in_node_small_shm_fails(tmp_path: Path) -> None:
+    want = 2 * shm_bytes() // 2**20
+    spec = write_spec(tmp_path, procs_per_node=2, resources={"shm": f"{want}Mi"})
+    result = invoke("-f", str(spec), "--in-node", "--rdzv-host", "localhost")
+    assert result.exit_code == 1
+    assert "kdist doctor: FAIL shm: /dev/shm is " in result.stderr
+    assert f"smaller than resources.shm {want}Mi" in result.stderr
+    assert "kdist doctor: ok dns: rendezvous host localhost resolves" in result.stdout
+
+
+# ---- compose target: Docker ---------------------------------------------------------------
+
+
+def docker_problem() -> str:
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                          capture_output=True, text=True, check=False)
+    return "" if info.returncode == 0 else f"`docker info` failed: {info.stderr.strip()[:200]}"
+
+
+def test_docker_check_is_ok_with_a_running_engine(tmp_path: Path) -> None:
+    problem = docker_problem()
+    if problem:
+        pytest.skip(f"no Docker Engine: {problem}")
+    found = checks("-f", str(write_spec(tmp_path)), "--target", "compose")
+    assert found["docker"]["status"] == "ok"
+    assert found["docker"]["detail"].startswith("Docker Engine ")
+    assert ", Compose 2." in found["docker"]["detail"]
+    assert found["gpu-sets"]["status"] == "ok"
+
+
+@pytest.mark.skipif(shutil.which("docker") is None, reason="the docker CLI is not installed")
+def test_docker_check_fails_on_a_dead_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = tmp_path / "dead.sock"
+    with socket.socket(socket.AF_UNIX) as sock:  # a socket file nobody listens on
+        sock.bind(str(dead))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{dead}")
+    result = invoke("-f", str(write_spec(tmp_path)), "--target", "compose")
+    assert result.exit_code == 1
+    row = next(line for line in result.stdout.splitlines() if line.startswith("docker "))
+    assert row.split()[1] == "fail"
+    assert "the Docker engine is not running or not reachable" in row and str(dead) in row
+    assert "fix: start the Docker Engine" in result.stdout
+
+
+def test_compose_gpu_sets_must_be_distinct(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, nodes=3, resources={"shm": "1Mi", "gpu": 2})
+    rendered = compose.render(LaunchPlan(load_file(spec)))
+    assert check_gpu_sets(rendered).status == "ok"
+    devices = rendered["services"]["node-2"]["deploy"]["resources"]["reservations"]["devices"]
+    devices[0]["device_ids"] = ["0", "5"]  # node-2 now shares GPU 0 with node-0
+    found = check_gpu_sets(rendered)
+    assert found.status == "fail"
+    assert "GPU 0: node-0, node-2" in found.detail and "Duplicate GPU detected" in found.detail
+    assert "compose-gpu-devices" in found.fix
+
+
+# ---- k8s target: the kube context -----------------------------------------------------------
+
+
+def test_kube_context_with_a_closed_port_fails_naming_the_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()  # closed again: nothing listens there
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "gone",
+              "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{port}"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}],
+              "contexts": [{"name": "gone", "context": {"cluster": "c", "user": "u"}}]}
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(config), encoding="utf-8")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    result = invoke("-f", str(write_spec(tmp_path)), "--target", "k8s")
+    assert result.exit_code == 1
+    row = next(line for line in result.stdout.splitlines() if line.startswith("kube "))
+    assert row.split()[1] == "fail"
+    assert f"cannot reach the Kubernetes API server https://127.0.0.1:{port}" in row
+    assert "(context 'gone'): connection refused" in row
+
+
+def test_no_kubeconfig_is_a_clear_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(missing))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    found = checks("-f", str(write_spec(tmp_path)), "--target", "k8s")["kube"]
+    assert found["status"] == "fail"
+    assert found["detail"].startswith(f"no kubeconfig ({missing} does not exist)")
+    assert "KUBECONFIG" in found["fix"]
+
+
+# ---- the CLI boundary ------------------------------------------------------------------------
+
+
+def test_a_bad_spec_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "kdist.yaml"
+    bad.write_text("name: x\nimage: y\nentrypoint: t.py\nnodes: 1\nresources: {shm: lots}\n")
+    result = invoke("-f", str(bad))
+    assert result.exit_code == 2 and "resources.shm" in result.stderr
+    missing = invoke("-f", str(tmp_path / "missing.yaml"))
+    assert missing.exit_code != 0 and "missing.yaml" in missing.stderr
+
+
+def test_registering_the_commands_imports_no_backend() -> None:
+    code = ("import sys, kdist.cli_ux; "
+            "print(sorted(m for m in sys.modules if m.startswith('kdist') or m == 'yaml'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['kdist', 'kdist.cli_ux', 'kdist.cliopts']"
+
+
+# ---- docs/troubleshooting.md names only things that exist ------------------------------------
+
+
+def test_troubleshooting_names_real_rules_checks_fields_and_rows() -> None:
+    text = (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
+    rules = set(re.findall(r"rule `([a-z0-9-]+)`", text))
+    assert rules and rules <= set(RULES), rules - set(RULES)
+    checked = set(re.findall(r"check `([a-z-]+)`", text))
+    assert checked and checked <= set(CHECKS), checked - set(CHECKS)
+    for field in set(re.findall(r"field `([a-z_.]+)", text)):
+        cls: Any = JobSpec
+        for part in field.split("."):
+            types = {f.name: f.type for f in dataclasses.fields(cls)}
+            assert part in types, f"docs/troubleshooting.md: no spec field {field}"
+            cls = getattr(sys.modules["kdist.spec"], str(types[part]).split(" |")[0], None)
+    p = LaunchPlan(load_file(ROOT / "tests" / "fixtures" / "features" / "minimal" / "kdist.yaml"))
+    names = {r.name for r in compare(compose.render(p), k8s.render(p))}
+    rows = set(re.findall(r"row `([a-z ]+)`", text))
+    assert rows and rows <= names, rows - names
