@@ -12,7 +12,8 @@ from kdist.schema import job_schema
 
 
 def cli_reference() -> str:
-    root = click.Context(cli, info_name="kdist", terminal_width=100, max_content_width=100)
+    root = click.Context(cli, info_name="kdist", terminal_width=100, max_content_width=100,
+                         **cli.context_settings)
     parts = ["# kdist command reference\n",
              "Generated from the commands by `make golden`; a test keeps it current.\n",
              "```\n" + cli.get_help(root) + "\n```\n"]
