@@ -96,11 +96,12 @@ def schema() -> None:
 def _register() -> None:
     """Commands that live in their own modules (kept out of `render`'s import path)."""
     from kdist import cli_compose, cli_k8s
+    from kdist.cli_report import report
     from kdist.cli_run import run
     from kdist.cli_ux import diff, doctor
     from kdist.cli_validate import validate
 
-    for command in (run, validate, doctor, diff):
+    for command in (run, validate, doctor, diff, report):
         cli.add_command(command)
     cli_compose.register(cli)
     cli_k8s.register(cli)

@@ -9,6 +9,9 @@ become messages and exit codes in kdist.cli's group. Register them with `registe
 from __future__ import annotations
 
 import json
+import re
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +66,27 @@ def status_dict(status: JobStatus) -> dict[str, Any]:
     }
 
 
+NODE_LINE = re.compile(r"^node-(\d+)\s*\| ?(.*)$")
+
+
+def _follow_with_status(job: ComposeJob) -> None:
+    """Node log lines on stdout and, on a terminal, the same live status line as `kdist run`."""
+    from kdist.cli_run import TerminalConsole
+    from kdist.runstatus import JobStatus
+
+    console = TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
+    status, start = JobStatus(), time.monotonic()
+    try:
+        for line in job.follow():
+            console.clear()
+            click.echo(line)
+            if m := NODE_LINE.match(line):
+                status.observe(int(m[1]), m[2])
+            console.status(status, time.monotonic() - start)
+    finally:
+        console.clear()
+
+
 @click.command()
 @spec_option
 @click.option("-d", "--detach", is_flag=True,
@@ -88,8 +112,7 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None) ->
                    "and `kdist status`, remove it with `kdist down`", err=True)
         return
     try:
-        for line in job.follow():
-            click.echo(line)
+        _follow_with_status(job)
     except KeyboardInterrupt:
         click.echo(f"\nkdist: interrupted; stopping job {name} (`kdist down` removes it)", err=True)
         job.stop()

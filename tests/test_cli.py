@@ -86,3 +86,16 @@ def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(
     assert second.exit_code == 1 and "--force" in second.stderr
     assert CliRunner().invoke(cli, ["init", "--force", "--name", "x9"]).exit_code == 0
     assert load_file(project / "kdist.yaml").name == "x9"
+
+
+def test_run_warns_when_simulated_nodes_crowd_the_cores(capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from kdist.cli_run import CROWDED_NODES_PER_CORE, _warn_if_crowded
+    from kdist.plan import LaunchPlan
+
+    plan = LaunchPlan(load_file(SPEC))
+    _warn_if_crowded(plan, 2)
+    assert capsys.readouterr().err == ""
+    _warn_if_crowded(plan, CROWDED_NODES_PER_CORE * (os.cpu_count() or 1) + 1)
+    assert "may never settle" in capsys.readouterr().err
