@@ -374,8 +374,6 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
     if rdzv.last_call_timeout >= rdzv.join_timeout:
         out.append(("rendezvous.last_call_timeout",
                     f"must be less than join_timeout ({rdzv.join_timeout})"))
-    if job.rendezvous.store == "node0" and job.nodes.elastic:
-        pass  # allowed, but node 0 is then a single point of failure (README explains)
     return out
 
 
