@@ -9,9 +9,16 @@ from pathlib import Path
 from kdist.errors import KdistError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _stage(path: Path, text: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,8 +41,15 @@ def test_render_to_folder_writes_one_file_atomically(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["render", "-t", "k8s", "-f", str(SPEC), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert [p.name for p in out.iterdir()] == ["k8s.yaml"]  # no temp files left behind
+    assert (out / "k8s.yaml").stat().st_mode & 0o777 == 0o666 & ~current_umask()
     kinds = [d["kind"] for d in yaml.safe_load_all((out / "k8s.yaml").read_text())]
     assert kinds[-1] == "StatefulSet" and kinds[0] == "NetworkPolicy"
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_bad_spec_writes_nothing(tmp_path: Path) -> None:
