@@ -10,14 +10,13 @@ BY_DESIGN and not compared.
 from __future__ import annotations
 
 import difflib
-import re
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdist.errors import KdistError
-from kdist.plan import cpu_cores, memory_bytes
+from kdist.quantity import cpu_cores, docker_bytes, human_bytes, memory_bytes
 
 IGNORED_ENV = ("PET_LOCAL_ADDR", "HOME")
 BY_DESIGN = (
@@ -34,7 +33,6 @@ BY_DESIGN = (
 UNSET = "(unset)"
 DOCKER_SHM_DEFAULT = 64 * 2**20
 ENDPOINT_FLAGS = ("--rdzv-endpoint", "--rdzv_endpoint")
-SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg]?)b?\s*$", re.IGNORECASE)
 ORDER = ("torchrun", "nodes", "rendezvous", "env", "shm", "gpus", "cpu", "memory", "checkpoint")
 
 
@@ -83,25 +81,11 @@ class Side:
 # ---- small helpers -------------------------------------------------------------------------
 
 
-def human_bytes(n: int) -> str:
-    """Exact: `1536Mi`, `3G`, or `1000001 bytes` (equal texts <=> equal byte counts)."""
-    units = (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10),
-             ("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3))
-    for unit, factor in units:
-        if n >= factor and n % factor == 0:
-            return f"{n // factor}{unit}"
-    return f"{n} bytes"
-
-
 def compose_bytes(value: Any) -> int:
-    """A Compose byte value (`1g`, `1536m`, `100kb`, 1024) -> bytes (Docker's units are binary)."""
-    if isinstance(value, int):
-        return value
-    match = SIZE_RE.match(str(value))
-    if not match:
+    n = docker_bytes(value)
+    if n is None:
         raise DiffError(f"not a Compose byte value: {value!r} (expected e.g. 1g, 512m)")
-    factor = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}[match.group(2).lower()]
-    return int(float(match.group(1)) * factor)
+    return n
 
 
 def k8s_bytes(value: Any) -> int:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kdist.errors import KdistError
-from kdist.plan import LaunchPlan, memory_bytes
+from kdist.plan import LaunchPlan
+from kdist.quantity import human_bytes, memory_bytes
 
 Status = Literal["ok", "warn", "fail"]
 TARGETS = ("local", "compose", "k8s")
@@ -61,14 +62,6 @@ class Options:
 
 def failed(checks: Sequence[Check]) -> list[Check]:
     return [c for c in checks if c.status == "fail"]
-
-
-def human_bytes(n: int) -> str:
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= factor:
-            value = n / factor
-            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{n} B"
 
 
 # ---- this interpreter ------------------------------------------------------------------------

@@ -215,18 +215,3 @@ class LaunchPlan:
             env["GLOO_SOCKET_IFNAME"] = s.network_interface
         env.update(dict(s.env))
         return dict(sorted(env.items()))
-
-
-def memory_bytes(quantity: str) -> int:
-    """Kubernetes memory quantity -> bytes (`1Gi` -> 1073741824, `1G` -> 10**9)."""
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-    for suffix, factor in units.items():
-        if quantity.endswith(suffix):
-            return int(float(quantity[: -len(suffix)]) * factor)
-    return int(float(quantity))
-
-
-def cpu_cores(quantity: str) -> float:
-    """Kubernetes cpu quantity -> cores (`500m` -> 0.5)."""
-    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdist.plan import STORE_COMPONENT, LaunchPlan, cpu_cores, memory_bytes
+from kdist.plan import STORE_COMPONENT, LaunchPlan
+from kdist.quantity import cpu_cores, memory_bytes
 
 NETWORK = "kdist"
 VOLUME = "checkpoints"

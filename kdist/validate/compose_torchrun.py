@@ -7,25 +7,13 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from kdist.quantity import docker_bytes
 from kdist.validate import torchrun
 from kdist.validate.compose import Service, env_pairs
 from kdist.validate.k8s_torchrun import LOCAL_HOSTS
 from kdist.validate.objects import Sink, dig, integer, items, mapping, string
 from kdist.validate.torchrun import Call, Site
 from kdist.validate.yamldoc import Path
-
-DOCKER_UNITS = {"b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30,
-                "gb": 2**30}
-
-
-def docker_bytes(value: Any) -> int | None:
-    """Compose byte values: 1073741824, "1g", "512m", "64mb"."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]{0,2})\s*", string(value))
-    if not m or m[2].lower() not in {"", *DOCKER_UNITS}:
-        return None
-    return int(float(m[1]) * DOCKER_UNITS.get(m[2].lower(), 1))
 
 
 @dataclass

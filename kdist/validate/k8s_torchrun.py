@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from kdist.quantity import k8s_bytes
 from kdist.validate import netpol, torchrun
 from kdist.validate.k8s_refs import governing_service, is_headless, publishes_not_ready
 from kdist.validate.objects import (
@@ -127,7 +128,7 @@ def _shm(pod: PodT, c: dict[str, Any]) -> tuple[Path, bool, int | None]:
             continue
         for i, v in enumerate(items(pod.spec.get("volumes"))):
             if dig(v, "name") == dig(m, "name") and dig(v, "emptyDir", "medium") == "Memory":
-                size = torchrun.quantity_bytes(dig(v, "emptyDir", "sizeLimit"))
+                size = k8s_bytes(dig(v, "emptyDir", "sizeLimit"))
                 return (*pod.path, "volumes", i, "emptyDir"), True, size
     index = next((i for i, x in enumerate(items(pod.spec.get("containers"))) if x is c), 0)
     return (*pod.path, "containers", index), False, None

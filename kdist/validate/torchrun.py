@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdist.quantity import human_bytes
+
 # torchrun options that take a value / that are flags (torch.distributed.run.get_args_parser)
 VALUE_OPTIONS = (
     "nnodes", "nproc-per-node", "rdzv-backend", "rdzv-endpoint", "rdzv-id", "rdzv-conf",
@@ -268,7 +270,7 @@ def check_shm(site: Site, nproc: int | None) -> None:
         site.report("torchrun-shm", "shm", "/dev/shm is not an in-memory volume: the runtime "
                     "default is 64 MB and DataLoader workers / NCCL fail with bus errors")
     elif (nproc or 1) > 1 and site.shm is not None and site.shm < SHM_MIN:
-        site.report("torchrun-shm", "shm", f"/dev/shm is {human(site.shm)} for {nproc} processes "
+        site.report("torchrun-shm", "shm", f"/dev/shm is {human_bytes(site.shm)} for {nproc} processes "
                     "per node; use at least 1Gi")
 
 
@@ -314,28 +316,3 @@ def _conf_value_problem(key: str, value: str) -> str:
     if key == "store_type":
         return "" if value.strip().lower() in ("tcp", "file") else "expected tcp or file"
     return ""
-
-
-def human(n: int) -> str:
-    for suffix, factor in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if n >= factor and n % factor == 0:
-            return f"{n // factor}{suffix}"
-    return f"{n} bytes"
-
-
-MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-                "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-                "E": 10**18, "m": 10**-3}
-
-
-def quantity_bytes(value: Any) -> int | None:
-    """Kubernetes quantity (`8Gi`, `512M`, `1e9`, 1073741824) -> bytes; None when malformed."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]{0,2})\s*",
-                     str(value))
-    if not m or (m[2] and m[2] not in MEMORY_UNITS):
-        return None
-    return int(float(m[1]) * MEMORY_UNITS.get(m[2], 1))
