@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
-.PHONY: venv demo test lint golden examples bench clean kind-up kind-load kind-e2e kind-down
+.PHONY: venv demo test quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: venv  ## the example elastic job as 3 simulated nodes on this host; node-2
 
 test: venv lint  ## the whole test suite (Docker/helm tests skip with a reason when absent)
 	$(BIN)/pytest -q -ra --durations=15
+
+quickstart:  ## README's Quickstart line by line in a fresh clone of HEAD (needs git; ~4 min)
+	bash scripts/quickstart.sh
 
 lint: venv
 	$(BIN)/ruff check kdist tests benchmarks trainers

@@ -10,10 +10,14 @@
   TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 as kdist sets it). Target: <= 8 s for kdist.
 - launch: wall time of `kdist run` of the 2-node smoke job against the same two torchrun
   command lines started by hand, and their ratio.
-- scale: 8, 16 and 32 simulated nodes of the smoke job; wall time, and wall time minus one
-  bare `python -c "import torch"`. A size that does not finish within --scale-cap with the
-  spec's keep-alive (1 s x 5) is run again with keep_alive_interval 5 s x 3: on 2 cores, 32
-  agents heart-beating every second keep the c10d rendezvous state from ever settling.
+- scale: 8, 16 and 32 simulated nodes of the smoke job with kdist's defaults; wall time, and
+  how long the rendezvous takes after the last agent is ready (torchrun's "Rendezvous'ing
+  worker group", i.e. torch imported) until the round is complete, read from the node logs.
+  Above 8 nodes per core `kdist run` itself lengthens keep-alives to 5 s x 3 (on 2 cores, 32
+  agents heart-beating every second never settle); a size that still does not finish within
+  --scale-cap is run again with keep_alive_interval 5 s x 3 in the spec.
+- recovery phases (kdist): kill -> survivors' worker groups FAILED -> new round complete ->
+  first step, from the node logs' timestamps.
 
 Medians of --runs runs (--quick: one run each). Writes benchmarks/results/local.json.
 """
@@ -22,10 +26,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import functools
 import json
 import os
 import queue
+import re
 import signal
 import statistics
 import subprocess
@@ -76,10 +82,55 @@ def first_recovered_step(events: list[tuple[float, dict[str, Any]]], kill_wall: 
     return None
 
 
+GLOG_STAMP = re.compile(r"^[IWE](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) ")
+
+
+def glog_times(log: Path, needle: str) -> list[float]:
+    """Wall times of torchrun's log lines that contain `needle` (glog stamps, local time)."""
+    year = time.localtime().tm_year
+    times = []
+    for line in log.read_text(errors="replace").splitlines():
+        match = GLOG_STAMP.match(line)
+        if match and needle in line:
+            month, day, hour, minute, second, micros = (int(g) for g in match.groups())
+            stamp = datetime.datetime(year, month, day, hour, minute, second, micros)
+            times.append(stamp.timestamp())
+    return times
+
+
+def first_after(times: list[float], after: float) -> float | None:
+    return next((t for t in times if t > after), None)
+
+
+def recovery_phases(run_dir: Path, kill_wall: float, stepped: float) -> dict[str, float] | None:
+    """kill -> survivors' worker groups FAILED -> new round complete -> first step (seconds)."""
+    failed, complete = [], []
+    for node in ("node-0", "node-1"):
+        log = run_dir / f"{node}.log"
+        failed.append(first_after(glog_times(log, "Worker group FAILED"), kill_wall))
+        complete.append(first_after(glog_times(log, "Rendezvous complete"), kill_wall))
+    if None in failed or None in complete:
+        return None
+    t_failed, t_complete = max(t for t in failed if t), max(t for t in complete if t)
+    return {"detect_s": t_failed - kill_wall, "rendezvous_s": t_complete - t_failed,
+            "worker_start_s": stepped - t_complete}
+
+
+def rendezvous_overhead(run_dir: Path) -> float | None:
+    """Seconds from the last agent ready to rendezvous (torch imported) to the round complete."""
+    ready, complete = [], []
+    for log in sorted(run_dir.glob("node-*.log")):
+        ready += glog_times(log, "Rendezvous'ing worker group")[:1]
+        complete += glog_times(log, "Rendezvous complete")[:1]
+    if not ready or len(complete) != len(ready):
+        return None
+    return max(complete) - max(ready)
+
+
 # ---- recovery ----------------------------------------------------------------------------
 
 
-def recovery_kdist(cap: float, workdir: Path) -> float | None:
+def recovery_kdist(cap: float, workdir: Path, phases: list[dict[str, float]]) -> float | None:
     """`kdist run --kill node-2@15s`; stopped with SIGINT once the survivors step again."""
     spec = workdir / "kdist.yaml"
     spec.write_text(elastic_text("trainers/train.py"))
@@ -101,7 +152,11 @@ def recovery_kdist(cap: float, workdir: Path) -> float | None:
     kill_wall = next((e["wall"] for e in events if e["event"] == "kdist.kill"), None)
     if kill_wall is None:
         return None
-    return first_recovered_step([(e["wall"], e) for e in events], kill_wall)
+    took = first_recovered_step([(e["wall"], e) for e in events], kill_wall)
+    split = None if took is None else recovery_phases(run_dir, kill_wall, kill_wall + took)
+    if split is not None:
+        phases.append(split)
+    return took
 
 
 def recovery_torchrun(cap: float, workdir: Path) -> float | None:
@@ -226,8 +281,11 @@ def import_torch_time() -> float:
 
 
 def bench_recovery(runs: int, cap: float) -> dict[str, Any]:
+    phases: list[dict[str, float]] = []
     return {
-        "kdist": median_of("recovery kdist", runs, lambda d: recovery_kdist(cap, d)),
+        "kdist": median_of("recovery kdist", runs, lambda d: recovery_kdist(cap, d, phases)),
+        "kdist_phases_median_s": {key: round(statistics.median(p[key] for p in phases), 2)
+                                  for key in (phases[0] if phases else {})},
         "torchrun_defaults": median_of("recovery torchrun", runs,
                                        lambda d: recovery_torchrun(cap, d)),
         "cap_s": cap,
@@ -243,8 +301,13 @@ def bench_launch(runs: int) -> dict[str, Any]:
     return {"kdist": kdist, "torchrun_by_hand": by_hand, "ratio": ratio}
 
 
-def scale_run(nodes: int, keep_alive: int, cap: float, workdir: Path) -> float:
-    return launch_kdist(smoke_spec(workdir, nodes, keep_alive), workdir, cap)
+def scale_run(nodes: int, keep_alive: int, cap: float, overheads: list[float], workdir: Path
+              ) -> float:
+    wall = launch_kdist(smoke_spec(workdir, nodes, keep_alive), workdir, cap)
+    overhead = rendezvous_overhead(workdir / "run")
+    if overhead is not None:
+        overheads.append(overhead)
+    return wall
 
 
 def bench_scale(runs: int, sizes: list[int], torch_import: float, keep_alive: int, cap: float
@@ -253,12 +316,16 @@ def bench_scale(runs: int, sizes: list[int], torch_import: float, keep_alive: in
     rows = []
     for nodes in sizes:
         for interval in (keep_alive, 5) if not keep_alive else (keep_alive,):
-            measure = functools.partial(scale_run, nodes, interval, cap)
-            result = median_of(f"scale {nodes} (keep-alive {interval or 1}s)", runs, measure)
+            overheads: list[float] = []
+            measure = functools.partial(scale_run, nodes, interval, cap, overheads)
+            result = median_of(f"scale {nodes} (keep-alive {interval or 'default'})", runs,
+                               measure)
             wall = result["median_s"]
             minus = None if wall is None else round(wall - torch_import, 2)
-            rows.append({"nodes": nodes, "keep_alive_interval": interval or 1, **result,
-                         "minus_import_torch_s": minus})
+            rdzv = round(statistics.median(overheads), 2) if overheads else None
+            rows.append({"nodes": nodes, "keep_alive_interval": interval or "kdist default",
+                         **result, "minus_import_torch_s": minus,
+                         "rendezvous_after_last_agent_ready_s": rdzv})
             if wall is not None:
                 break
     return rows
@@ -274,10 +341,11 @@ def show(results: dict[str, Any]) -> None:
     print(f"{'launch, 2-node smoke (wall)':<46} {fmt(launch['kdist'])} "
           f"{fmt(launch['torchrun_by_hand'], 11)}  ratio {launch['ratio']}")
     for row in results["scale"]:
-        label = f"scale, {row['nodes']}-node smoke, keep-alive {row['keep_alive_interval']}s"
-        print(f"{label:<46} {fmt(row)} {'':>11}  minus import torch: "
-              f"{row['minus_import_torch_s']} s")
+        label = f"scale, {row['nodes']}-node smoke, keep-alive {row['keep_alive_interval']}"
+        print(f"{label:<46} {fmt(row)} {'':>11}  rendezvous after the last agent is ready: "
+              f"{row['rendezvous_after_last_agent_ready_s']} s")
     print(f"bare `python -c 'import torch'`: {results['import_torch_s']:.2f} s")
+    print(f"kdist recovery phases (medians): {rec['kdist_phases_median_s']}")
     if failed:
         print(f"runs that failed (see errors in {RESULTS.name}): {', '.join(failed)}")
     target = rec["kdist"]["median_s"]

@@ -12,6 +12,9 @@ from typing import Any
 import click
 
 from kdist import __version__
+from kdist.cli_dev import dev_options
+from kdist.cli_dev import dev_port as dev_port_of
+from kdist.cli_dev import render_text as render_dev
 from kdist.cliopts import F, load_plan, spec_option
 from kdist.errors import KdistError, SpecError
 
@@ -54,13 +57,18 @@ def cli() -> None:
 @target_option("compose", "k8s", "helm-values")
 @click.option("-o", "--output", default="-", show_default=True, metavar="DIR|-",
               help="Folder to write into, or - for stdout.")
-def render(spec_file: Path, target: str, output: str) -> None:
+@dev_options
+def render(spec_file: Path, target: str, output: str, dev: bool, dev_port: int | None) -> None:
     """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
     from kdist.fsio import write_all
+    from kdist.netem import k8s_note
     from kdist.render import FILENAMES
     from kdist.render import render as render_target
 
-    text = render_target(load_plan(spec_file), target)
+    port = dev_port_of(dev, dev_port, target)
+    text = render_dev(spec_file, port) if dev else render_target(load_plan(spec_file), target)
+    if not dev and target != "compose" and (note := k8s_note(load_plan(spec_file).spec.network)):
+        click.echo(f"kdist: warning: {note}", err=True)
     if output == "-":
         click.echo(text, nl=False)
     else:

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from kdist import cli_dev
+from kdist.cli_json import JsonLines, current, json_lines
 from kdist.cli_k8s import k8s_options
 from kdist.cliopts import file_only_option, job_target_option, load_plan, spec_option
 from kdist.errors import KdistError
 
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
     from kdist.backends.compose import ComposeJob, JobStatus
+    from kdist.runstatus import JobStatus as RunStatus
 
 
 def _open(spec_file: Path, rewrite: bool = False) -> ComposeJob:
@@ -67,24 +70,60 @@ def status_dict(status: JobStatus) -> dict[str, Any]:
 
 
 NODE_LINE = re.compile(r"^node-(\d+)\s*\| ?(.*)$")
+EXITED_TEXT = re.compile(r"^\(container exited with code (-?\d+)\)$")
 
 
 def _follow_with_status(job: ComposeJob) -> None:
-    """Node log lines on stdout and, on a terminal, the same live status line as `kdist run`."""
+    """Node log lines on stdout and, on a terminal, the same live status line as `kdist run`.
+
+    With `--output json`: the lines on stderr, status snapshots and node exits as JSON lines.
+    """
     from kdist.cli_run import TerminalConsole
     from kdist.runstatus import JobStatus
 
-    console = TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
+    out = current()
+    console = out or TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
     status, start = JobStatus(), time.monotonic()
     try:
         for line in job.follow():
             console.clear()
-            click.echo(line)
+            click.echo(line, err=out is not None)
             if m := NODE_LINE.match(line):
-                status.observe(int(m[1]), m[2])
+                _observe(status, int(m[1]), m[2], out, time.monotonic() - start)
             console.status(status, time.monotonic() - start)
     finally:
         console.clear()
+
+
+def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
+             elapsed: float) -> None:
+    """One node's log line into the status; `(container exited with code N)` is an exit."""
+    exited = EXITED_TEXT.match(text.strip())
+    if exited is None:
+        status.observe(node, text)
+        return
+    status.node_exited(node, int(exited[1]))
+    if out is not None:
+        out.event("exit", elapsed, {"node": node, "code": int(exited[1])})
+
+
+def _show_outcome(status: JobStatus) -> None:
+    """The final `kdist status` table on stdout; with json, the result line's `job`."""
+    out = current()
+    if out is None:
+        click.echo(format_status(status))
+    else:
+        out.job = status_dict(status)
+
+
+def _failure_cause(error: KdistError) -> dict[str, Any] | None:
+    """The root cause of `kdist up`'s JobFailed, for the json result line."""
+    from kdist import jsonout
+    from kdist.backends.compose import JobFailed
+
+    if not isinstance(error, JobFailed) or not error.node:
+        return None
+    return jsonout.root_cause(error.node, error.exit_code, traceback=error.cause)
 
 
 @click.command()
@@ -94,8 +133,11 @@ def _follow_with_status(job: ComposeJob) -> None:
 @click.option("--build/--no-build", default=None,
               help="Always build the image first / never build it.  [default: build when the image "
                    "is missing and the spec has compose.build]")
+@cli_dev.dev_options
+@json_lines("compose", causes=_failure_cause)
 @click.pass_context
-def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None) -> None:
+def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, dev: bool,
+       dev_port: int | None) -> None:
     """Run the job on Docker Compose.
 
     Renders the spec to .kdist/compose/<name>/docker-compose.yaml and starts the project
@@ -103,9 +145,11 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None) ->
     summary and exits 0 only when the job succeeded (nodes stopped by kdist kill/scale excepted);
     otherwise with the failing node's exit code and root cause.
     """
-    job = _open(spec_file, rewrite=True)
+    port = cli_dev.dev_port(dev, dev_port)
+    job = cli_dev.open_job(spec_file, port) if dev else _open(spec_file, rewrite=True)
     started = job.up(build=build, on_output=lambda line: click.echo(line, err=True))
     name = job.project.name
+    server = cli_dev.start(job, build) if dev else None
     if detach:
         running = sum(1 for n in started.nodes if n.running)
         click.echo(f"kdist: job {name} started with {running} nodes; follow it with `kdist logs -f` "
@@ -118,7 +162,8 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None) ->
         job.stop()
         ctx.exit(130)
     status = job.finish()
-    click.echo(format_status(status))
+    _show_outcome(status)
+    cli_dev.remind(server)
     if status.phase != "succeeded":
         raise job.failure(status) or KdistError(
             f"job {name} is {status.phase}, but its logs ended; see `kdist status`")

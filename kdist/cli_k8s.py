@@ -1,10 +1,10 @@
 """`kdist apply | delete`, and the Kubernetes side of `kdist status | logs | scale`.
 
 `apply` and `delete` are commands (`register(cli)` adds them); `k8s_status`, `k8s_logs`,
-`k8s_scale` and `k8s_delete` are what the shared commands call for `--target k8s`. This module
-imports only click and kdist.cliopts: the backend and the API client are imported when a command
-runs, so `kdist --help` and `kdist render` never load them. Library errors (KdistError) become
-messages and exit codes in kdist.cli's group.
+`k8s_scale` and `k8s_delete` are what the shared commands call for `--target k8s`. At import
+this module loads only click and small kdist modules (cliopts, cli_json, jsonout): the backend
+and the API client are imported when a command runs, so `kdist --help` and `kdist render` never
+load them. Library errors (KdistError) become messages and exit codes in kdist.cli's group.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from kdist.cliopts import load_plan, spec_option
+from kdist import jsonout
+from kdist.cli_json import JsonLines, reporting
+from kdist.cliopts import load_plan, output_option, spec_option
 from kdist.errors import UsageError
+from kdist.netem import k8s_note
 
 if TYPE_CHECKING:
     from kdist.backends.k8s import Applied, K8sJob
@@ -143,12 +146,12 @@ def _print_objects(objects: list[dict[str, Any]], output: str) -> None:
         click.echo(dump_all(objects), nl=False)
 
 
-def _client_dry_run(plan: LaunchPlan, namespace: str | None, output: str | None) -> None:
+def _client_dry_run(plan: LaunchPlan, namespace: str | None, output: str) -> None:
     """No network: what would be applied, exactly `kdist render --target k8s` without -n."""
     from kdist.backends.k8s import display_name, manifests
 
     docs = manifests(plan, namespace)
-    if output:
+    if output != "text":
         _print_objects(docs, output)
         return
     for doc in docs:
@@ -166,13 +169,18 @@ def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
     return out
 
 
-def wait_for(job: K8sJob, timeout: float | None) -> None:
-    """Print a status line whenever the job's status changes, until it finishes."""
+def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -> None:
+    """Print a status line whenever the job's status changes, until it finishes.
+
+    With `out` (json), a status snapshot instead, and the job and root cause for the result.
+    """
     start, last, status = time.monotonic(), "", None
     try:
         for status in job.watch(timeout=timeout):
             line = status.summary()
-            if line != last:
+            if out is not None:
+                out.snapshot(jsonout.k8s_status(status, job.client.conn.context, out.elapsed()))
+            elif line != last:
                 click.echo(f"[{time.monotonic() - start:6.0f}s] {line}", err=True)
                 last = line
     except KeyboardInterrupt:
@@ -180,6 +188,10 @@ def wait_for(job: K8sJob, timeout: float | None) -> None:
                    "kdist delete)", err=True)
         raise click.exceptions.Exit(130) from None
     error = job.failure(status) if status is not None else None
+    if out is not None and status is not None:
+        out.job = status_dict(status, job.client.conn.context)
+        if error is not None:
+            out.cause = jsonout.root_cause(status.finished_by or None, status.exit_code)
     if error is not None:
         raise error
     click.echo(f"kdist: job {job.name} succeeded", err=True)
@@ -193,36 +205,53 @@ def wait_for(job: K8sJob, timeout: float | None) -> None:
               show_default=True,
               help="client: print what would be applied (no cluster); server: the API server "
                    "validates and admits it but stores nothing.")
-@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default=None,
-              help="Print the objects (as the server returned them) instead of one line each.")
+@output_option("text", "yaml", "json",
+               help="text: one line per object; yaml, json: the objects (as the server returned "
+                    "them). With --wait, json means JSON lines on stdout instead: an `applied` "
+                    "event per object, status snapshots, a final result line.")
 @click.option("--wait", is_flag=True, help="Then show live status until the job finishes; exit "
                                            "with its outcome.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="With --wait: give up after this long (the job keeps running).")
 def apply(spec_file: Path, target: str, context: str | None, namespace: str | None, dry_run: str,
-          output: str | None, wait: bool, timeout: float | None) -> None:
+          output: str, wait: bool, timeout: float | None) -> None:
     """Create or update the job on Kubernetes (server-side apply, field manager kdist).
 
     Applies what `kdist render --target k8s` prints, in that order. Applying again is a no-op.
     A finished job stops itself (its StatefulSet is scaled to 0); delete it to run it again.
     """
-    if wait and dry_run != "none":
-        raise UsageError("--wait needs a real apply (--dry-run=none)")
-    plan = load_plan(spec_file)
-    if dry_run == "client":
-        _client_dry_run(plan, namespace, output)
-        return
-    job = _connect(plan, context, namespace)
+    out = JsonLines("k8s") if wait and output == "json" else None
+    with reporting(out):
+        if wait and dry_run != "none":
+            raise UsageError("--wait needs a real apply (--dry-run=none)")
+        plan = load_plan(spec_file)
+        if note := k8s_note(plan.spec.network):
+            click.echo(f"kdist: warning: {note}", err=True)
+        if dry_run == "client":
+            _client_dry_run(plan, namespace, output)
+            return
+        job = _connect(plan, context, namespace)
+        _apply_objects(job, dry_run == "server", output, out)
+        if wait:
+            wait_for(job, timeout, out)
+
+
+def _apply_objects(job: K8sJob, server_dry_run: bool, output: str, out: JsonLines | None) -> None:
+    """Apply, then show what was applied: a line, the objects, or (json --wait) an event each."""
+    from kdist.backends.k8s import display_name
+
     applied: list[Applied] = []
-    for result in job.apply(dry_run=dry_run == "server"):
+    for result in job.apply(dry_run=server_dry_run):
         applied.append(result)
-        if not output:
+        if out is not None:
+            out.event("applied", out.elapsed(), {"object": display_name(result.kind, result.name),
+                                                 "namespace": result.namespace,
+                                                 "dry_run": result.dry_run})
+        elif output == "text":
             click.echo(str(result))
     _warn(job)
-    if output:
+    if out is None and output != "text":
         _print_objects(_without_managed_fields(applied), output)
-    if wait:
-        wait_for(job, timeout)
 
 
 @click.command()

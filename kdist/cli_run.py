@@ -10,13 +10,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
+from kdist.cli_json import JsonLines, current, json_lines
 from kdist.cliopts import load_plan, spec_option
 
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
+    from kdist.backends.local import RunOptions, RunResult
     from kdist.plan import LaunchPlan
     from kdist.runstatus import JobStatus
 
@@ -49,6 +51,11 @@ class TerminalConsole:
         self.status_stream.flush()
         self.shown, self.drawn_at = text, now
 
+    def event(self, name: str, elapsed: float, fields: dict[str, Any]) -> None:
+        """kdist's own events as `kdist | kill node=1 ...` log lines (node starts are not shown)."""
+        if name != "start":
+            self.log("kdist", " ".join([name, *(f"{k}={v}" for k, v in fields.items())]))
+
     def clear(self) -> None:
         if self.status_stream is not None and self.shown:
             self.status_stream.write(CLEAR_LINE)
@@ -62,20 +69,45 @@ class TerminalConsole:
         return max(shutil.get_terminal_size((100, 24)).columns - 1, 20)
 
 
-# Measured on 2 cores: 16 simulated nodes complete with 1 s keep-alives, 32 never settle (every
-# agent's heartbeat rewrites the shared rendezvous state); with 5 s x 3 they complete.
+# Measured on 2 cores: 16 simulated nodes complete with 1 s keep-alives; 32 never settle (agents
+# starved of CPU miss heartbeats, drop out of the round and rejoin); with 5 s x 3 they complete.
 CROWDED_NODES_PER_CORE = 8
+ROOMY_KEEP_ALIVE = (5, 3)  # interval (s), attempts: torch's own defaults
 
 
-def _warn_if_crowded(plan: LaunchPlan, nodes: int) -> None:
+def roomy_plan(plan: LaunchPlan, nodes: int, cores: int) -> LaunchPlan | None:
+    """The plan with 5 s x 3 keep-alives when the simulation crowds the cores, else None.
+
+    Only for this host's simulation: the rendered targets keep the spec's timeouts.
+    """
+    import dataclasses
+
+    from kdist.plan import LaunchPlan
+
+    rdzv = plan.spec.rendezvous
+    interval, attempts = ROOMY_KEEP_ALIVE
+    crowded = nodes * plan.spec.procs_per_node > CROWDED_NODES_PER_CORE * cores
+    if not crowded or rdzv.keep_alive_interval * rdzv.keep_alive_max_attempt >= interval * attempts:
+        return None
+    roomy = dataclasses.replace(rdzv, keep_alive_interval=interval, keep_alive_max_attempt=attempts)
+    return LaunchPlan(dataclasses.replace(plan.spec, rendezvous=roomy))
+
+
+def _fit_to_host(plan: LaunchPlan, nodes: int) -> LaunchPlan:
+    """Longer keep-alives when the simulation crowds this host's cores (said on stderr)."""
     import os
 
     cores = os.cpu_count() or 1
-    if nodes > CROWDED_NODES_PER_CORE * cores and plan.spec.rendezvous.keep_alive_interval < 5:
-        click.echo(f"kdist: warning: {nodes} simulated nodes on {cores} cores: with "
-                   f"{plan.spec.rendezvous.keep_alive_interval} s keep-alives the rendezvous may "
-                   "never settle; for large simulations set rendezvous.keep_alive_interval: 5 and "
-                   "keep_alive_max_attempt: 3", err=True)
+    roomy = roomy_plan(plan, nodes, cores)
+    if roomy is None:
+        return plan
+    spec, new = plan.spec.rendezvous, roomy.spec.rendezvous
+    click.echo(f"kdist: {nodes} simulated nodes on {cores} cores: keep-alives of "
+               f"{new.keep_alive_interval} s x {new.keep_alive_max_attempt} for this run instead "
+               f"of the spec's {spec.keep_alive_interval} s x {spec.keep_alive_max_attempt}, so "
+               "agents starved of CPU are not declared dead (a lost node is noticed later)",
+               err=True)
+    return roomy
 
 
 @click.command()
@@ -91,20 +123,14 @@ def _warn_if_crowded(plan: LaunchPlan, nodes: int) -> None:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Folder for this run's logs, metrics and checkpoints "
                    "[default: .kdist/runs/<run-id>]. Reusing one resumes from its checkpoint.")
+@json_lines("local")
 def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: tuple[str, ...],
         run_dir: Path | None) -> None:
-    """Run the job here: every node is a torchrun process group on 127.0.0.1.
+    """Run the job here: every node is a torchrun process group on this host.
 
     Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
     """
-    from kdist.backends.local import (
-        Interrupted,
-        RunFailed,
-        RunOptions,
-        parse_kill,
-        parse_seconds,
-        run_local,
-    )
+    from kdist.backends.local import RunOptions, parse_kill, parse_seconds
 
     options = RunOptions(
         nodes=nodes,
@@ -113,14 +139,49 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
         run_dir=run_dir,
     )
     plan = load_plan(spec_file)
-    _warn_if_crowded(plan, nodes or plan.spec.nodes.count)
-    console = TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
+    plan = _fit_to_host(plan, nodes or plan.spec.nodes.count)
+    _run(plan, options, current())
+
+
+def _run(plan: LaunchPlan, options: RunOptions, out: JsonLines | None) -> None:
+    """The run, then its summary on stderr (with json: the job and root cause for the result)."""
+    from kdist.backends.local import Interrupted, RunFailed, run_local
+
+    console = out or TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
     try:
         result = run_local(plan, options, console)
     except (RunFailed, Interrupted) as e:
         console.clear()
         click.echo(e.result.summary(), err=True)
+        if out is not None:
+            out.job = _run_dict(e.result)
+            out.cause = _root_cause(e.result) if isinstance(e, RunFailed) else None
         raise
     finally:
         console.clear()
     click.echo(result.summary(), err=True)
+    if out is not None:
+        out.job = _run_dict(result)
+
+
+def _run_dict(result: RunResult) -> dict[str, Any]:
+    return {"run_id": result.run_id, "run_dir": str(result.run_dir),
+            "final_step": result.final_step, "interrupted": result.interrupted or None,
+            "summary": result.summary(),
+            "nodes": [{"node": n.index, "exit_code": n.exit_code, "killed": n.killed,
+                       "stopped": n.stopped, "exited_at": round(n.at, 1)} for n in result.nodes]}
+
+
+def _root_cause(result: RunResult) -> dict[str, Any] | None:
+    from kdist import jsonout
+    from kdist.backends.local import failed_nodes
+
+    failed = failed_nodes(result)
+    if not failed:
+        return None
+    node, cause = failed[0]
+    log = str(result.run_dir / f"node-{node.index}.log")
+    if cause is None:
+        return jsonout.root_cause(f"node-{node.index}", node.exit_code, log=log)
+    return jsonout.root_cause(f"node-{node.index}", node.exit_code, cause.rank, cause.signal,
+                              cause.traceback, log)

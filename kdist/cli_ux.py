@@ -65,15 +65,29 @@ def _echo_in_node(checks: Sequence[Check]) -> None:
               help="Where the job will run.  [default: local; k8s with --in-node]")
 @click.option("--in-node", is_flag=True,
               help="Run inside a node's container or pod (as an init step): only the node-local "
-                   "checks (/dev/shm, network interface, DNS of the store host, GPUs).")
+                   "checks (/dev/shm, network interface, DNS of the store host, GPUs). Without "
+                   "the spec file there (no -f, no ./kdist.yaml), the options below and the "
+                   "node's environment say what to check.")
 @click.option("--rdzv-host", metavar="HOST",
-              help="Resolve this rendezvous host instead of the one the target renders.")
+              help="Resolve this rendezvous host instead of the one the target renders.  "
+                   "[default without a spec: the host of $PET_RDZV_ENDPOINT]")
+@click.option("--shm", metavar="SIZE",
+              help="--in-node: /dev/shm must be at least SIZE (e.g. 1Gi); smaller fails.  "
+                   "[default: resources.shm of the spec; without a spec, not checked]")
+@click.option("--interface", metavar="NAME",
+              help="--in-node: the network interface the node must have.  [default: "
+                   "network_interface of the spec; without a spec, $GLOO_SOCKET_IFNAME or "
+                   "$NCCL_SOCKET_IFNAME]")
+@click.option("--gpus", type=click.IntRange(min=0), metavar="N",
+              help="--in-node: GPUs the node must see.  [default: resources.gpu of the spec; "
+                   "without a spec, 0]")
 @click.option("--context", metavar="NAME",
               help="Kubernetes context for --target k8s.  [default: current-context]")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @click.pass_context
 def doctor(ctx: click.Context, spec_file: Path, target: str | None, in_node: bool,
-           rdzv_host: str | None, context: str | None, as_json: bool) -> None:
+           rdzv_host: str | None, shm: str | None, interface: str | None, gpus: int | None,
+           context: str | None, as_json: bool) -> None:
     """Check that this machine can run the job: a table of checks with a fix for each failure.
 
     \b
@@ -82,17 +96,31 @@ def doctor(ctx: click.Context, spec_file: Path, target: str | None, in_node: boo
     k8s:       the context's API server answers (GET /version)
     --in-node: /dev/shm, the network interface, DNS of the store host, GPUs (one line each)
 
+    \b
+    In a node without the spec file (an init step in the trainer image):
+      kdist doctor --in-node --shm 1Gi --rdzv-host job-rdzv --interface eth0
+
     Exits 1 when any check fails, 0 otherwise (warnings do not fail).
     """
     from kdist.doctor import Options, failed, run_checks
 
+    node_only = {"--shm": shm, "--interface": interface, "--gpus": gpus}
+    given = [name for name, value in node_only.items() if value is not None]
+    if given and not in_node:
+        verb = "apply" if len(given) > 1 else "applies"
+        raise click.UsageError(f"{', '.join(given)} {verb} only with --in-node")
     target = target or ("k8s" if in_node else "local")
-    checks = run_checks(load_plan(spec_file), Options(target, in_node, rdzv_host or "", context))
+    default_spec = ctx.get_parameter_source("spec_file") is click.core.ParameterSource.DEFAULT
+    specless = in_node and default_spec and not spec_file.exists()
+    plan = None if specless else load_plan(spec_file)
+    options = Options(target, in_node, rdzv_host or "", context, shm=shm or "",
+                      interface=interface or "", gpus=gpus)
+    checks = run_checks(plan, options)
     if as_json:
         import json
 
-        doc = {"target": target, "in_node": in_node, "ok": not failed(checks),
-               "checks": [c.as_dict() for c in checks]}
+        doc = {"target": target, "in_node": in_node, "spec": None if specless else str(spec_file),
+               "ok": not failed(checks), "checks": [c.as_dict() for c in checks]}
         click.echo(json.dumps(doc, indent=2))
     elif in_node:
         _echo_in_node(checks)

@@ -37,6 +37,17 @@ def job_target_option(fn: F) -> F:
                         show_default=True, help="Where the job runs.")(fn)
 
 
+JSON_LINES_HELP = ("text: for people (node logs, a live status line on a terminal); json: for "
+                   "scripts: only JSON lines on stdout (status snapshots, events, a final result "
+                   "line with the exit code and root cause), node logs on stderr.")
+
+
+def output_option(*formats: str, help: str = JSON_LINES_HELP) -> Callable[[F], F]:
+    """`-o/--output`, default text; `kdist run`/`up` take text|json, `kdist apply` adds yaml."""
+    return click.option("-o", "--output", type=click.Choice(formats or ("text", "json")),
+                        default="text", show_default=True, help=help)
+
+
 def load_plan(spec_file: Path) -> LaunchPlan:
     from kdist.load import load_file
     from kdist.plan import LaunchPlan

@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from kdist.errors import KdistError
 from kdist.plan import LaunchPlan
-from kdist.quantity import human_bytes, memory_bytes
+from kdist.quantity import human_bytes, k8s_bytes, memory_bytes
+from kdist.spec import Rendezvous
 
 Status = Literal["ok", "warn", "fail"]
 TARGETS = ("local", "compose", "k8s")
@@ -52,12 +53,35 @@ class Check:
 
 @dataclass(frozen=True)
 class Options:
-    """What to check: `target` as in `kdist render`; `in_node` for the node-local checks only."""
+    """What to check: `target` as in `kdist render`; `in_node` for the node-local checks only.
+
+    `shm`, `interface` and `gpus` override the spec's values for --in-node; without a spec they
+    (and `rdzv_host`) are all the node checks have, besides the node's environment."""
 
     target: str = "local"
     in_node: bool = False
     rdzv_host: str = ""  # overrides the store host the DNS check resolves
     context: str | None = None  # Kubernetes context (default: current-context)
+    shm: str = ""  # a Kubernetes quantity: /dev/shm must be at least this big (a hard minimum)
+    interface: str = ""  # a network interface the node must have
+    gpus: int | None = None  # GPUs the node must see
+
+
+@dataclass(frozen=True)
+class NodeNeeds:
+    """What one node needs from its container or pod, from the spec or from options and env."""
+
+    shm: int | None  # bytes of /dev/shm; None: nothing asked
+    shm_what: str  # where the number comes from, e.g. "resources.shm 1Gi" or "--shm 1Gi"
+    shm_strict: bool  # smaller is a failure even with one process per node
+    procs_per_node: int
+    interface: str
+    interface_what: str  # e.g. "spec.network_interface" or "GLOO_SOCKET_IFNAME"
+    host: str  # the store host to resolve; "" when unknown
+    port: int
+    dns_fix: str
+    gpus: int
+    gpus_what: str  # "the spec" or "--gpus"
 
 
 def failed(checks: Sequence[Check]) -> list[Check]:
@@ -114,35 +138,43 @@ def shm_size(path: str = SHM_PATH) -> tuple[int, int]:
     return st.f_frsize * st.f_blocks, st.f_frsize * st.f_bavail
 
 
-def check_shm(need: int, procs_per_node: int, what: str, path: str = SHM_PATH) -> Check:
-    """`need` bytes of /dev/shm (`what` says where the number comes from)."""
+def check_shm(need: int, procs_per_node: int, what: str, path: str = SHM_PATH,
+              strict: bool = False) -> Check:
+    """`need` bytes of /dev/shm (`what` says where the number comes from). Short of it fails with
+    several processes per node or when `strict` (a minimum asked for by --shm), else warns."""
     try:
         size, free = shm_size(path)
     except OSError as e:
         return Check("shm", "fail", f"cannot read {path}: {e.strerror or e}",
                      f"mount a tmpfs at {path} (Kubernetes: an emptyDir with medium Memory)")
     have = f"{path} is {human_bytes(size)} ({human_bytes(free)} free)"
+    asker = "the spec asks for" if what.startswith("resources.") else "asked for"
     if size >= need:
-        return Check("shm", "ok", f"{have}; the spec asks for {what}")
-    status: Status = "fail" if procs_per_node > 1 else "warn"
+        return Check("shm", "ok", f"{have}; {asker} {what}")
+    status: Status = "fail" if procs_per_node > 1 or strict else "warn"
     risk = ("NCCL and DataLoader workers of several processes per node share it"
             if procs_per_node > 1 else "DataLoader workers may die with a Bus error")
+    lower = "lower resources.shm" if what.startswith("resources.") else "ask for less"
     return Check("shm", status, f"{have}, smaller than {what}: {risk}",
                  "give the node a bigger /dev/shm (docker run --shm-size, compose shm_size, a "
-                 "Memory emptyDir on Kubernetes) or lower resources.shm")
+                 f"Memory emptyDir on Kubernetes) or {lower}")
 
 
-def check_interface(name: str, names: Sequence[str] | None = None) -> Check:
+def check_interface(name: str, names: Sequence[str] | None = None,
+                    what: str = "spec.network_interface") -> Check:
+    """`name` is a network interface here (`what` says where the name comes from)."""
     if not name:
         return Check("interface", "ok", "network_interface not set: NCCL and Gloo pick one")
     if names is None:
         names = [n for _, n in socket.if_nameindex()]
     if name in names:
         return Check("interface", "ok", f"network interface {name!r} is present")
-    return Check("interface", "fail", f"network interface {name!r} (spec.network_interface) is not "
-                 f"on this host; it has: {', '.join(names) or 'none'}",
-                 "set network_interface to one of these (in a container or pod usually eth0), "
-                 "or remove it to let NCCL and Gloo choose")
+    fix = ("set network_interface to one of these (in a container or pod usually eth0), "
+           "or remove it to let NCCL and Gloo choose")
+    if what != "spec.network_interface":
+        fix = f"set {what} to one of these (in a container or pod usually eth0)"
+    return Check("interface", "fail", f"network interface {name!r} ({what}) is not "
+                 f"on this host; it has: {', '.join(names) or 'none'}", fix)
 
 
 def _resolve(host: str, port: int, timeout: float) -> str | None:
@@ -240,20 +272,22 @@ def visible_gpus() -> tuple[int, str]:
     return count, "nvidia-smi -L"
 
 
-def check_gpus(per_node: int, nodes: int, strict: bool, visible: tuple[int, str]) -> Check:
+def check_gpus(per_node: int, nodes: int, strict: bool, visible: tuple[int, str],
+               asker: str = "the spec") -> Check:
     """`per_node` GPUs for each of `nodes` nodes on this machine; short of that is a failure
     only when `strict` (the nodes run here), a warning otherwise."""
     count, how = visible
     seen = f"{count} GPU{'s' if count != 1 else ''} visible ({how})"
     if per_node == 0:
-        return Check("gpus", "ok", f"the spec asks for none; {seen}")
+        asked_none = "the spec asks for none" if asker == "the spec" else "no GPUs asked (--gpus)"
+        return Check("gpus", "ok", f"{asked_none}; {seen}")
     need = per_node * nodes
     asked = f"{need} GPU{'s' if need != 1 else ''}"
     asked += f" ({per_node} per node x {nodes} nodes)" if nodes > 1 else " per node"
     if count >= need:
         return Check("gpus", "ok", f"the spec asks for {asked}; {seen}")
     if strict:
-        return Check("gpus", "fail", f"the spec asks for {asked}, but {seen} here",
+        return Check("gpus", "fail", f"{asker} asks for {asked}, but {seen} here",
                      "run where enough GPUs are visible (NVIDIA driver, and the NVIDIA container "
                      "toolkit in a container), or lower resources.gpu")
     return Check("gpus", "warn", f"the spec asks for {asked}; {seen} on this machine: fine only "
@@ -327,17 +361,90 @@ def shm_need(plan: LaunchPlan, in_node: bool) -> tuple[int, str]:
     return memory_bytes(shm) * count, f"resources.shm {shm} x {count} simulated nodes"
 
 
-def node_checks(plan: LaunchPlan, options: Options) -> list[Check]:
+DNS_NO_HOST_FIX = ("pass --rdzv-host with the store host the node dials (the host of torchrun's "
+                   "--rdzv-endpoint), or set PET_RDZV_ENDPOINT")
+
+
+def _option_shm(options: Options) -> int:
+    n = k8s_bytes(options.shm)
+    if n is None:
+        from kdist.errors import UsageError
+
+        raise UsageError(f"--shm {options.shm!r} is not a size: use a Kubernetes quantity such as "
+                         "512Mi or 2Gi")
+    return n
+
+
+def _endpoint(environ: Mapping[str, str]) -> tuple[str, int | None]:
+    """(host, port) of torchrun's PET_RDZV_ENDPOINT ("" / None when unset or without a port)."""
+    value = environ.get("PET_RDZV_ENDPOINT", "").strip()
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        return value.strip("[]"), None
+    return host.strip("[]"), int(port)
+
+
+def node_needs(plan: LaunchPlan | None, options: Options,
+               environ: Mapping[str, str] | None = None) -> NodeNeeds:
+    """The node's needs: the spec's (`plan`) with the options over them; without a spec, the
+    options and what a rendered node's environment says (GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME
+    for the interface, PET_RDZV_ENDPOINT for the store host)."""
+    env = os.environ if environ is None else environ
+    shm = _option_shm(options) if options.shm else None
+    shm_what = f"--shm {options.shm}"
+    if plan is not None:
+        s = plan.spec
+        target = options.target if options.target != "local" else "k8s"
+        need, what = shm_need(plan, in_node=True)
+        return NodeNeeds(
+            shm=need if shm is None else shm, shm_what=what if shm is None else shm_what,
+            shm_strict=shm is not None, procs_per_node=s.procs_per_node,
+            interface=options.interface or s.network_interface,
+            interface_what="--interface" if options.interface else "spec.network_interface",
+            host=options.rdzv_host or store_host(plan, target), port=s.rendezvous.port,
+            dns_fix=dns_fix(plan, target),
+            gpus=s.resources.gpu if options.gpus is None else options.gpus,
+            gpus_what="the spec" if options.gpus is None else "--gpus")
+    interface, interface_what = options.interface, "--interface"
+    if not interface:
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if env.get(var, "").strip():
+                interface, interface_what = env[var].strip(), var
+                break
+    env_host, env_port = _endpoint(env)
+    host = options.rdzv_host or env_host
+    return NodeNeeds(
+        shm=shm, shm_what=shm_what, shm_strict=True, procs_per_node=1,
+        interface=interface, interface_what=interface_what,
+        host=host, port=env_port or Rendezvous().port,
+        dns_fix=("check the name (`getent hosts NAME`) and /etc/resolv.conf; a Compose node must "
+                 "be on the job's network, a pod needs the job's Service in its namespace"),
+        gpus=options.gpus or 0, gpus_what="--gpus")
+
+
+def node_checks(plan: LaunchPlan | None, options: Options,
+                environ: Mapping[str, str] | None = None) -> list[Check]:
     """What a node needs from the machine it runs on (--in-node: inside its container or pod)."""
-    s = plan.spec
-    target = options.target if options.target != "local" else "k8s"
-    host = options.rdzv_host or store_host(plan, target)
-    need, what = shm_need(plan, in_node=True)
+    needs = node_needs(plan, options, environ)
+    if needs.shm is None:
+        try:
+            size, free = shm_size()
+            shm = Check("shm", "ok", f"{SHM_PATH} is {human_bytes(size)} ({human_bytes(free)} "
+                        "free); no size asked (--shm)")
+        except OSError as e:
+            shm = Check("shm", "fail", f"cannot read {SHM_PATH}: {e.strerror or e}",
+                        f"mount a tmpfs at {SHM_PATH} (Kubernetes: an emptyDir with medium Memory)")
+    else:
+        shm = check_shm(needs.shm, needs.procs_per_node, needs.shm_what, strict=needs.shm_strict)
+    if needs.host:
+        dns = check_dns(needs.host, needs.port, needs.dns_fix)
+    else:
+        dns = Check("dns", "warn", "no rendezvous host to resolve", DNS_NO_HOST_FIX)
     return [
-        check_shm(need, s.procs_per_node, what),
-        check_interface(s.network_interface),
-        check_dns(host, s.rendezvous.port, dns_fix(plan, target)),
-        check_gpus(s.resources.gpu, 1, True, visible_gpus()),
+        shm,
+        check_interface(needs.interface, what=needs.interface_what),
+        dns,
+        check_gpus(needs.gpus, 1, True, visible_gpus(), asker=needs.gpus_what),
     ]
 
 
@@ -364,11 +471,16 @@ def host_checks(plan: LaunchPlan, options: Options) -> list[Check]:
     return checks
 
 
-def run_checks(plan: LaunchPlan, options: Options) -> list[Check]:
-    if options.target not in TARGETS:
-        from kdist.errors import UsageError
+def run_checks(plan: LaunchPlan | None, options: Options,
+               environ: Mapping[str, str] | None = None) -> list[Check]:
+    """The checks for `options`; `plan` may be None only with --in-node (no spec file in the
+    node: then the options and `environ`, default os.environ, say what the node needs)."""
+    from kdist.errors import UsageError
 
+    if options.target not in TARGETS:
         raise UsageError(f"unknown target {options.target!r}; expected one of {', '.join(TARGETS)}")
     if options.in_node:
-        return node_checks(plan, options)
+        return node_checks(plan, options, environ)
+    if plan is None:
+        raise UsageError("kdist doctor needs a spec file, except with --in-node")
     return host_checks(plan, options)

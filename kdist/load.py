@@ -15,6 +15,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 
 from kdist import spec as s
 from kdist.errors import Problem, SpecError
+from kdist.netem import DURATION_RE, PERCENT_RE, duration_us
 
 T = TypeVar("T")
 Pos = tuple[int, int]  # 0-based (line, column) as ruamel reports them
@@ -136,6 +137,17 @@ def quantity(kind: str) -> Rule:
                                       {"type": "number", "exclusiveMinimum": 0}]})
 
 
+def pattern_text(pattern: re.Pattern[str], hint: str) -> Rule:
+    """A string that must match `pattern` exactly as written (netem durations, percentages)."""
+
+    def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
+        if type(v) is not str or not pattern.match(v):
+            raise Invalid(f"expected {hint}, got {describe(v)}")
+        return v
+
+    return described(rule, {"type": "string", "pattern": pattern.pattern})
+
+
 def string_list(item: Rule) -> Rule:
     def rule(r: Reader, v: Any, path: str, pos: Pos) -> tuple[Any, ...]:
         if not isinstance(v, list):
@@ -239,6 +251,7 @@ RULES: dict[type, dict[str, Rule]] = {
         "env": string_map(ENV_RE, "expected an environment variable name", reserved="PET_"),
         "checkpoint": section(s.Checkpoint),
         "network_interface": text(re.compile(r"^[\w.:-]{1,15}$"), "expected an interface name like eth0"),
+        "network": section(s.Network),
         "run_as_user": integer(1, 2**31 - 1),
         "compose": section(s.ComposeOptions),
         "k8s": section(s.K8sOptions),
@@ -270,6 +283,11 @@ RULES: dict[type, dict[str, Rule]] = {
         "size": quantity("memory"),
         "storage_class": DNS_NAME,
         "access_mode": choice("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"),
+    },
+    s.Network: {
+        "latency": pattern_text(DURATION_RE, "a duration like 20ms, 500us or 1s"),
+        "jitter": pattern_text(DURATION_RE, "a duration like 5ms, 500us or 1s"),
+        "loss": pattern_text(PERCENT_RE, "a percentage from 0% to 100% like 0.1%"),
     },
     s.ComposeOptions: {"build": section(s.Build)},
     s.Build: {"context": text(), "dockerfile": text()},
@@ -374,6 +392,10 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
     if rdzv.last_call_timeout >= rdzv.join_timeout:
         out.append(("rendezvous.last_call_timeout",
                     f"must be less than join_timeout ({rdzv.join_timeout})"))
+    net = job.network
+    if net is not None and net.jitter and duration_us(net.jitter) > duration_us(net.latency or "0s"):
+        out.append(("network.jitter", f"{net.jitter} is more than network.latency "
+                    f"({net.latency or 'none'}): netem would cut the negative delays off at zero"))
     return out
 
 

@@ -97,6 +97,19 @@ class ValidateOptions:
 
 
 @dataclass(frozen=True)
+class Network:
+    """Simulated network conditions (kdist run, kdist up): netem on every node's egress.
+
+    `latency`/`jitter` are tc durations (`20ms`, `1s`), `loss` a percentage (`0.1%`); "" = none.
+    Between two nodes the added round trip is about 2 x latency (both ends delay their egress).
+    """
+
+    latency: str = ""
+    jitter: str = ""
+    loss: str = ""
+
+
+@dataclass(frozen=True)
 class JobSpec:
     name: str
     image: str
@@ -110,6 +123,7 @@ class JobSpec:
     env: tuple[tuple[str, str], ...] = ()
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     network_interface: str = ""
+    network: Network | None = None  # simulation only: kdist run and compose, not Kubernetes
     run_as_user: int = 1000
     compose: ComposeOptions = field(default_factory=ComposeOptions)
     k8s: K8sOptions = field(default_factory=K8sOptions)

@@ -96,14 +96,19 @@ def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(
     assert load_file(project / "kdist.yaml").name == "x9"
 
 
-def test_run_warns_when_simulated_nodes_crowd_the_cores(capsys: pytest.CaptureFixture[str]) -> None:
-    import os
-
-    from kdist.cli_run import CROWDED_NODES_PER_CORE, _warn_if_crowded
+def test_run_lengthens_keep_alives_only_when_simulated_nodes_crowd_the_cores() -> None:
+    from kdist.cli_run import CROWDED_NODES_PER_CORE, ROOMY_KEEP_ALIVE, roomy_plan
     from kdist.plan import LaunchPlan
 
     plan = LaunchPlan(load_file(SPEC))
-    _warn_if_crowded(plan, 2)
-    assert capsys.readouterr().err == ""
-    _warn_if_crowded(plan, CROWDED_NODES_PER_CORE * (os.cpu_count() or 1) + 1)
-    assert "may never settle" in capsys.readouterr().err
+    assert roomy_plan(plan, CROWDED_NODES_PER_CORE * 2, cores=2) is None
+    crowded = CROWDED_NODES_PER_CORE * 2 + 1
+    roomy = roomy_plan(plan, crowded, cores=2)
+    assert roomy is not None
+    rdzv = roomy.spec.rendezvous
+    assert (rdzv.keep_alive_interval, rdzv.keep_alive_max_attempt) == ROOMY_KEEP_ALIVE
+    conf = roomy.torchrun_argv("127.0.0.1", 29400)
+    assert f"keep_alive_interval={ROOMY_KEEP_ALIVE[0]}" in conf[conf.index("--rdzv-conf") + 1]
+    assert roomy.spec.rendezvous.last_call_timeout == plan.spec.rendezvous.last_call_timeout
+    assert roomy_plan(roomy, crowded, cores=2) is None  # already long enough: left alone
+

@@ -32,7 +32,9 @@ from kdist.spec import JobSpec
 from kdist.validate.rules import RULES
 
 
-@click.group(cls=KdistGroup)
+# kdist's context settings too: click caches a command's help option on first use, so a group
+# without `-h` would change `kdist doctor -h` for later tests (tests/test_docs.py's golden).
+@click.group(cls=KdistGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """A group like kdist's, with the commands under test."""
 
@@ -304,3 +306,74 @@ def test_troubleshooting_names_real_rules_checks_fields_and_rows() -> None:
     names = {r.name for r in compare(compose.render(p), k8s.render(p))}
     rows = set(re.findall(r"row `([a-z ]+)`", text))
     assert rows and rows <= names, rows - names
+
+
+# ---- --in-node without a spec file (an init step in the trainer image) ----------------------
+
+
+@pytest.fixture
+def no_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory without kdist.yaml, and none of the variables a node may have."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "PET_RDZV_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_in_node_without_a_spec_fails_on_a_small_shm(no_spec: Path) -> None:
+    want = 2 * shm_bytes() // 2**20
+    result = invoke("--in-node", "--shm", f"{want}Mi", "--rdzv-host", "localhost")
+    assert result.exit_code == 1
+    fails = [line for line in result.stderr.splitlines() if line.startswith("kdist doctor: FAIL")]
+    assert len(fails) == 1 and fails[0].startswith("kdist doctor: FAIL shm: /dev/shm is ")
+    assert f"smaller than --shm {want}Mi" in fails[0]
+    assert "; fix: give the node a bigger /dev/shm (docker run --shm-size" in fails[0]
+    assert "kdist doctor: ok dns: rendezvous host localhost resolves" in result.stdout
+
+
+def test_in_node_without_a_spec_reads_the_node_environment(
+        no_spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "localhost:29400")
+    result = invoke("--in-node", "--shm", "1Mi")
+    assert result.exit_code == 0, result.output
+    assert "kdist doctor: ok shm: /dev/shm is " in result.stdout
+    assert "asked for --shm 1Mi" in result.stdout
+    assert "kdist doctor: ok interface: network interface 'lo' is present" in result.stdout
+    assert "kdist doctor: ok dns: rendezvous host localhost resolves" in result.stdout
+    assert "all 4 checks passed in this node" in result.stdout
+
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "kdist-nope0")
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    found = checks("--in-node")
+    assert found["interface"]["status"] == "fail"
+    assert "'kdist-nope0' (NCCL_SOCKET_IFNAME) is not on this host" in found["interface"]["detail"]
+    assert "set NCCL_SOCKET_IFNAME" in found["interface"]["fix"]
+
+
+def test_in_node_without_a_spec_or_host_only_warns(no_spec: Path) -> None:
+    result = invoke("--in-node")
+    assert result.exit_code == 0, result.output
+    assert "kdist doctor: warn dns: no rendezvous host to resolve" in result.stdout
+    assert "no size asked (--shm)" in result.stdout and "no GPUs asked (--gpus)" in result.stdout
+    dns = checks("--in-node", "--rdzv-host", "kdist-store.invalid")["dns"]
+    assert dns["status"] == "fail" and "kdist-store.invalid" in dns["detail"]
+
+
+def test_in_node_options_override_the_spec(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path, resources={"shm": "1Mi"})
+    want = 2 * shm_bytes() // 2**20
+    found = checks("-f", str(spec), "--in-node", "--rdzv-host", "localhost", "--shm", f"{want}Mi",
+                   "--interface", "kdist-nope0")
+    assert found["shm"]["status"] == "fail"  # an asked-for minimum fails even with one process
+    assert f"smaller than --shm {want}Mi" in found["shm"]["detail"]
+    assert "'kdist-nope0' (--interface)" in found["interface"]["detail"]
+
+
+def test_in_node_spec_problems_are_still_errors(no_spec: Path) -> None:
+    missing = invoke("-f", "missing.yaml", "--in-node")  # named: must exist
+    assert missing.exit_code != 0 and "missing.yaml" in missing.stderr
+    assert invoke("--shm", "1Gi").exit_code == 2  # node options need --in-node
+    bad = invoke("--in-node", "--shm", "lots")
+    assert bad.exit_code == 2 and "--shm 'lots' is not a size" in bad.stderr
+    assert invoke().exit_code != 0  # host checks still need the spec

@@ -24,6 +24,15 @@ def test_feature_renders_as_golden(feature: Path, target: str, golden: Golden) -
     golden.check(feature / FILENAMES[target], render(plan, target))
 
 
+def test_dev_render_is_golden(golden: Golden) -> None:
+    """`kdist render --target compose --dev` (the JupyterLab service) for the `dev` feature."""
+    from kdist.render.dev import render_text
+
+    feature = FIXTURES / "features" / "dev"
+    plan = LaunchPlan(load_file(feature / "kdist.yaml"))
+    golden.check(feature / "docker-compose.dev.yaml", render_text(plan))
+
+
 @pytest.mark.parametrize("case", ERRORS, ids=lambda p: p.name)
 def test_bad_spec_message_is_golden(case: Path, golden: Golden,
                                     monkeypatch: pytest.MonkeyPatch) -> None:

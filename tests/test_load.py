@@ -50,7 +50,8 @@ BAD_VALUES = [None, [], {}, "", "x", -1, 0, 1.5, True, "2:", "::", 10**12, ["a",
 FIELDS = ["name", "image", "entrypoint", "nodes", "args", "procs_per_node", "resources",
           "resources.cpu", "resources.memory", "resources.gpu", "resources.shm", "rendezvous",
           "rendezvous.port", "rendezvous.store", "rendezvous.join_timeout", "max_restarts", "env",
-          "checkpoint", "checkpoint.path", "checkpoint.size", "network_interface", "compose",
+          "checkpoint", "checkpoint.path", "checkpoint.size", "network_interface", "network",
+          "network.latency", "network.jitter", "network.loss", "compose",
           "compose.build", "k8s", "k8s.tolerations", "k8s.node_selector", "k8s.queue"]
 
 

@@ -177,19 +177,26 @@ def sessions_of(pids: set[int]) -> set[int]:
     return {os.getsid(pid) for pid in pids if Path(f"/proc/{pid}").exists()}
 
 
+def start_until_stepping(spec: Path, run_dir: Path, timeout: float = 120
+                         ) -> subprocess.Popen[str]:
+    """`kdist run` in the background, returned once training steps (or after `timeout`)."""
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if '"event":"step"' in line or time.monotonic() > deadline:
+            break
+    return proc
+
+
 @pytest.mark.torch
 def test_ctrl_c_stops_every_process_of_the_job(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "interrupt", "2",
                       ["--synthetic", "--max-steps", "5000", "--step-sleep", "0.2"])
     run_dir = (tmp_path / "run").resolve()
-    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_until_stepping(spec, run_dir)
     try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:
-            if '"event":"step"' in line or time.monotonic() > deadline:
-                break
         running = job_processes(run_dir, set())
         sessions = sessions_of(set(running)) - {os.getsid(0)}
         assert len(running) >= 5, running  # store, 2 agents, 2 workers
@@ -334,3 +341,4 @@ def test_console_keeps_the_status_line_below_the_log() -> None:
     quiet = TerminalConsole(None)
     quiet.status(status, 5)  # not a terminal: no status line, nothing to clear
     quiet.clear()
+

@@ -1,4 +1,4 @@
-"""Docker Compose backend: the only module that runs `docker` and `docker compose`.
+"""Docker Compose backend: runs `docker` and `docker compose` (with kdist.backends.dev for --dev).
 
 Every function returns data or raises a KdistError subclass whose message says what went wrong
 and what to do; nothing here prints or exits (kdist/cli_compose.py turns the data into output).
@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,13 @@ from kdist.errors import KdistError, UsageError
 from kdist.fsio import write_all
 from kdist.plan import STORE_COMPONENT, LaunchPlan
 from kdist.render.compose import SCALE_PROFILE, node_service
+from kdist.render.compose_netem import helper_name
+from kdist.render.dev import DEV_PROFILE
 
 STATE_DIR = Path(".kdist") / "compose"
 COMPOSE_FILE = "docker-compose.yaml"
 MARKS_FILE = "stopped.json"
+DEV_TOKEN_FILE = "dev-token"  # `kdist up --dev`: the JupyterLab token, mode 0600
 KILLED = "killed by kdist kill"
 SCALED_DOWN = "stopped by kdist scale"
 INTERRUPTED = "stopped: kdist up was interrupted"
@@ -68,11 +71,18 @@ class PortInUse(DockerError):
 
 
 class JobFailed(KdistError):
-    """The job ran and a node failed; `exit_code` is that node's exit code (1 if unknown)."""
+    """The job ran and a node failed; `exit_code` is that node's exit code (1 if unknown).
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    `node` is the service whose failure is the root cause and `cause` its log's failure report
+    (both empty when no node failed by itself).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1, node: str = "",
+                 cause: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.exit_code = exit_code if 0 < exit_code < 256 else 1
+        self.node = node
+        self.cause = tuple(cause)
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -117,11 +127,12 @@ COMPOSE_MISSING = ("Docker Compose v2 is not installed (`docker compose version`
 # ---- running docker ----------------------------------------------------------------------------
 
 
-def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT,
+        env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run a docker command to completion, capturing its output; a missing binary is explained."""
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, check=False)
+                              stdin=subprocess.DEVNULL, check=False, env=env)
     except FileNotFoundError:
         raise DockerUnavailable(f"`{argv[0]}` is not on PATH: install Docker Engine with the "
                                 "Compose v2 plugin") from None
@@ -296,6 +307,7 @@ class Project:
     store: str  # the standalone store's service, "" when node 0 hosts the store
     image: str
     memory: str
+    netem: bool = False  # spec `network:`: each node has a `node-N-netem` helper service
 
     @property
     def dir(self) -> Path:
@@ -322,7 +334,7 @@ def project_for(plan: LaunchPlan, workdir: Path) -> Project:
         nodes=tuple(node_service(i) for i in range(s.nodes.max)),
         min_nodes=s.nodes.min, max_nodes=s.nodes.max, count=s.nodes.count,
         store=STORE_COMPONENT if plan.standalone_store else "", image=s.image,
-        memory=s.resources.memory,
+        memory=s.resources.memory, netem=s.network is not None,
     )  # fmt: skip
 
 
@@ -453,12 +465,12 @@ class ComposeJob:
     # -- plumbing
 
     def compose(self, *args: str, profile: bool = True) -> list[str]:
-        """The full `docker compose` argv for this project (with the scale profile by default)."""
+        """The full `docker compose` argv for this project (with the scale and dev profiles by default)."""
         p = self.project
         argv = [*self.engine.compose, "--ansi", "never", "--project-name", p.name,
                 "--file", str(p.file), "--project-directory", str(p.workdir)]
-        if profile:
-            argv += ["--profile", SCALE_PROFILE]
+        if profile:  # `dev` too: down, stop and logs include `kdist up --dev`'s JupyterLab
+            argv += ["--profile", SCALE_PROFILE, "--profile", DEV_PROFILE]
         return argv + list(args)
 
     def _check(self, *args: str, action: str, profile: bool = True) -> subprocess.CompletedProcess[str]:
@@ -636,7 +648,7 @@ class ComposeJob:
         codes = ", ".join(f"{n.service} exited with code {n.exit_code}" for n in failed)
         head = f"job {status.name} failed ({codes}); root cause on {node.service}: "
         lines = [head + (cause_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]
-        return JobFailed("\n".join(lines), node.exit_code or 1)
+        return JobFailed("\n".join(lines), node.exit_code or 1, node.service, block)
 
     def _cause(self, node: NodeStatus) -> list[str]:
         c = node.container
@@ -652,7 +664,8 @@ class ComposeJob:
         """Remove the job's containers and network (and its checkpoint volume with `volumes`)."""
         args = ["down", "--remove-orphans", "--timeout", "10", *(["--volumes"] if volumes else [])]
         self._check(*args, action="docker compose down")
-        (self.project.dir / MARKS_FILE).unlink(missing_ok=True)
+        for state in (MARKS_FILE, DEV_TOKEN_FILE):
+            (self.project.dir / state).unlink(missing_ok=True)
 
     def kill(self, node: str, signal: str = "SIGKILL") -> str:
         """Chaos: send `signal` to one running node (or the store); returns the service name."""
@@ -681,7 +694,8 @@ class ComposeJob:
         if n > len(running):
             start = tuple([s for s in p.nodes if s not in running][: n - len(running)])
             self._mark(start, None)
-            self._check("up", "--detach", "--no-recreate", "--no-deps", *start,
+            helpers = [helper_name(s) for s in start] if p.netem else []
+            self._check("up", "--detach", "--no-recreate", "--no-deps", *start, *helpers,
                         action="docker compose up")
             return ScaleChange(start, ())
         stop = tuple(sorted(running, key=node_index)[n:])

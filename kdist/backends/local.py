@@ -33,6 +33,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Protocol
 
+from kdist import netsim
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
 from kdist.runstatus import (
@@ -131,6 +132,8 @@ class Console(Protocol):
     def log(self, source: str, line: str) -> None: ...
 
     def status(self, status: JobStatus, elapsed: float) -> None: ...
+
+    def event(self, name: str, elapsed: float, fields: dict[str, Any]) -> None: ...
 
 
 # ---- parsing of the fault-injection options ----------------------------------------------
@@ -248,9 +251,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = LOCAL_HOST) -> bool:
     try:
-        socket.create_connection((LOCAL_HOST, port), timeout=0.5).close()
+        socket.create_connection((host, port), timeout=0.5).close()
     except OSError:
         return False
     return True
@@ -358,6 +361,7 @@ class LocalRun:
     t0: float = 0.0
     reason: str = ""  # why kdist stopped the job early, if it did
     metrics: IO[str] | None = None
+    net: netsim.Placement = field(default_factory=netsim.HostNetwork)  # spec `network:`
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0 if self.t0 else 0.0
@@ -374,7 +378,8 @@ class LocalRun:
                              + [Timer(at, "add") for at in self.options.add_nodes],
                              key=lambda t: t.at)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics, \
-                trap_signals(self.signals.append):
+                trap_signals(self.signals.append), \
+                netsim.placement(self.plan.spec.network) as self.net:
             self.metrics = metrics
             try:
                 self.start_store()
@@ -398,11 +403,11 @@ class LocalRun:
     def start_store(self) -> None:
         if not self.plan.standalone_store:
             return
-        argv = [sys.executable, *self.plan.store_argv(self.port, bind=LOCAL_HOST)[1:]]
+        argv = [sys.executable, *self.plan.store_argv(self.port, bind=self.net.store_host)[1:]]
         self.store = start_process("store", -1, argv, self.run_dir, self.base_env(),
                                    self.run_dir / "store.log", self.lines)
         deadline = time.monotonic() + self.options.store_timeout
-        while not port_open(self.port):
+        while not port_open(self.port, self.net.store_host):
             self.drain(0.1)
             if self.signals:
                 return
@@ -413,10 +418,12 @@ class LocalRun:
     def start_node(self) -> Proc:
         index = len(self.nodes)
         is_host = index == 0 and not self.plan.standalone_store
-        argv = self.plan.torchrun_argv(LOCAL_HOST, self.port, is_host=is_host)
-        cmd = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+        host = self.net.store_host if self.plan.standalone_store else self.net.node(0).address
+        argv = self.plan.torchrun_argv(host, self.port, is_host=is_host)
+        net = self.net.node(index)
+        cmd = [*net.prefix, sys.executable, "-m", "torch.distributed.run", *argv[1:]]
         node_dir = self.run_dir / f"node-{index}"
-        env = {**self.base_env(), "PET_LOCAL_ADDR": LOCAL_HOST, NODE_RANK_ENV: str(index),
+        env = {**self.base_env(), **dict(net.env), NODE_RANK_ENV: str(index),
                "TORCHELASTIC_ERROR_FILE": str(node_dir / "error.json")}
         proc = start_process(f"node-{index}", index, cmd, node_dir, env,
                              self.run_dir / f"node-{index}.log", self.lines)
@@ -429,9 +436,7 @@ class LocalRun:
         """A kdist event: to the console and to metrics.jsonl (`kdist.<name>`)."""
         record = {"event": f"kdist.{name}", **fields}
         self.record(-1, record)
-        if name != "start":
-            details = " ".join(f"{k}={v}" for k, v in fields.items())
-            self.console.log("kdist", f"{name} {details}")
+        self.console.event(name, self.elapsed(), fields)
 
     def record(self, node: int, metric: dict[str, Any]) -> None:
         if self.metrics is not None:
@@ -598,6 +603,7 @@ def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
 def run_local(plan: LaunchPlan, options: RunOptions, console: Console) -> RunResult:
     """Run the job on this host; RunFailed/Interrupted unless it succeeded."""
     check_torch()
+    netsim.check_available(plan.spec.network)
     count = check_options(plan, options)
     plan = resolve_entrypoint(plan, Path.cwd())
     run = LocalRun(plan, options, console)
@@ -615,27 +621,31 @@ def failure_message(result: RunResult, reason: str) -> str:
     Nodes that failed by themselves are ordered by: a genuine error before an error caused by a
     lost peer (gloo's "Connection closed by peer"), then the failure's time, then exit time.
     """
-    failed = [n for n in result.nodes if n.exit_code != 0 and not n.killed and not n.stopped]
+    failed = failed_nodes(result)
     if not failed:
         return f"the job failed: {reason or 'no node finished successfully'}"
-    causes = {n.index: node_root_cause(result.run_dir, n.index) for n in failed}
-
-    def order(node: NodeResult) -> tuple[bool, str, float]:
-        cause = causes[node.index]
-        return (cause is None or cause.secondary, cause.time if cause else "~", node.at)
-
-    first, *others = sorted(failed, key=order)
-    cause = causes[first.index]
+    (first, cause), *others = failed
     lines = [f"node-{first.index} failed (torchrun exit code {first.exit_code}): "
              + (cause.summary() if cause else "no failure report in its log")]
-    for other in others:
-        more = causes[other.index]
+    for other, more in others:
         last = more.traceback[-1] if more and more.traceback else ""
         rank = f"rank {more.rank}, " if more else ""
         lines.append(f"  also failed: node-{other.index} ({rank}exit code {other.exit_code})"
                      + (f": {last}" if last else ""))
     lines.append(f"  log: {result.run_dir / f'node-{first.index}.log'}")
     return "\n".join(lines)
+
+
+def failed_nodes(result: RunResult) -> list[tuple[NodeResult, RootCause | None]]:
+    """Nodes that failed by themselves with their root causes, the job's root cause first."""
+    failed = [n for n in result.nodes if n.exit_code != 0 and not n.killed and not n.stopped]
+    causes = {n.index: node_root_cause(result.run_dir, n.index) for n in failed}
+
+    def order(node: NodeResult) -> tuple[bool, str, float]:
+        cause = causes[node.index]
+        return (cause is None or cause.secondary, cause.time if cause else "~", node.at)
+
+    return [(n, causes[n.index]) for n in sorted(failed, key=order)]
 
 
 def node_root_cause(run_dir: Path, index: int) -> RootCause | None:

@@ -6,6 +6,7 @@ from typing import Any
 
 from kdist.plan import STORE_COMPONENT, LaunchPlan
 from kdist.quantity import cpu_cores, memory_bytes
+from kdist.render.compose_netem import netem_services
 
 NETWORK = "kdist"
 VOLUME = "checkpoints"
@@ -101,6 +102,7 @@ def render(plan: LaunchPlan) -> dict[str, Any]:
         services[STORE_COMPONENT] = _store_service(plan)
     for i in range(plan.spec.nodes.max):
         services[node_service(i)] = _node_service(plan, i)
+    services |= netem_services(plan, {k: v for k, v in services.items() if k != STORE_COMPONENT})
     return {
         "name": plan.name,
         "services": services,

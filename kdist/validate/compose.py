@@ -137,11 +137,18 @@ def docker_problem(doc: Doc, text: str, project: FsPath, run: ComposeConfig, sin
 # ---- security ---------------------------------------------------------------------------------
 
 
+def netadmin_helper(d: dict[str, Any]) -> bool:
+    """Root with NET_ADMIN only, in another service's network namespace (kdist's netem helper)."""
+    return (str(d.get("network_mode", "")).startswith("service:")
+            and [str(x).upper() for x in items(d.get("cap_add"))] == ["NET_ADMIN"]
+            and "ALL" in [str(x).upper() for x in items(d.get("cap_drop"))])
+
+
 def check_security(services: list[Service], sink: Sink) -> None:
     for s in services:
         d = s.data
         user = str(d.get("user", "")).split(":", 1)[0].strip()
-        if user in ("", "0", "root"):
+        if user in ("", "0", "root") and not netadmin_helper(d):
             s.report(sink, "compose-user", ("user",) if "user" in d else (),
                      "runs as root" + ("" if user else " (no user set)"))
         if "ALL" not in [str(x).upper() for x in items(d.get("cap_drop"))]:
