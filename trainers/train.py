@@ -446,7 +446,8 @@ def train(cfg: Config, info: DistInfo, dataset: TensorDataset) -> TrainState:
             int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt["consumed_samples"]), int(ckpt["step"])
         )
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    emit_metric(info, "start", world_size=info.world_size, restart=restart, resumed_step=state.step)
+    emit_metric(info, "start", world_size=info.world_size, restart=restart, resumed_step=state.step,
+                backend=dist.get_backend())
     LOG.info(
         "world_size=%d restart=%d epoch=%d step=%d consumed=%d",
         info.world_size,
