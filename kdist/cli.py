@@ -14,8 +14,7 @@ import click
 from kdist import __version__
 from kdist.cli_dev import dev_options
 from kdist.cli_dev import dev_port as dev_port_of
-from kdist.cli_dev import render_text as render_dev
-from kdist.cliopts import F, load_plan, spec_option
+from kdist.cliopts import F, load_plan, spec_option, warn_network_ignored
 from kdist.errors import KdistError, SpecError
 
 
@@ -61,14 +60,18 @@ def cli() -> None:
 def render(spec_file: Path, target: str, output: str, dev: bool, dev_port: int | None) -> None:
     """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
     from kdist.fsio import write_all
-    from kdist.netem import k8s_note
     from kdist.render import FILENAMES
     from kdist.render import render as render_target
 
     port = dev_port_of(dev, dev_port, target)
-    text = render_dev(spec_file, port) if dev else render_target(load_plan(spec_file), target)
-    if not dev and target != "compose" and (note := k8s_note(load_plan(spec_file).spec.network)):
-        click.echo(f"kdist: warning: {note}", err=True)
+    plan = load_plan(spec_file)
+    if dev:
+        from kdist.render.dev import render_text as render_dev
+
+        text = render_dev(plan, port)
+    else:
+        text = render_target(plan, target)
+    warn_network_ignored(plan, target)
     if output == "-":
         click.echo(text, nl=False)
     else:

@@ -40,13 +40,6 @@ def dev_port(dev: bool, port: int | None, target: str = "compose") -> int:
     return DEFAULT_PORT if port is None else port
 
 
-def render_text(spec_file: Path, port: int) -> str:
-    from kdist.cliopts import load_plan
-    from kdist.render.dev import render_text
-
-    return render_text(load_plan(spec_file), port)
-
-
 def open_job(spec_file: Path, port: int) -> ComposeJob:
     from kdist.backends.dev import open_job
     from kdist.cliopts import load_plan

@@ -20,9 +20,8 @@ import click
 
 from kdist import jsonout
 from kdist.cli_json import JsonLines, reporting
-from kdist.cliopts import load_plan, output_option, spec_option
+from kdist.cliopts import load_plan, output_option, spec_option, warn_network_ignored
 from kdist.errors import UsageError
-from kdist.netem import k8s_note
 
 if TYPE_CHECKING:
     from kdist.backends.k8s import Applied, K8sJob
@@ -225,8 +224,7 @@ def apply(spec_file: Path, target: str, context: str | None, namespace: str | No
         if wait and dry_run != "none":
             raise UsageError("--wait needs a real apply (--dry-run=none)")
         plan = load_plan(spec_file)
-        if note := k8s_note(plan.spec.network):
-            click.echo(f"kdist: warning: {note}", err=True)
+        warn_network_ignored(plan, target)
         if dry_run == "client":
             _client_dry_run(plan, namespace, output)
             return

@@ -53,3 +53,10 @@ def load_plan(spec_file: Path) -> LaunchPlan:
     from kdist.plan import LaunchPlan
 
     return LaunchPlan(load_file(spec_file))
+
+
+def warn_network_ignored(plan: LaunchPlan, target: str) -> None:
+    """`network:` is a simulation feature: say so when a Kubernetes target leaves it out."""
+    if plan.spec.network is not None and target in ("k8s", "helm-values"):
+        click.echo("kdist: warning: network conditions are a simulation feature (kdist run, kdist "
+                   "up); the k8s and helm-values targets ignore `network`", err=True)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from kdist.errors import KdistError
+from kdist.errors import KdistError, UsageError
 from kdist.plan import LaunchPlan
 from kdist.quantity import human_bytes, k8s_bytes, memory_bytes
 from kdist.spec import Rendezvous
@@ -138,16 +138,19 @@ def shm_size(path: str = SHM_PATH) -> tuple[int, int]:
     return st.f_frsize * st.f_blocks, st.f_frsize * st.f_bavail
 
 
-def check_shm(need: int, procs_per_node: int, what: str, path: str = SHM_PATH,
+def check_shm(need: int | None, procs_per_node: int, what: str, path: str = SHM_PATH,
               strict: bool = False) -> Check:
-    """`need` bytes of /dev/shm (`what` says where the number comes from). Short of it fails with
-    several processes per node or when `strict` (a minimum asked for by --shm), else warns."""
+    """`need` bytes of /dev/shm (`what` says where the number comes from; None: only show it).
+    Short of it fails with several processes per node or when `strict` (a minimum asked for by
+    --shm), else warns."""
     try:
         size, free = shm_size(path)
     except OSError as e:
         return Check("shm", "fail", f"cannot read {path}: {e.strerror or e}",
                      f"mount a tmpfs at {path} (Kubernetes: an emptyDir with medium Memory)")
     have = f"{path} is {human_bytes(size)} ({human_bytes(free)} free)"
+    if need is None:
+        return Check("shm", "ok", f"{have}; {what}")
     asker = "the spec asks for" if what.startswith("resources.") else "asked for"
     if size >= need:
         return Check("shm", "ok", f"{have}; {asker} {what}")
@@ -368,8 +371,6 @@ DNS_NO_HOST_FIX = ("pass --rdzv-host with the store host the node dials (the hos
 def _option_shm(options: Options) -> int:
     n = k8s_bytes(options.shm)
     if n is None:
-        from kdist.errors import UsageError
-
         raise UsageError(f"--shm {options.shm!r} is not a size: use a Kubernetes quantity such as "
                          "512Mi or 2Gi")
     return n
@@ -391,7 +392,7 @@ def node_needs(plan: LaunchPlan | None, options: Options,
     for the interface, PET_RDZV_ENDPOINT for the store host)."""
     env = os.environ if environ is None else environ
     shm = _option_shm(options) if options.shm else None
-    shm_what = f"--shm {options.shm}"
+    shm_what = f"--shm {options.shm}" if options.shm else "no size asked (--shm)"
     if plan is not None:
         s = plan.spec
         target = options.target if options.target != "local" else "k8s"
@@ -426,16 +427,7 @@ def node_checks(plan: LaunchPlan | None, options: Options,
                 environ: Mapping[str, str] | None = None) -> list[Check]:
     """What a node needs from the machine it runs on (--in-node: inside its container or pod)."""
     needs = node_needs(plan, options, environ)
-    if needs.shm is None:
-        try:
-            size, free = shm_size()
-            shm = Check("shm", "ok", f"{SHM_PATH} is {human_bytes(size)} ({human_bytes(free)} "
-                        "free); no size asked (--shm)")
-        except OSError as e:
-            shm = Check("shm", "fail", f"cannot read {SHM_PATH}: {e.strerror or e}",
-                        f"mount a tmpfs at {SHM_PATH} (Kubernetes: an emptyDir with medium Memory)")
-    else:
-        shm = check_shm(needs.shm, needs.procs_per_node, needs.shm_what, strict=needs.shm_strict)
+    shm = check_shm(needs.shm, needs.procs_per_node, needs.shm_what, strict=needs.shm_strict)
     if needs.host:
         dns = check_dns(needs.host, needs.port, needs.dns_fix)
     else:
@@ -475,8 +467,6 @@ def run_checks(plan: LaunchPlan | None, options: Options,
                environ: Mapping[str, str] | None = None) -> list[Check]:
     """The checks for `options`; `plan` may be None only with --in-node (no spec file in the
     node: then the options and `environ`, default os.environ, say what the node needs)."""
-    from kdist.errors import UsageError
-
     if options.target not in TARGETS:
         raise UsageError(f"unknown target {options.target!r}; expected one of {', '.join(TARGETS)}")
     if options.in_node:

@@ -15,10 +15,10 @@ def _umask() -> int:
     return mask
 
 
-def _stage(path: Path, text: str) -> str:
+def _stage(path: Path, text: str, mode: int | None) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
+    os.fchmod(fd, 0o666 & ~_umask() if mode is None else mode)  # mkstemp creates 0600
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -26,12 +26,15 @@ def _stage(path: Path, text: str) -> str:
     return tmp
 
 
-def write_all(files: dict[Path, str]) -> None:
-    """Stage every file as a temp file first; rename only when all of them were written."""
+def write_all(files: dict[Path, str], mode: int | None = None) -> None:
+    """Stage every file as a temp file first; rename only when all of them were written.
+
+    `mode` (e.g. 0o600 for a secret) is set before anything is written; default: the umask's.
+    """
     staged: list[tuple[str, Path]] = []
     try:
         for path, text in files.items():
-            staged.append((_stage(path, text), path))
+            staged.append((_stage(path, text, mode), path))
         for tmp, path in staged:
             os.replace(tmp, path)
     except OSError as e:

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 # status fields that change with every training step: throttled, not emitted on each change
 METRIC_FIELDS = ("step", "loss", "samples_per_s", "checkpoint")
-RESERVED = ("type", "target", "event", "elapsed")
 
 
 def dumps(record: Mapping[str, Any]) -> str:

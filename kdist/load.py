@@ -92,7 +92,7 @@ def integer(low: int, high: int | None = None) -> Rule:
 def text(pattern: re.Pattern[str] | None = None, hint: str = "", max_len: int = 0) -> Rule:
     def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
         if type(v) is not str:
-            raise Invalid(f"expected a string, got {describe(v)}")
+            raise Invalid(f"{hint or 'expected a string'}, got {describe(v)}")
         if not v.strip():
             raise Invalid("must not be empty")
         if pattern is not None and not pattern.match(v):
@@ -135,17 +135,6 @@ def quantity(kind: str) -> Rule:
 
     return described(rule, {"oneOf": [{"type": "string", "pattern": pattern.pattern},
                                       {"type": "number", "exclusiveMinimum": 0}]})
-
-
-def pattern_text(pattern: re.Pattern[str], hint: str) -> Rule:
-    """A string that must match `pattern` exactly as written (netem durations, percentages)."""
-
-    def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
-        if type(v) is not str or not pattern.match(v):
-            raise Invalid(f"expected {hint}, got {describe(v)}")
-        return v
-
-    return described(rule, {"type": "string", "pattern": pattern.pattern})
 
 
 def string_list(item: Rule) -> Rule:
@@ -285,9 +274,9 @@ RULES: dict[type, dict[str, Rule]] = {
         "access_mode": choice("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"),
     },
     s.Network: {
-        "latency": pattern_text(DURATION_RE, "a duration like 20ms, 500us or 1s"),
-        "jitter": pattern_text(DURATION_RE, "a duration like 5ms, 500us or 1s"),
-        "loss": pattern_text(PERCENT_RE, "a percentage from 0% to 100% like 0.1%"),
+        "latency": text(DURATION_RE, "expected a duration like 20ms, 500us or 1s"),
+        "jitter": text(DURATION_RE, "expected a duration like 5ms, 500us or 1s"),
+        "loss": text(PERCENT_RE, "expected a percentage from 0% to 100% like 0.1%"),
     },
     s.ComposeOptions: {"build": section(s.Build)},
     s.Build: {"context": text(), "dockerfile": text()},

@@ -25,14 +25,6 @@ def duration_us(text: str) -> float:
     return float(match[1]) * _MICROS[match[2]]
 
 
-def percent(text: str) -> float:
-    """`0.1%` -> 0.1; ValueError for anything else."""
-    match = PERCENT_RE.match(text)
-    if match is None:
-        raise ValueError(f"not a percentage: {text!r}")
-    return float(match[1])
-
-
 def impaired(network: Network) -> bool:
     """True when the conditions change anything (`network: {}` only isolates the nodes)."""
     return bool(network.latency or network.jitter or network.loss)
@@ -51,18 +43,3 @@ def netem_args(network: Network) -> list[str]:
 def tc_argv(device: str, network: Network) -> list[str]:
     """The tc command line that applies the conditions to `device`'s egress."""
     return ["tc", "qdisc", "replace", "dev", device, "root", *netem_args(network)]
-
-
-def summary(network: Network) -> str:
-    """`latency 20ms, jitter 5ms, loss 0.1%` for messages and events."""
-    parts = [f"{k} {v}" for k, v in (("latency", network.latency), ("jitter", network.jitter),
-                                      ("loss", network.loss)) if v]
-    return ", ".join(parts) or "no impairment"
-
-
-def k8s_note(network: Network | None) -> str:
-    """Why a Kubernetes render/apply leaves `network` out ("" when the spec has none)."""
-    if network is None:
-        return ""
-    return ("network conditions are a simulation feature (kdist run, kdist up); the k8s and "
-            "helm-values targets ignore `network`")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from kdist.errors import KdistError
-from kdist.netem import impaired, summary, tc_argv
+from kdist.netem import impaired, tc_argv
 from kdist.spec import Network
 
 LOOPBACK = "127.0.0.1"
@@ -218,9 +218,6 @@ class SimNetwork:
                ("NCCL_SOCKET_IFNAME", NODE_IF))
         self.nodes[index] = NodeNet(self.address(index), ("ip", "netns", "exec", ns), env)
         return self.nodes[index]
-
-    def describe(self) -> str:
-        return f"{summary(self.network)} on {self.subnet} (namespaces kdist-{self.tag}-*)"
 
     def close(self) -> None:
         """Remove everything `open`/`node` created (idempotent; what is gone already is fine)."""

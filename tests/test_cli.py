@@ -97,7 +97,7 @@ def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(
 
 
 def test_run_lengthens_keep_alives_only_when_simulated_nodes_crowd_the_cores() -> None:
-    from kdist.cli_run import CROWDED_NODES_PER_CORE, ROOMY_KEEP_ALIVE, roomy_plan
+    from kdist.backends.local import CROWDED_NODES_PER_CORE, ROOMY_KEEP_ALIVE, roomy_plan
     from kdist.plan import LaunchPlan
 
     plan = LaunchPlan(load_file(SPEC))

@@ -32,7 +32,7 @@ from kdist.backends.compose import (
     project_for,
     run,
 )
-from kdist.errors import KdistError
+from kdist.fsio import write_all
 from kdist.plan import LaunchPlan
 from kdist.render.dev import (
     DEV_SERVICE,
@@ -136,15 +136,8 @@ def build_image(base: str, tag: str, base_id: str = "", on_output: Output = None
 
 
 def write_token(path: Path, token: str) -> Path:
-    """Write the token readable by this user only (0600 from creation on, then an atomic rename)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(token + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise KdistError(f"cannot write the dev token {path}: {e.strerror}") from None
+    """Write the token readable by this user only (0600 before it is written, then a rename)."""
+    write_all({path: token + "\n"}, mode=0o600)
     return path
 
 

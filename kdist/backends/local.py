@@ -175,6 +175,26 @@ def check_options(plan: LaunchPlan, options: RunOptions) -> int:
     return count
 
 
+# Measured on 2 cores: 16 simulated nodes complete with 1 s keep-alives; 32 never settle (agents
+# starved of CPU miss heartbeats, drop out of the round and rejoin); with 5 s x 3 they complete.
+CROWDED_NODES_PER_CORE = 8
+ROOMY_KEEP_ALIVE = (5, 3)  # interval (s), attempts: torch's own defaults
+
+
+def roomy_plan(plan: LaunchPlan, nodes: int, cores: int) -> LaunchPlan | None:
+    """The plan with 5 s x 3 keep-alives when the simulation crowds the cores, else None.
+
+    Only for this host's simulation: the rendered targets keep the spec's timeouts.
+    """
+    rdzv = plan.spec.rendezvous
+    interval, attempts = ROOMY_KEEP_ALIVE
+    crowded = nodes * plan.spec.procs_per_node > CROWDED_NODES_PER_CORE * cores
+    if not crowded or rdzv.keep_alive_interval * rdzv.keep_alive_max_attempt >= interval * attempts:
+        return None
+    roomy = dataclasses.replace(rdzv, keep_alive_interval=interval, keep_alive_max_attempt=attempts)
+    return LaunchPlan(dataclasses.replace(plan.spec, rendezvous=roomy))
+
+
 def resolve_entrypoint(plan: LaunchPlan, cwd: Path) -> LaunchPlan:
     """The plan with its entrypoint made absolute (nodes run in their own folders)."""
     path = Path(plan.spec.entrypoint)
