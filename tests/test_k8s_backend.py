@@ -412,7 +412,8 @@ from click.testing import CliRunner
 from kdist.cli import cli
 for args in (["--help"], ["apply", "--help"], ["render", "-t", "k8s", "-f", {str(CPU)!r}]):
     assert CliRunner().invoke(cli, args).exit_code == 0, args
-print([m for m in sys.modules if m.startswith(("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status"))])
+heavy = ("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status", "kubernetes", "urllib3")
+print([m for m in sys.modules if m.startswith(heavy)])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -217,11 +217,13 @@ def test_kubeconfig_list_merges_first_wins_and_resolves_relative_paths(tmp_path:
     assert config is not None and config.files == [a, b]
     assert config.current_context == "two"  # a sets none; b's wins
     one = connect("one", env)  # a defines "one" first
-    assert (one.server, one.namespace, one.ca_file, one.token_file) == (
-        "https://one:6443", "ml", str(a.parent / "ca.crt"), str(a.parent / "token"))
+    assert (one.server, one.namespace) == ("https://one:6443", "ml")
+    cfg = one.configuration()  # the kubernetes client's, from the same files
+    assert (cfg.host, cfg.ssl_ca_cert, cfg.api_key) == (
+        "https://one:6443", str(a.parent / "ca.crt"), {"BearerToken": "Bearer from-file\n"})
     two = connect(None, env)
-    assert (two.context, two.server, two.token, two.user) == ("two", "https://two:6443",
-                                                              "t0ken-abc", "kdist-user")
+    assert (two.context, two.server, two.user) == ("two", "https://two:6443", "kdist-user")
+    assert two.configuration().api_key == {"BearerToken": "Bearer t0ken-abc"}
 
 
 def test_client_certificate_data_and_insecure_flag(tmp_path: Path) -> None:
@@ -235,8 +237,9 @@ def test_client_certificate_data_and_insecure_flag(tmp_path: Path) -> None:
             "client-certificate-data": base64.b64encode(b"CERT").decode(),
             "client-key-data": base64.b64encode(b"KEY").decode()}}],
     }))
-    conn = connect(None, {"KUBECONFIG": str(cfg)})
-    assert (conn.insecure, conn.cert_data, conn.key_data) == (True, b"CERT", b"KEY")
+    conf = connect(None, {"KUBECONFIG": str(cfg)}).configuration()
+    assert conf.verify_ssl is False
+    assert (Path(conf.cert_file).read_bytes(), Path(conf.key_file).read_bytes()) == (b"CERT", b"KEY")
 
 
 def test_unknown_context_lists_contexts_with_did_you_mean(tmp_path: Path) -> None:
@@ -258,8 +261,10 @@ def test_in_cluster_config_without_kubeconfig(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": "10.96.0.1",
            "KUBERNETES_SERVICE_PORT": "443"}
     conn = connect(None, env, sa_dir=sa)
-    assert (conn.server, conn.context, conn.namespace, conn.token_file, conn.ca_file) == (
-        "https://10.96.0.1:443", IN_CLUSTER, "ml", str(sa / "token"), str(sa / "ca.crt"))
+    assert (conn.server, conn.context, conn.namespace) == ("https://10.96.0.1:443", IN_CLUSTER, "ml")
+    cfg = conn.configuration()
+    assert (cfg.host, cfg.ssl_ca_cert, cfg.api_key) == (
+        "https://10.96.0.1:443", str(sa / "ca.crt"), {"BearerToken": "bearer pod-token"})
     with pytest.raises(KubeConfigError, match=r"no kubeconfig .* and not running inside a cluster"):
         connect(None, {"HOME": str(tmp_path)}, sa_dir=sa)
 
@@ -289,11 +294,16 @@ def test_server_path_prefix_and_token_file_reread(tmp_path: Path, api: FakeApi) 
     token = tmp_path / "token"
     token.write_text("one\n")
     client = client_for(tmp_path, api.url + "/k8s/clusters/c-1", tokenFile=str(token))
-    api.on("GET", "/k8s/clusters/c-1/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    current = ["Bearer one"]
+    denied = Reply(401, status_body(401, "Unauthorized", "Unauthorized"))
+    api.on("GET", "/k8s/clusters/c-1/version", lambda req: Reply(200, {"gitVersion": "v1.31.0"})
+           if req.headers["authorization"] == current[0] else denied)
     client.get("/version")
-    token.write_text("two\n")  # projected tokens rotate
-    client.get("/version")
-    assert [r.headers["authorization"] for r in api.requests] == ["Bearer one", "Bearer two"]
+    token.write_text("two\n")  # projected tokens rotate: the old one stops working
+    current[0] = "Bearer two"
+    client.get("/version")  # 401, then the file is read again
+    assert [r.headers["authorization"] for r in api.requests] == ["Bearer one", "Bearer one",
+                                                                  "Bearer two"]
 
 
 def test_apply_patch_sends_exact_body_and_content_type(tmp_path: Path, api: FakeApi) -> None:
@@ -329,7 +339,8 @@ print(json.dumps({{"apiVersion": info["apiVersion"], "kind": "ExecCredential",
 
 def test_exec_plugin_missing_names_it_with_install_hint(tmp_path: Path, api: FakeApi) -> None:
     client = client_for(tmp_path, api.url, exec={
-        "command": "kdist-no-such-plugin", "installHint": "install it with brew"})
+        "apiVersion": "client.authentication.k8s.io/v1", "command": "kdist-no-such-plugin",
+        "installHint": "install it with brew"})
     with pytest.raises(KubeConfigError) as e:
         client.get("/version")
     assert str(e.value) == ("exec credential plugin 'kdist-no-such-plugin' of user 'kdist-user' is "
