@@ -42,6 +42,8 @@ STS = "/apis/apps/v1/namespaces/default/statefulsets/cifar-cpu"
 PODS = "/api/v1/namespaces/default/pods"
 SELECTOR = "app.kubernetes.io/instance=cifar-cpu,app.kubernetes.io/managed-by=kdist"
 APPLY_QUERY = {"fieldManager": ["kdist"], "force": ["true"]}
+SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+CLAIM = "/api/v1/namespaces/default/persistentvolumeclaims/cifar-cpu-checkpoints"
 
 
 def fixture(name: str) -> Any:
@@ -68,6 +70,17 @@ def job(env: dict[str, str], path: Path = CPU, namespace: str | None = None) -> 
     return K8sJob.connect(plan(path), None, namespace, env)
 
 
+def preflight_reviews(docs: list[dict[str, Any]], namespace: str = "default") -> list[dict[str, str]]:
+    """The access reviews apply sends first: what --wait reads, then create+patch per kind."""
+    needed = [("get", "apps", "statefulsets"), ("list", "", "pods")]
+    for d in docs:
+        group = d["apiVersion"].rpartition("/")[0]
+        plural = backend.KINDS[d["kind"]].plural
+        needed += [("create", group, plural), ("patch", group, plural)]
+    return [{"namespace": namespace, "verb": v, "group": g, "resource": r}
+            for v, g, r in dict.fromkeys(needed)]
+
+
 def sequence(*replies: Reply) -> Any:
     """A handler answering with each reply in turn, then the last one again."""
     it = itertools.chain(replies, itertools.repeat(replies[-1]))
@@ -81,8 +94,13 @@ def test_apply_sends_every_rendered_object_in_order(env: dict[str, str], api: Fa
     p = plan()
     applied = list(job(env).apply())
     docs = k8s.render(p)
-    get, *patches = api.requests
+    get, *reviews, claim, classes = api.requests[:-len(docs)]
+    patches = api.requests[-len(docs):]
     assert (get.method, get.path) == ("GET", STS)  # is the job already finished?
+    assert [r.json()["spec"]["resourceAttributes"] for r in reviews] == preflight_reviews(docs)
+    assert {(r.method, r.path) for r in reviews} == {("POST", SSAR)}
+    assert (claim.method, claim.path) == ("GET", CLAIM)
+    assert (classes.method, classes.path) == ("GET", "/apis/storage.k8s.io/v1/storageclasses")
     assert [(r.method, r.path) for r in patches] == [
         ("PATCH", object_path(d, "default")) for d in docs]
     for req, doc in zip(patches, docs, strict=True):

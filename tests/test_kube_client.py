@@ -89,9 +89,11 @@ def status_body(code: int, reason: str, message: str, details: dict[str, Any] | 
 
 
 def default_reply(req: Recorded) -> Reply:
-    """Server-side apply echoes the object; anything else is not found."""
+    """Server-side apply echoes the object, access reviews allow; anything else is not found."""
     if req.method == "PATCH" and req.headers.get("content-type") == APPLY_PATCH:
         return Reply(200, req.json())
+    if req.method == "POST" and req.path.endswith("/selfsubjectaccessreviews"):
+        return Reply(201, {**req.json(), "status": {"allowed": True}})
     return Reply(404, status_body(404, "NotFound", f'"{req.path.rsplit("/", 1)[-1]}" not found',
                                   {"name": req.path.rsplit("/", 1)[-1]}))
 
@@ -106,6 +108,7 @@ class FakeApi:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # kept-alive connections: no 40 ms delayed-ACK stalls
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
