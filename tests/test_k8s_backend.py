@@ -413,6 +413,188 @@ def test_cli_delete_output(env: dict[str, str], api: FakeApi) -> None:
     assert "kept persistentvolumeclaim/cifar-cpu-checkpoints" in result.stderr
 
 
+# ---- credentials, watches, preflight (issue 13) --------------------------------------------------
+
+
+def _wait_routes(api: FakeApi, on_pending: Any = None) -> None:
+    """A job that is not there yet, then Pending, Running, Succeeded (one step per poll)."""
+    steps = iter([Reply(404, status_body(404, "NotFound", "not found")),
+                  Reply(200, fixture("statefulset-pending")), Reply(200, fixture("statefulset-running"))])
+
+    def sts(req: Any) -> Reply:
+        reply = next(steps, Reply(200, fixture("statefulset-succeeded")))
+        if reply.body is not None and reply.body.get("metadata", {}).get("name") and on_pending:
+            on_pending(reply)
+        return reply
+
+    api.on("GET", STS, sts)
+    api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
+                                 Reply(200, fixture("pods-running")),
+                                 Reply(200, fixture("pods-finished"))))
+
+
+def test_exec_credential_expiring_during_apply_wait_is_refreshed(
+        tmp_path: Path, api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real plugin script; its first token stops working mid-wait: 401, the plugin runs again,
+    the wait goes on. The expirationTimestamp lies (as clock skew or early revocation do), so the
+    client's own refresh-by-expiry does not help: kdist's reload on 401 must."""
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "get-token"
+    plugin.write_text(f"""#!{sys.executable}
+import json, pathlib
+runs = pathlib.Path({str(runs)!r})
+n = len(runs.read_text()) + 1 if runs.exists() else 1
+runs.write_text("x" * n)
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {{"token": f"tok-{{n}}", "expirationTimestamp": "2099-01-01T00:00:00Z"}}}}))
+""")
+    plugin.chmod(0o755)
+    cfg = write_kubeconfig(tmp_path / "kubeconfig", api.url, exec={
+        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)})
+    api.tokens = {"Bearer tok-1"}
+
+    def expire(_reply: Reply) -> None:
+        api.tokens = {"Bearer tok-2"}  # revoked right after the first status read
+
+    _wait_routes(api, expire)
+    result = run({"KUBECONFIG": str(cfg), "HOME": str(tmp_path)}, "apply", "-f", str(CPU), "--wait")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1] == "kdist: job cifar-cpu succeeded"
+    assert runs.read_text() == "xx"  # the plugin ran twice: at start and after the 401
+    auth = [r.headers["authorization"] for r in api.requests]
+    first_new = auth.index("Bearer tok-2")
+    assert set(auth[:first_new]) == {"Bearer tok-1"} and set(auth[first_new:]) == {"Bearer tok-2"}
+    retried = api.requests[first_new - 1], api.requests[first_new]
+    assert retried[0].key()[:3] == retried[1].key()[:3]  # the same request, sent once more
+    assert (retried[0].method, retried[0].path) == ("GET", PODS)
+
+
+def test_wait_resumes_after_a_dropped_connection(env: dict[str, str], api: FakeApi,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    _wait_routes(api)
+    pods = api.routes[("GET", PODS)]
+    dropped = iter([False, True])
+    api.on("GET", PODS, lambda req: Reply(drop=True) if next(dropped, False) else pods(req))
+    result = run(env, "apply", "-f", str(CPU), "--wait")
+    assert result.exit_code == 0, result.output
+    notes = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "] kdist:" in line]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"kdist: the API server dropped the watch (cannot reach the Kubernetes API server {api.url}")
+    assert notes[0].endswith("; resumed")
+    assert result.stderr.splitlines()[-1] == "kdist: job cifar-cpu succeeded"
+    polls = [r.path for r in api.requests if r.method == "GET" and r.path in (STS, PODS)]
+    # the finished check, a poll, a poll whose pod list was dropped, a poll that sees Succeeded
+    assert polls == [STS, STS, PODS, STS, PODS, STS, PODS]
+
+
+def test_preflight_lists_every_missing_permission_and_writes_nothing(
+        env: dict[str, str], api: FakeApi) -> None:
+    def review(req: Any) -> Reply:  # the `edit` ClusterRole: everything but RBAC objects
+        attrs = req.json()["spec"]["resourceAttributes"]
+        allowed = attrs["group"] != "rbac.authorization.k8s.io"
+        return Reply(201, {**req.json(), "status": {"allowed": allowed}})
+
+    api.on("POST", SSAR, review)
+    result = run(env, "apply", "-f", str(CPU))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "kdist: user 'kdist-user' may not apply job cifar-cpu in namespace default, context "
+        "kind-kdist; missing: create roles.rbac.authorization.k8s.io, patch "
+        "roles.rbac.authorization.k8s.io, create rolebindings.rbac.authorization.k8s.io, patch "
+        "rolebindings.rbac.authorization.k8s.io. Nothing was applied. Ask for a Role with these "
+        "verbs (the `edit` ClusterRole lacks roles and rolebindings: an `admin` RoleBinding in the "
+        "namespace has them); check one with `kubectl auth can-i create "
+        "roles.rbac.authorization.k8s.io -n default --context kind-kdist`\n")
+    assert not [r for r in api.requests if r.method == "PATCH"]
+
+
+def _classes(*specs: tuple[str, str, bool]) -> dict[str, Any]:
+    items = [{"kind": "StorageClass", "apiVersion": "storage.k8s.io/v1", "provisioner": prov,
+              "metadata": {"name": name, "annotations": {
+                  "storageclass.kubernetes.io/is-default-class": "true" if default else "false"}}}
+             for name, prov, default in specs]
+    return {"kind": "StorageClassList", "apiVersion": "storage.k8s.io/v1", "items": items}
+
+
+def test_apply_refuses_a_claim_no_storage_class_can_serve(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", "/apis/storage.k8s.io/v1/storageclasses",
+           Reply(200, _classes(("standard", "rancher.io/local-path", True))))
+    result = run(env, "apply", "-f", str(CPU))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "kdist: the checkpoint claim cifar-cpu-checkpoints (ReadWriteMany, 1Gi) cannot be "
+        "provisioned: StorageClass 'standard' (rancher.io/local-path) serves only ReadWriteOnce "
+        "volumes; set checkpoint.storage_class to a class with ReadWriteMany (NFS, EFS, Filestore, "
+        "Azure Files; this cluster has none) or checkpoint.access_mode: ReadWriteOnce when every "
+        "node runs on one host. Nothing was applied.\n")
+    assert not [r for r in api.requests if r.method == "PATCH"]
+    api.on("GET", CLAIM, Reply(200, {"kind": "PersistentVolumeClaim", "status": {"phase": "Bound"}}))
+    assert run(env, "apply", "-f", str(CPU)).exit_code == 0  # a bound claim needs no class
+
+
+def test_storage_problems() -> None:
+    problem = backend.storage_problem
+    rwo, nfs = ("standard", "rancher.io/local-path", False), ("nfs", "nfs.csi.k8s.io", False)
+    assert problem(_classes(rwo, nfs)["items"], "", "ReadWriteMany") == (
+        "the cluster has no default StorageClass (classes: nfs, standard); set checkpoint.storage_class")
+    assert problem(_classes(rwo, nfs)["items"], "nsf", "ReadWriteMany") == (
+        "checkpoint.storage_class 'nsf' is not a StorageClass of this cluster (classes: nfs, "
+        "standard); did you mean 'nfs'?")
+    assert "maybe nfs)" in problem(_classes(rwo, nfs)["items"], "standard", "ReadWriteMany")
+    assert problem(_classes(rwo, nfs)["items"], "nfs", "ReadWriteMany") == ""
+    assert problem(_classes(rwo, nfs)["items"], "standard", "ReadWriteOnce") == ""
+
+
+def test_wait_says_why_pods_are_pending_and_times_out(env: dict[str, str], api: FakeApi,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")),
+                                Reply(200, fixture("statefulset-pending"))))
+    api.on("GET", PODS, Reply(200, fixture("pods-pending")))
+    api.on("GET", "/api/v1/namespaces/default/events", Reply(200, fixture("events-pending")))
+    result = run(env, "apply", "-f", str(CPU), "--wait", "--timeout", "0.3")
+    assert result.exit_code == 1, result.output
+    why = [
+        "persistentvolumeclaim/cifar-cpu-checkpoints: ProvisioningFailed: failed to provision "
+        "volume with StorageClass \"standard\": NodePath only supports ReadWriteOnce and "
+        "ReadWriteOncePod (1.22+) access modes",
+        "pod/cifar-cpu-1: FailedScheduling: 0/3 nodes are available: pod has unbound immediate "
+        "PersistentVolumeClaims. preemption: 0/3 nodes are available: 3 Preemption is not helpful "
+        "for scheduling.",
+        "statefulset/cifar-cpu: FailedCreate: create Pod cifar-cpu-2 in StatefulSet cifar-cpu "
+        "failed error: admission webhook \"validate.kyverno.svc\" denied the request: image "
+        "registry not allowed",
+        "pod/cifar-cpu-2: Failed: Failed to pull image \"kdist-trainer:0.1.0\": not found"]
+    shown = [line.split("] pending: ", 1)[1] for line in result.stderr.splitlines() if "] pending: " in line]
+    assert shown == why  # each once, oldest first; the other job's event is not shown
+    last = result.stderr.split("kdist: timed out after 0.3s waiting for job cifar-cpu to finish: ")[1]
+    assert last == ("Pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 "
+                    "ImagePullBackOff; it keeps running (kdist status; --timeout changes the limit, "
+                    "0 for none)" + "".join(f"\n  {w}" for w in why) + "\n")
+    events = [r for r in api.requests if r.path.endswith("/events")]
+    assert events and all(r.query == {"fieldSelector": ["type=Warning"]} for r in events)
+
+
+def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str, str],
+                                                   api: FakeApi) -> None:
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(CPU.read_text() + "k8s: {queue: team-a}\n")
+    result = run(env, "apply", "-f", str(spec))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes the "
+        "StatefulSet's replicas directly and bypasses Kueue's quota")
+    code = ("import sys; sys.modules['kubernetes'] = None; from kdist.cli import cli, main; "
+            "from kdist.cli_k8s import register; register(cli); sys.argv[0] = 'kdist'; main()")
+    done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU)],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, "kdist: the Kubernetes commands need the "
+                                                 "`kubernetes` Python package: pip install "
+                                                 "'kdist[k8s]'\n")
+
+
 def test_entry_point_prints_no_traceback(env: dict[str, str]) -> None:
     code = ("import sys; from kdist.cli import cli, main; from kdist.cli_k8s import register; "
             "register(cli); sys.argv[0] = 'kdist'; main()")

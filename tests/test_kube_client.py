@@ -8,6 +8,7 @@ and answers what a test tells it to. test_k8s_backend.py imports it from here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -66,6 +67,7 @@ class Reply:
     body: Any = None  # dict/list -> JSON, str/bytes as they are
     headers: dict[str, str] = field(default_factory=dict)
     chunks: list[bytes] | None = None  # a chunked (streaming) body instead
+    drop: bool = False  # close the connection without answering (a dropped watch)
 
     def payload(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -104,6 +106,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.routes: dict[tuple[str, str], Handler] = {}
+        self.tokens: set[str] | None = None  # when set: other Authorization headers get 401
         api = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -120,6 +123,9 @@ class FakeApi:
                                {k.lower(): v for k, v in self.headers.items()},
                                self.rfile.read(length) if length else b"")
                 api.requests.append(req)
+                if api.tokens is not None and req.headers.get("authorization") not in api.tokens:
+                    api.send(self, Reply(401, status_body(401, "Unauthorized", "Unauthorized")))
+                    return
                 handler = api.routes.get((req.method, req.path), default_reply)
                 api.send(self, handler(req))
 
@@ -130,6 +136,10 @@ class FakeApi:
 
     @staticmethod
     def send(h: BaseHTTPRequestHandler, reply: Reply) -> None:
+        if reply.drop:
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
         h.send_response(reply.status)
         for name, value in reply.headers.items():
             h.send_header(name, value)
@@ -455,13 +465,13 @@ def test_target_describes_paths() -> None:
 # ---- TLS (with a CA generated here; skipped without openssl) -----------------------------------
 
 
-def _make_ca_and_cert(folder: Path) -> tuple[Path, Path, Path]:
+def _make_ca_and_cert(folder: Path, san: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
         "-days", "2", "-subj", "/CN=kdist-test-ca")
-    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    (folder / "ext.cnf").write_text(f"subjectAltName={san}\n")
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
         "-subj", "/CN=127.0.0.1")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
@@ -489,3 +499,114 @@ def test_https_with_certificate_authority(tmp_path: Path, api: FakeApi) -> None:
     write_kubeconfig(untrusted, server)
     with pytest.raises(ClusterUnreachable, match="TLS certificate is not trusted"):
         KubeClient(connect(None, {"KUBECONFIG": str(untrusted)}), timeout=5).get("/version")
+
+
+def serve_tls(api: FakeApi, folder: Path, san: str) -> tuple[str, Path]:
+    """Make `api` answer HTTPS with a certificate for `san`: (its https URL, the CA file)."""
+    ca, cert, key = _make_ca_and_cert(folder, san)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    api.server.socket = tls.wrap_socket(api.server.socket, server_side=True)
+    return api.url.replace("http://", "https://"), ca
+
+
+def tls_kubeconfig(path: Path, server: str, ca: Path, **cluster: Any) -> dict[str, str]:
+    write_kubeconfig(path, server)
+    doc = yaml.safe_load(path.read_text())
+    doc["clusters"][0]["cluster"] |= {"certificate-authority": str(ca), **cluster}
+    path.write_text(yaml.safe_dump(doc))
+    return {"KUBECONFIG": str(path)}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_tls_server_name_checks_the_certificate_for_that_name(tmp_path: Path, api: FakeApi) -> None:
+    server, ca = serve_tls(api, tmp_path, "DNS:api.kdist.internal")  # not valid for 127.0.0.1
+    api.on("GET", "/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    named = tls_kubeconfig(tmp_path / "named", server, ca, **{"tls-server-name": "api.kdist.internal"})
+    assert KubeClient(connect(None, named), timeout=5).get("/version") == {"gitVersion": "v1.31.0"}
+    unnamed = tls_kubeconfig(tmp_path / "unnamed", server, ca)
+    with pytest.raises(ClusterUnreachable, match=r"TLS certificate is not trusted .*IP address mismatch"):
+        KubeClient(connect(None, unnamed), timeout=5).get("/version")
+    wrong = tls_kubeconfig(tmp_path / "wrong", server, ca, **{"tls-server-name": "other.internal"})
+    with pytest.raises(ClusterUnreachable, match="Hostname mismatch"):
+        KubeClient(connect(None, wrong), timeout=5).get("/version")
+    assert [(r.method, r.path) for r in api.requests] == [("GET", "/version")]
+
+
+class ConnectProxy:
+    """A real HTTP CONNECT proxy on 127.0.0.1 that records the tunnels it opened."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        self.tunnels.append(f"{method} {target}")
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def __enter__(self) -> ConnectProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_proxy_url_and_https_proxy_tunnel_unless_no_proxy(tmp_path: Path, api: FakeApi,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    server, ca = serve_tls(api, tmp_path, "IP:127.0.0.1")
+    api.on("GET", "/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    port = server.rsplit(":", 1)[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ConnectProxy() as proxy:
+        env = tls_kubeconfig(tmp_path / "proxied", server, ca, **{"proxy-url": proxy.url})
+        assert KubeClient(connect(None, env), timeout=5).get("/version") == {"gitVersion": "v1.31.0"}
+        assert proxy.tunnels == [f"CONNECT 127.0.0.1:{port}"]
+        plain = tls_kubeconfig(tmp_path / "plain", server, ca)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        KubeClient(connect(None, plain), timeout=5).get("/version")
+        assert len(proxy.tunnels) == 2  # the environment's proxy
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        KubeClient(connect(None, plain), timeout=5).get("/version")
+        assert len(proxy.tunnels) == 2  # bypassed
+    assert [(r.method, r.path, r.headers["authorization"]) for r in api.requests] == [
+        ("GET", "/version", "Bearer t0ken-abc")] * 3
