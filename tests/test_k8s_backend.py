@@ -281,11 +281,29 @@ def test_logs_of_every_pod_with_node_prefixes(env: dict[str, str], api: FakeApi)
 
 
 def test_follow_logs_of_one_node(env: dict[str, str], api: FakeApi) -> None:
-    api.on("GET", f"{PODS}/cifar-cpu-2/log", Reply(200, chunks=[b"step 1\n", b"step 2\n"]))
+    api.on("GET", f"{PODS}/cifar-cpu-2/log", Reply(200, chunks=[
+        b"2025-01-14T09:12:03.5Z step 1\n", b"2025-01-14T09:12:04.123456789Z step 2\n"]))
     assert list(job(env).logs(["node-2"], follow=True)) == ["node-2 | step 1", "node-2 | step 2"]
-    assert api.requests[0].query == {"container": ["node"], "follow": ["true"]}
+    assert api.requests[0].query == {"container": ["node"], "follow": ["true"], "timestamps": ["true"]}
     with pytest.raises(UsageError, match="unknown node '7': expected 0 to 2"):
         list(job(env).logs(["7"]))
+
+
+def test_follow_logs_resume_after_a_dropped_stream(env: dict[str, str], api: FakeApi,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    first = [b"2025-01-14T09:12:03.5Z step 1\n", b"2025-01-14T09:12:03.9Z step 2\n"]
+    again = [b"2025-01-14T09:12:03.5Z step 1\n", b"2025-01-14T09:12:03.9Z step 2\n",
+             b"2025-01-14T09:12:04Z step 3\n"]  # sinceTime has whole seconds: lines repeat
+    api.on("GET", f"{PODS}/cifar-cpu-2/log", sequence(Reply(200, chunks=first, drop=True),
+                                                      Reply(200, chunks=again)))
+    lines = list(job(env).logs(["node-2"], follow=True, tail=5))
+    assert lines == ["node-2 | step 1", "node-2 | step 2", "node-2 | kdist: log stream dropped; resuming",
+                     "node-2 | step 3"]
+    assert [r.query for r in api.requests] == [
+        {"container": ["node"], "tailLines": ["5"], "follow": ["true"], "timestamps": ["true"]},
+        {"container": ["node"], "follow": ["true"], "timestamps": ["true"],
+         "sinceTime": ["2025-01-14T09:12:03Z"]}]
 
 
 # ---- the command line --------------------------------------------------------------------------

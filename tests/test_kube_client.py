@@ -67,7 +67,7 @@ class Reply:
     body: Any = None  # dict/list -> JSON, str/bytes as they are
     headers: dict[str, str] = field(default_factory=dict)
     chunks: list[bytes] | None = None  # a chunked (streaming) body instead
-    drop: bool = False  # close the connection without answering (a dropped watch)
+    drop: bool = False  # hang up without answering, or after `chunks` (a dropped watch/stream)
 
     def payload(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -136,9 +136,8 @@ class FakeApi:
 
     @staticmethod
     def send(h: BaseHTTPRequestHandler, reply: Reply) -> None:
-        if reply.drop:
-            h.close_connection = True
-            h.connection.shutdown(socket.SHUT_RDWR)
+        if reply.drop and reply.chunks is None:
+            FakeApi.hang_up(h)
             return
         h.send_response(reply.status)
         for name, value in reply.headers.items():
@@ -150,6 +149,9 @@ class FakeApi:
             for chunk in reply.chunks:
                 h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 h.wfile.flush()
+            if reply.drop:  # mid-stream
+                FakeApi.hang_up(h)
+                return
             h.wfile.write(b"0\r\n\r\n")
             return
         data, ctype = reply.payload()
@@ -157,6 +159,11 @@ class FakeApi:
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
+
+    @staticmethod
+    def hang_up(h: BaseHTTPRequestHandler) -> None:
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_RDWR)
 
     @property
     def url(self) -> str:

@@ -468,12 +468,37 @@ class K8sJob:
 
     def _stream_log(self, prefix: str, pod: str, container: str, tail: int | None,
                     previous: bool) -> Iterator[str]:
-        query = {**self._log_query(container, tail, previous), "follow": "true"}
-        try:
-            for line in self.client.stream(self._log_path(pod), query):
-                yield f"{prefix} | {line}"
-        except ApiError as e:
-            yield f"{prefix} | kdist: no logs: {e.status_message or e}"
+        """Follow one pod's log; after a dropped connection, resume from the last line's time."""
+        query = {**self._log_query(container, tail, previous), "follow": "true", "timestamps": "true"}
+        last, failures = "", 0
+        while True:
+            try:
+                for line in self.client.stream(self._log_path(pod), query):
+                    stamp, _, text = line.partition(" ")
+                    if last and _stamp_key(stamp) <= _stamp_key(last):
+                        continue  # sent again after a resume
+                    last, failures = stamp, 0
+                    yield f"{prefix} | {text}"
+                return
+            except ClusterUnreachable as e:
+                failures += 1
+                if failures > WATCH_RETRIES:
+                    yield f"{prefix} | kdist: log stream lost: {e}"
+                    return
+                yield f"{prefix} | kdist: log stream dropped; resuming"
+                time.sleep(WAIT_INTERVAL)
+                if last:
+                    query = {k: v for k, v in query.items() if k != "tailLines"}
+                    query["sinceTime"] = last[:19] + "Z"
+            except ApiError as e:
+                yield f"{prefix} | kdist: no logs: {e.status_message or e}"
+                return
+
+
+def _stamp_key(stamp: str) -> tuple[str, str]:
+    """RFC3339Nano as the kubelet writes it (trailing zeros trimmed) -> comparable."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return seconds, fraction.ljust(9, "0")
 
 
 def storage_problem(classes: list[dict[str, Any]], wanted: str, access_mode: str) -> str:

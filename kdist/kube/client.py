@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,6 @@ JSON = "application/json"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_TIMEOUT = 30.0
-MAX_REFRESHES = 10  # per client: one per 401, a few per long `apply --wait`
 RBAC_RE = re.compile(r'User "(?P<user>[^"]*)" cannot (?P<verb>\S+) resource "(?P<resource>[^"]+)"'
                      r'(?: in API group "(?P<group>[^"]*)")?(?: in the namespace "(?P<ns>[^"]+)")?')
 VERBS = {"GET": "get", "PATCH": "patch", "DELETE": "delete", "POST": "create", "PUT": "update"}
@@ -96,6 +96,7 @@ class KubeClient:
         self.refreshes = 0  # credential reloads after a 401
         self._pool: Any = None
         self._config: Any = None
+        self._lock = threading.Lock()  # `logs -f` sends from one thread per pod
 
     # ---- verbs -----------------------------------------------------------------------------
 
@@ -150,17 +151,16 @@ class KubeClient:
     def _send(self, method: str, path: str, query: dict[str, str] | None, body: bytes | None,
               content_type: str | None, stream: bool = False) -> Any:
         """The urllib3 response; after a 401, reload the credentials and send it once more."""
-        resp = self._send_once(method, path, query, body, content_type, stream)
-        if resp.status == 401 and self.refreshes < MAX_REFRESHES:
+        pool = self._connect()
+        resp = self._send_once(pool, method, path, query, body, content_type, stream)
+        if resp.status == 401:
             resp.drain_conn()
-            self.refreshes += 1
-            self._pool = None  # a fresh Configuration: runs the exec plugin, rereads tokenFile
-            resp = self._send_once(method, path, query, body, content_type, stream)
+            resp = self._send_once(self._reconnect(pool), method, path, query, body, content_type,
+                                   stream)
         return resp
 
-    def _send_once(self, method: str, path: str, query: dict[str, str] | None, body: bytes | None,
-                   content_type: str | None, stream: bool) -> Any:
-        pool = self._connect()
+    def _send_once(self, pool: Any, method: str, path: str, query: dict[str, str] | None,
+                   body: bytes | None, content_type: str | None, stream: bool) -> Any:
         url = self._config.host + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": JSON, "User-Agent": f"kdist/{__version__}", **self._auth_headers()}
         if content_type:
@@ -173,11 +173,21 @@ class KubeClient:
             raise self._unreachable(e) from None
 
     def _connect(self) -> Any:
-        if self._pool is None:
-            k8s = kubernetes_package()
-            self._config = self.conn.configuration()
-            self._pool = k8s.client.rest.RESTClientObject(self._config).pool_manager
-        return self._pool
+        with self._lock:
+            if self._pool is None:
+                k8s = kubernetes_package()
+                self._config = self.conn.configuration()
+                self._pool = k8s.client.rest.RESTClientObject(self._config).pool_manager
+            return self._pool
+
+    def _reconnect(self, stale: Any) -> Any:
+        """A fresh Configuration (runs the exec plugin, rereads tokenFile) unless another thread
+        already replaced `stale`."""
+        with self._lock:
+            if self._pool is stale:
+                self._pool = None
+                self.refreshes += 1
+        return self._connect()
 
     def _auth_headers(self) -> dict[str, str]:
         """The client's own choice (it refreshes exec tokens that carry an expirationTimestamp)."""
