@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from kdist.plan import LaunchPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
-WAIT_TIMEOUT = 3600.0  # `apply --wait` gives up after an hour unless --timeout says otherwise
+WAIT_TIMEOUT = 3600  # `apply --wait` gives up after an hour unless --timeout says otherwise
 QUEUE_NOTE = ("kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes "
               "the StatefulSet's replicas directly and bypasses Kueue's quota")
 
