@@ -604,6 +604,12 @@ def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str
     assert result.stderr.strip() == (
         "kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes the "
         "StatefulSet's replicas directly and bypasses Kueue's quota")
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("PATCH", STS + "/scale", Reply(200, {"kind": "Scale", "spec": {"replicas": 3}}))
+    scaled = run(env, "scale", "--target", "k8s", "-f", str(spec), "3")
+    assert scaled.exit_code == 0, scaled.output
+    assert scaled.stderr.splitlines()[0] == ("kdist: k8s.queue 'team-a' is set: this scale bypasses "
+                                             "Kueue's admission and quota")
     code = ("import sys; sys.modules['kubernetes'] = None; from kdist.cli import cli, main; "
             "from kdist.cli_k8s import register; register(cli); sys.argv[0] = 'kdist'; main()")
     done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU)],

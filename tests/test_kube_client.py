@@ -368,6 +368,43 @@ def test_exec_plugin_missing_names_it_with_install_hint(tmp_path: Path, api: Fak
     assert api.requests == []
 
 
+def _plugin(path: Path, body: str) -> Path:
+    path.write_text(f"#!{sys.executable}\nimport json, pathlib, sys\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_client_reruns_a_plugin_whose_token_expires_within_5_minutes(tmp_path: Path,
+                                                                         api: FakeApi) -> None:
+    """What the official client does by itself: it re-runs the plugin before every request once
+    expirationTimestamp is less than 5 minutes away (kube_config.EXPIRY_SKEW_PREVENTION_DELAY)."""
+    runs = tmp_path / "runs"
+    plugin = _plugin(tmp_path / "soon", f"""
+runs = pathlib.Path({str(runs)!r})
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {{"token": "t" + str(len(runs.read_text())),
+                             "expirationTimestamp": "2000-01-01T00:00:00Z"}}}}))""")
+    client = client_for(tmp_path, api.url, exec={"apiVersion": "client.authentication.k8s.io/v1",
+                                                 "command": str(plugin)})
+    api.on("GET", "/version", Reply(200, {}))
+    client.get("/version")
+    client.get("/version")
+    assert [r.headers["authorization"] for r in api.requests] == ["Bearer t2", "Bearer t3"]
+
+
+def test_a_failing_exec_plugin_is_a_clear_error(tmp_path: Path, api: FakeApi) -> None:
+    plugin = _plugin(tmp_path / "sso", 'sys.exit("error: the SSO session has expired; run aws sso login")')
+    client = client_for(tmp_path, api.url, exec={"apiVersion": "client.authentication.k8s.io/v1",
+                                                 "command": str(plugin)})
+    with pytest.raises(KubeConfigError) as e:
+        client.get("/version")
+    assert str(e.value) == (f"exec credential plugin {str(plugin)!r} of user 'kdist-user' failed: "
+                            "exec: process returned 1. error: the SSO session has expired; run aws "
+                            "sso login")
+    assert api.requests == []
+
+
 # ---- errors ------------------------------------------------------------------------------------
 
 
