@@ -174,15 +174,19 @@ def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
     return out
 
 
-def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[str]:
-    """What a waiting user has not seen yet: dropped connections, why the job is Pending."""
-    notes = [f"kdist: the API server dropped the watch ({e}); resumed" for e in job.interruptions]
+def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, str]]:
+    """What a waiting user has not seen yet: (resumed, the error) after a dropped connection,
+    (pending, why) for each new reason the job is Pending."""
+    news = [("resumed", e) for e in job.interruptions]
     job.interruptions.clear()
     if status.phase == "Pending":
         fresh = [w for w in job.why_pending() if w not in seen]
         seen.update(fresh)
-        notes += [f"pending: {w}" for w in fresh]
-    return notes
+        news += [("pending", w) for w in fresh]
+    return news
+
+
+NEWS_TEXT = {"resumed": "kdist: the API server dropped the watch ({}); resumed", "pending": "pending: {}"}
 
 
 def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -> None:
@@ -195,12 +199,15 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
     try:
         for status in job.watch(timeout=timeout or None):
             line = status.summary()
+            for kind, text in _news(job, status, seen):
+                if out is not None:
+                    out.event(kind, out.elapsed(), {"error" if kind == "resumed" else "why": text})
+                else:
+                    click.echo(f"[{time.monotonic() - start:6.0f}s] {NEWS_TEXT[kind].format(text)}",
+                               err=True)
             if out is not None:
                 out.snapshot(jsonout.k8s_status(status, job.client.conn.context, out.elapsed()))
-                continue
-            for note in _news(job, status, seen):
-                click.echo(f"[{time.monotonic() - start:6.0f}s] {note}", err=True)
-            if line != last:
+            elif line != last:
                 click.echo(f"[{time.monotonic() - start:6.0f}s] {line}", err=True)
                 last = line
     except KeyboardInterrupt:

@@ -593,6 +593,10 @@ def test_wait_says_why_pods_are_pending_and_times_out(env: dict[str, str], api: 
                     "0 for none)" + "".join(f"\n  {w}" for w in why) + "\n")
     events = [r for r in api.requests if r.path.endswith("/events")]
     assert events and all(r.query == {"fieldSelector": ["type=Warning"]} for r in events)
+    as_json = run(env, "apply", "-f", str(CPU), "--wait", "--timeout", "0.3", "-o", "json")
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["why"] for r in records if r.get("event") == "pending"] == why
+    assert records[-1]["error"].startswith("timed out after 0.3s waiting for job cifar-cpu")
 
 
 def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str, str],
