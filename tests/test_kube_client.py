@@ -50,6 +50,7 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    client_cn: str = ""  # the TLS client certificate's common name, if one was sent
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -78,6 +79,11 @@ class Reply:
 
 
 Handler = Callable[[Recorded], Reply]
+
+
+def _client_cn(sock: Any) -> str:
+    cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+    return next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), "")
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None
@@ -121,7 +127,7 @@ class FakeApi:
                 url = urlsplit(self.path)
                 req = Recorded(self.command, url.path, parse_qs(url.query),
                                {k.lower(): v for k, v in self.headers.items()},
-                               self.rfile.read(length) if length else b"")
+                               self.rfile.read(length) if length else b"", _client_cn(self.connection))
                 api.requests.append(req)
                 if api.tokens is not None and req.headers.get("authorization") not in api.tokens:
                     api.send(self, Reply(401, status_body(401, "Unauthorized", "Unauthorized")))
@@ -654,3 +660,53 @@ def test_proxy_url_and_https_proxy_tunnel_unless_no_proxy(tmp_path: Path, api: F
         assert len(proxy.tunnels) == 2  # bypassed
     assert [(r.method, r.path, r.headers["authorization"]) for r in api.requests] == [
         ("GET", "/version", "Bearer t0ken-abc")] * 3
+
+
+def _client_cert(folder: Path, name: str) -> tuple[str, str]:
+    """A client certificate for CN=`name` signed by folder/ca.crt: (cert PEM, key PEM)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        "-subj", f"/CN={name}")
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2")
+    return (folder / f"{name}.crt").read_text(), (folder / f"{name}.key").read_text()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_exec_client_certificate_is_replaced_after_a_401(tmp_path: Path, api: FakeApi) -> None:
+    """An exec plugin that returns client certificates (no token): when the API server stops
+    accepting the first one (401, as kube-apiserver answers for an expired client certificate),
+    kdist reloads, the plugin issues another, and the request goes through on a new connection."""
+    ca, cert, key = _make_ca_and_cert(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    tls.load_verify_locations(ca)
+    tls.verify_mode = ssl.CERT_OPTIONAL
+    api.server.socket = tls.wrap_socket(api.server.socket, server_side=True)
+    for n in (1, 2):
+        pem, key_pem = _client_cert(tmp_path, f"kdist-user-{n}")
+        (tmp_path / f"cred-{n}.json").write_text(json.dumps({
+            "apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+            "status": {"clientCertificateData": pem, "clientKeyData": key_pem}}))
+    runs = tmp_path / "runs"
+    plugin = _plugin(tmp_path / "issue-cert", f"""
+runs = pathlib.Path({str(runs)!r})
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+print(pathlib.Path({str(tmp_path)!r}, f"cred-{{len(runs.read_text())}}.json").read_text())""")
+    accepted = ["kdist-user-1"]
+    api.on("GET", "/version", lambda req: Reply(200, {"gitVersion": "v1.31.0"})
+           if req.client_cn == accepted[0] else Reply(401, status_body(401, "Unauthorized", "Unauthorized")))
+    env = tls_kubeconfig(tmp_path / "kubeconfig", api.url.replace("http://", "https://"), ca)
+    doc = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
+    doc["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                        "command": str(plugin)}}
+    Path(env["KUBECONFIG"]).write_text(yaml.safe_dump(doc))
+    client = KubeClient(connect(None, env), timeout=5)
+    client.get("/version")
+    accepted[0] = "kdist-user-2"  # the first certificate expired
+    client.get("/version")
+    assert [(r.client_cn, "authorization" in r.headers) for r in api.requests] == [
+        ("kdist-user-1", False), ("kdist-user-1", False), ("kdist-user-2", False)]
+    assert runs.read_text() == "xx"
