@@ -550,6 +550,11 @@ def test_apply_refuses_a_claim_no_storage_class_can_serve(env: dict[str, str], a
     assert not [r for r in api.requests if r.method == "PATCH"]
     api.on("GET", CLAIM, Reply(200, {"kind": "PersistentVolumeClaim", "status": {"phase": "Bound"}}))
     assert run(env, "apply", "-f", str(CPU)).exit_code == 0  # a bound claim needs no class
+    api.on("GET", CLAIM, Reply(404, status_body(404, "NotFound", "not found")))
+    api.on("GET", "/apis/storage.k8s.io/v1/storageclasses", Reply(403, status_body(
+        403, "Forbidden", 'storageclasses.storage.k8s.io is forbidden: User "kdist-user" cannot '
+        'list resource "storageclasses" in API group "storage.k8s.io" at the cluster scope')))
+    assert run(env, "apply", "-f", str(CPU)).exit_code == 0  # may not list classes: not checked
 
 
 def test_storage_problems() -> None:

@@ -261,6 +261,8 @@ class K8sJob:
                 return
         except NotFound:
             pass
+        except Forbidden:  # may not read claims: the apply itself will say more
+            return
         try:
             classes = self.client.list("/apis/storage.k8s.io/v1/storageclasses")
         except (Forbidden, NotFound):  # may not list cluster-scoped classes: the claim will tell
