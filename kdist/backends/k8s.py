@@ -29,6 +29,7 @@ FIELD_MANAGER = "kdist"
 WAIT_INTERVAL = 2.0
 WATCH_RETRIES = 5  # consecutive transient errors a wait survives
 TRANSIENT = (429, 500, 502, 503, 504)
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # Provisioners that serve only ReadWriteOnce(Pod) volumes: kind/k3s local-path, EBS, PD, Azure Disk.
 RWO_ONLY = ("rancher.io/local-path", "ebs.csi.aws.com", "kubernetes.io/aws-ebs",
@@ -64,9 +65,6 @@ KINDS: dict[str, Kind] = {
 # `kdist delete`: the pods' owners first; the checkpoint claim (only with --volumes) last.
 DELETE_ORDER = ("StatefulSet", "Deployment", "PodDisruptionBudget", "Service", "NetworkPolicy",
                 "RoleBinding", "Role", "ServiceAccount", "PersistentVolumeClaim")
-
-
-SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 
 
 class JobNotFound(KdistError):
