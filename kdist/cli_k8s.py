@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from kdist.plan import LaunchPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
+WAIT_TIMEOUT = 3600  # `apply --wait` gives up after an hour unless --timeout says otherwise
+QUEUE_NOTE = ("kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes "
+              "the StatefulSet's replicas directly and bypasses Kueue's quota")
 
 
 def k8s_options(fn: F) -> F:
@@ -112,6 +115,9 @@ def k8s_scale(plan: LaunchPlan, context: str | None, namespace: str | None, node
     """`kdist scale --target k8s N`: the StatefulSet's scale subresource, within nodes MIN:MAX."""
     job = _connect(plan, context, namespace)
     change = job.scale(nodes)
+    if plan.spec.k8s.queue:
+        click.echo(f"kdist: k8s.queue {plan.spec.k8s.queue!r} is set: this scale bypasses Kueue's "
+                   "admission and quota", err=True)
     if change.before == change.after:
         click.echo(f"kdist: job {job.name} already runs {nodes} nodes", err=True)
     else:
@@ -168,15 +174,37 @@ def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
     return out
 
 
+def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, str]]:
+    """What a waiting user has not seen yet: (resumed, the error) after a dropped connection,
+    (pending, why) for each new reason the job is Pending."""
+    news = [("resumed", e) for e in job.interruptions]
+    job.interruptions.clear()
+    if status.phase == "Pending":
+        fresh = [w for w in job.why_pending() if w not in seen]
+        seen.update(fresh)
+        news += [("pending", w) for w in fresh]
+    return news
+
+
+NEWS_TEXT = {"resumed": "kdist: the API server dropped the watch ({}); resumed", "pending": "pending: {}"}
+
+
 def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -> None:
     """Print a status line whenever the job's status changes, until it finishes.
 
     With `out` (json), a status snapshot instead, and the job and root cause for the result.
     """
     start, last, status = time.monotonic(), "", None
+    seen: set[str] = set()
     try:
-        for status in job.watch(timeout=timeout):
+        for status in job.watch(timeout=timeout or None):
             line = status.summary()
+            for kind, text in _news(job, status, seen):
+                if out is not None:
+                    out.event(kind, out.elapsed(), {"error" if kind == "resumed" else "why": text})
+                else:
+                    click.echo(f"[{time.monotonic() - start:6.0f}s] {NEWS_TEXT[kind].format(text)}",
+                               err=True)
             if out is not None:
                 out.snapshot(jsonout.k8s_status(status, job.client.conn.context, out.elapsed()))
             elif line != last:
@@ -210,8 +238,9 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
                     "event per object, status snapshots, a final result line.")
 @click.option("--wait", is_flag=True, help="Then show live status until the job finishes; exit "
                                            "with its outcome.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="With --wait: give up after this long (the job keeps running).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=WAIT_TIMEOUT, show_default=True,
+              metavar="SECONDS",
+              help="With --wait: give up after this long (the job keeps running); 0: no limit.")
 def apply(spec_file: Path, target: str, context: str | None, namespace: str | None, dry_run: str,
           output: str, wait: bool, timeout: float | None) -> None:
     """Create or update the job on Kubernetes (server-side apply, field manager kdist).
@@ -230,6 +259,8 @@ def apply(spec_file: Path, target: str, context: str | None, namespace: str | No
             return
         job = _connect(plan, context, namespace)
         _apply_objects(job, dry_run == "server", output, out)
+        if plan.spec.k8s.queue:
+            click.echo(QUEUE_NOTE, err=True)
         if wait:
             wait_for(job, timeout, out)
 

@@ -42,6 +42,8 @@ STS = "/apis/apps/v1/namespaces/default/statefulsets/cifar-cpu"
 PODS = "/api/v1/namespaces/default/pods"
 SELECTOR = "app.kubernetes.io/instance=cifar-cpu,app.kubernetes.io/managed-by=kdist"
 APPLY_QUERY = {"fieldManager": ["kdist"], "force": ["true"]}
+SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+CLAIM = "/api/v1/namespaces/default/persistentvolumeclaims/cifar-cpu-checkpoints"
 
 
 def fixture(name: str) -> Any:
@@ -68,6 +70,17 @@ def job(env: dict[str, str], path: Path = CPU, namespace: str | None = None) -> 
     return K8sJob.connect(plan(path), None, namespace, env)
 
 
+def preflight_reviews(docs: list[dict[str, Any]], namespace: str = "default") -> list[dict[str, str]]:
+    """The access reviews apply sends first: what --wait reads, then create+patch per kind."""
+    needed = [("get", "apps", "statefulsets"), ("list", "", "pods")]
+    for d in docs:
+        group = d["apiVersion"].rpartition("/")[0]
+        plural = backend.KINDS[d["kind"]].plural
+        needed += [("create", group, plural), ("patch", group, plural)]
+    return [{"namespace": namespace, "verb": v, "group": g, "resource": r}
+            for v, g, r in dict.fromkeys(needed)]
+
+
 def sequence(*replies: Reply) -> Any:
     """A handler answering with each reply in turn, then the last one again."""
     it = itertools.chain(replies, itertools.repeat(replies[-1]))
@@ -81,8 +94,13 @@ def test_apply_sends_every_rendered_object_in_order(env: dict[str, str], api: Fa
     p = plan()
     applied = list(job(env).apply())
     docs = k8s.render(p)
-    get, *patches = api.requests
+    get, *reviews, claim, classes = api.requests[:-len(docs)]
+    patches = api.requests[-len(docs):]
     assert (get.method, get.path) == ("GET", STS)  # is the job already finished?
+    assert [r.json()["spec"]["resourceAttributes"] for r in reviews] == preflight_reviews(docs)
+    assert {(r.method, r.path) for r in reviews} == {("POST", SSAR)}
+    assert (claim.method, claim.path) == ("GET", CLAIM)
+    assert (classes.method, classes.path) == ("GET", "/apis/storage.k8s.io/v1/storageclasses")
     assert [(r.method, r.path) for r in patches] == [
         ("PATCH", object_path(d, "default")) for d in docs]
     for req, doc in zip(patches, docs, strict=True):
@@ -263,11 +281,29 @@ def test_logs_of_every_pod_with_node_prefixes(env: dict[str, str], api: FakeApi)
 
 
 def test_follow_logs_of_one_node(env: dict[str, str], api: FakeApi) -> None:
-    api.on("GET", f"{PODS}/cifar-cpu-2/log", Reply(200, chunks=[b"step 1\n", b"step 2\n"]))
+    api.on("GET", f"{PODS}/cifar-cpu-2/log", Reply(200, chunks=[
+        b"2025-01-14T09:12:03.5Z step 1\n", b"2025-01-14T09:12:04.123456789Z step 2\n"]))
     assert list(job(env).logs(["node-2"], follow=True)) == ["node-2 | step 1", "node-2 | step 2"]
-    assert api.requests[0].query == {"container": ["node"], "follow": ["true"]}
+    assert api.requests[0].query == {"container": ["node"], "follow": ["true"], "timestamps": ["true"]}
     with pytest.raises(UsageError, match="unknown node '7': expected 0 to 2"):
         list(job(env).logs(["7"]))
+
+
+def test_follow_logs_resume_after_a_dropped_stream(env: dict[str, str], api: FakeApi,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    first = [b"2025-01-14T09:12:03.5Z step 1\n", b"2025-01-14T09:12:03.9Z step 2\n"]
+    again = [b"2025-01-14T09:12:03.5Z step 1\n", b"2025-01-14T09:12:03.9Z step 2\n",
+             b"2025-01-14T09:12:04Z step 3\n"]  # sinceTime has whole seconds: lines repeat
+    api.on("GET", f"{PODS}/cifar-cpu-2/log", sequence(Reply(200, chunks=first, drop=True),
+                                                      Reply(200, chunks=again)))
+    lines = list(job(env).logs(["node-2"], follow=True, tail=5))
+    assert lines == ["node-2 | step 1", "node-2 | step 2", "node-2 | kdist: log stream dropped; resuming",
+                     "node-2 | step 3"]
+    assert [r.query for r in api.requests] == [
+        {"container": ["node"], "tailLines": ["5"], "follow": ["true"], "timestamps": ["true"]},
+        {"container": ["node"], "follow": ["true"], "timestamps": ["true"],
+         "sinceTime": ["2025-01-14T09:12:03Z"]}]
 
 
 # ---- the command line --------------------------------------------------------------------------
@@ -395,6 +431,203 @@ def test_cli_delete_output(env: dict[str, str], api: FakeApi) -> None:
     assert "kept persistentvolumeclaim/cifar-cpu-checkpoints" in result.stderr
 
 
+# ---- credentials, watches, preflight (issue 13) --------------------------------------------------
+
+
+def _wait_routes(api: FakeApi, on_pending: Any = None) -> None:
+    """A job that is not there yet, then Pending, Running, Succeeded (one step per poll)."""
+    steps = iter([Reply(404, status_body(404, "NotFound", "not found")),
+                  Reply(200, fixture("statefulset-pending")), Reply(200, fixture("statefulset-running"))])
+
+    def sts(req: Any) -> Reply:
+        reply = next(steps, Reply(200, fixture("statefulset-succeeded")))
+        if reply.body is not None and reply.body.get("metadata", {}).get("name") and on_pending:
+            on_pending(reply)
+        return reply
+
+    api.on("GET", STS, sts)
+    api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
+                                 Reply(200, fixture("pods-running")),
+                                 Reply(200, fixture("pods-finished"))))
+
+
+def test_exec_credential_expiring_during_apply_wait_is_refreshed(
+        tmp_path: Path, api: FakeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real plugin script; its first token stops working mid-wait: 401, the plugin runs again,
+    the wait goes on. The expirationTimestamp lies (as clock skew or early revocation do), so the
+    client's own refresh-by-expiry does not help: kdist's reload on 401 must."""
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    runs = tmp_path / "runs"
+    plugin = tmp_path / "get-token"
+    plugin.write_text(f"""#!{sys.executable}
+import json, pathlib
+runs = pathlib.Path({str(runs)!r})
+n = len(runs.read_text()) + 1 if runs.exists() else 1
+runs.write_text("x" * n)
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {{"token": f"tok-{{n}}", "expirationTimestamp": "2099-01-01T00:00:00Z"}}}}))
+""")
+    plugin.chmod(0o755)
+    cfg = write_kubeconfig(tmp_path / "kubeconfig", api.url, exec={
+        "apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin)})
+    api.tokens = {"Bearer tok-1"}
+
+    def expire(_reply: Reply) -> None:
+        api.tokens = {"Bearer tok-2"}  # revoked right after the first status read
+
+    _wait_routes(api, expire)
+    result = run({"KUBECONFIG": str(cfg), "HOME": str(tmp_path)}, "apply", "-f", str(CPU), "--wait")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1] == "kdist: job cifar-cpu succeeded"
+    assert runs.read_text() == "xx"  # the plugin ran twice: at start and after the 401
+    auth = [r.headers["authorization"] for r in api.requests]
+    first_new = auth.index("Bearer tok-2")
+    assert set(auth[:first_new]) == {"Bearer tok-1"} and set(auth[first_new:]) == {"Bearer tok-2"}
+    retried = api.requests[first_new - 1], api.requests[first_new]
+    assert retried[0].key()[:3] == retried[1].key()[:3]  # the same request, sent once more
+    assert (retried[0].method, retried[0].path) == ("GET", PODS)
+
+
+def test_wait_resumes_after_a_dropped_connection(env: dict[str, str], api: FakeApi,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    _wait_routes(api)
+    pods = api.routes[("GET", PODS)]
+    dropped = iter([False, True])
+    api.on("GET", PODS, lambda req: Reply(drop=True) if next(dropped, False) else pods(req))
+    result = run(env, "apply", "-f", str(CPU), "--wait")
+    assert result.exit_code == 0, result.output
+    notes = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "] kdist:" in line]
+    assert len(notes) == 1 and notes[0].startswith(
+        f"kdist: the API server dropped the watch (cannot reach the Kubernetes API server {api.url}")
+    assert notes[0].endswith("; resumed")
+    assert result.stderr.splitlines()[-1] == "kdist: job cifar-cpu succeeded"
+    polls = [r.path for r in api.requests if r.method == "GET" and r.path in (STS, PODS)]
+    # the finished check, a poll, a poll whose pod list was dropped, a poll that sees Succeeded
+    assert polls == [STS, STS, PODS, STS, PODS, STS, PODS]
+
+
+def test_preflight_lists_every_missing_permission_and_writes_nothing(
+        env: dict[str, str], api: FakeApi) -> None:
+    def review(req: Any) -> Reply:  # the `edit` ClusterRole: everything but RBAC objects
+        attrs = req.json()["spec"]["resourceAttributes"]
+        allowed = attrs["group"] != "rbac.authorization.k8s.io"
+        return Reply(201, {**req.json(), "status": {"allowed": allowed}})
+
+    api.on("POST", SSAR, review)
+    result = run(env, "apply", "-f", str(CPU))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "kdist: user 'kdist-user' may not apply job cifar-cpu in namespace default, context "
+        "kind-kdist; missing: create roles.rbac.authorization.k8s.io, patch "
+        "roles.rbac.authorization.k8s.io, create rolebindings.rbac.authorization.k8s.io, patch "
+        "rolebindings.rbac.authorization.k8s.io. Nothing was applied. Ask for a Role with these "
+        "verbs (the `edit` ClusterRole lacks roles and rolebindings: an `admin` RoleBinding in the "
+        "namespace has them); check one with `kubectl auth can-i create "
+        "roles.rbac.authorization.k8s.io -n default --context kind-kdist`\n")
+    assert not [r for r in api.requests if r.method == "PATCH"]
+
+
+def _classes(*specs: tuple[str, str, bool]) -> dict[str, Any]:
+    items = [{"kind": "StorageClass", "apiVersion": "storage.k8s.io/v1", "provisioner": prov,
+              "metadata": {"name": name, "annotations": {
+                  "storageclass.kubernetes.io/is-default-class": "true" if default else "false"}}}
+             for name, prov, default in specs]
+    return {"kind": "StorageClassList", "apiVersion": "storage.k8s.io/v1", "items": items}
+
+
+def test_apply_refuses_a_claim_no_storage_class_can_serve(env: dict[str, str], api: FakeApi) -> None:
+    api.on("GET", "/apis/storage.k8s.io/v1/storageclasses",
+           Reply(200, _classes(("standard", "rancher.io/local-path", True))))
+    result = run(env, "apply", "-f", str(CPU))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "kdist: the checkpoint claim cifar-cpu-checkpoints (ReadWriteMany, 1Gi) cannot be "
+        "provisioned: StorageClass 'standard' (rancher.io/local-path) serves only ReadWriteOnce "
+        "volumes; set checkpoint.storage_class to a class with ReadWriteMany (NFS, EFS, Filestore, "
+        "Azure Files; this cluster has none) or checkpoint.access_mode: ReadWriteOnce when every "
+        "node runs on one host. Nothing was applied.\n")
+    assert not [r for r in api.requests if r.method == "PATCH"]
+    api.on("GET", CLAIM, Reply(200, {"kind": "PersistentVolumeClaim", "status": {"phase": "Bound"}}))
+    assert run(env, "apply", "-f", str(CPU)).exit_code == 0  # a bound claim needs no class
+    api.on("GET", CLAIM, Reply(404, status_body(404, "NotFound", "not found")))
+    api.on("GET", "/apis/storage.k8s.io/v1/storageclasses", Reply(403, status_body(
+        403, "Forbidden", 'storageclasses.storage.k8s.io is forbidden: User "kdist-user" cannot '
+        'list resource "storageclasses" in API group "storage.k8s.io" at the cluster scope')))
+    assert run(env, "apply", "-f", str(CPU)).exit_code == 0  # may not list classes: not checked
+
+
+def test_storage_problems() -> None:
+    problem = backend.storage_problem
+    rwo, nfs = ("standard", "rancher.io/local-path", False), ("nfs", "nfs.csi.k8s.io", False)
+    assert problem(_classes(rwo, nfs)["items"], "", "ReadWriteMany") == (
+        "the cluster has no default StorageClass (classes: nfs, standard); set checkpoint.storage_class")
+    assert problem(_classes(rwo, nfs)["items"], "nsf", "ReadWriteMany") == (
+        "checkpoint.storage_class 'nsf' is not a StorageClass of this cluster (classes: nfs, "
+        "standard); did you mean 'nfs'?")
+    assert "maybe nfs)" in problem(_classes(rwo, nfs)["items"], "standard", "ReadWriteMany")
+    assert problem(_classes(rwo, nfs)["items"], "nfs", "ReadWriteMany") == ""
+    assert problem(_classes(rwo, nfs)["items"], "standard", "ReadWriteOnce") == ""
+
+
+def test_wait_says_why_pods_are_pending_and_times_out(env: dict[str, str], api: FakeApi,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
+    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")),
+                                Reply(200, fixture("statefulset-pending"))))
+    api.on("GET", PODS, Reply(200, fixture("pods-pending")))
+    api.on("GET", "/api/v1/namespaces/default/events", Reply(200, fixture("events-pending")))
+    result = run(env, "apply", "-f", str(CPU), "--wait", "--timeout", "0.3")
+    assert result.exit_code == 1, result.output
+    why = [
+        "persistentvolumeclaim/cifar-cpu-checkpoints: ProvisioningFailed: failed to provision "
+        "volume with StorageClass \"standard\": NodePath only supports ReadWriteOnce and "
+        "ReadWriteOncePod (1.22+) access modes",
+        "pod/cifar-cpu-1: FailedScheduling: 0/3 nodes are available: pod has unbound immediate "
+        "PersistentVolumeClaims. preemption: 0/3 nodes are available: 3 Preemption is not helpful "
+        "for scheduling.",
+        "statefulset/cifar-cpu: FailedCreate: create Pod cifar-cpu-2 in StatefulSet cifar-cpu "
+        "failed error: admission webhook \"validate.kyverno.svc\" denied the request: image "
+        "registry not allowed",
+        "pod/cifar-cpu-2: Failed: Failed to pull image \"kdist-trainer:0.1.0\": not found"]
+    shown = [line.split("] pending: ", 1)[1] for line in result.stderr.splitlines() if "] pending: " in line]
+    assert shown == why  # each once, oldest first; the other job's event is not shown
+    last = result.stderr.split("kdist: timed out after 0.3s waiting for job cifar-cpu to finish: ")[1]
+    assert last == ("Pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 "
+                    "ImagePullBackOff; it keeps running (kdist status; --timeout changes the limit, "
+                    "0 for none)" + "".join(f"\n  {w}" for w in why) + "\n")
+    events = [r for r in api.requests if r.path.endswith("/events")]
+    assert events and all(r.query == {"fieldSelector": ["type=Warning"]} for r in events)
+    as_json = run(env, "apply", "-f", str(CPU), "--wait", "--timeout", "0.3", "-o", "json")
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [r["why"] for r in records if r.get("event") == "pending"] == why
+    assert records[-1]["error"].startswith("timed out after 0.3s waiting for job cifar-cpu")
+
+
+def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str, str],
+                                                   api: FakeApi) -> None:
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(CPU.read_text() + "k8s: {queue: team-a}\n")
+    result = run(env, "apply", "-f", str(spec))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes the "
+        "StatefulSet's replicas directly and bypasses Kueue's quota")
+    api.on("GET", STS, Reply(200, fixture("statefulset-running")))
+    api.on("PATCH", STS + "/scale", Reply(200, {"kind": "Scale", "spec": {"replicas": 3}}))
+    scaled = run(env, "scale", "--target", "k8s", "-f", str(spec), "3")
+    assert scaled.exit_code == 0, scaled.output
+    assert scaled.stderr.splitlines()[0] == ("kdist: k8s.queue 'team-a' is set: this scale bypasses "
+                                             "Kueue's admission and quota")
+    code = ("import sys; sys.modules['kubernetes'] = None; from kdist.cli import cli, main; "
+            "from kdist.cli_k8s import register; register(cli); sys.argv[0] = 'kdist'; main()")
+    done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU)],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, "kdist: the Kubernetes commands need the "
+                                                 "`kubernetes` Python package: pip install "
+                                                 "'kdist[k8s]'\n")
+
+
 def test_entry_point_prints_no_traceback(env: dict[str, str]) -> None:
     code = ("import sys; from kdist.cli import cli, main; from kdist.cli_k8s import register; "
             "register(cli); sys.argv[0] = 'kdist'; main()")
@@ -412,7 +645,8 @@ from click.testing import CliRunner
 from kdist.cli import cli
 for args in (["--help"], ["apply", "--help"], ["render", "-t", "k8s", "-f", {str(CPU)!r}]):
     assert CliRunner().invoke(cli, args).exit_code == 0, args
-print([m for m in sys.modules if m.startswith(("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status"))])
+heavy = ("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status", "kubernetes", "urllib3")
+print([m for m in sys.modules if m.startswith(heavy)])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -8,6 +8,7 @@ and answers what a test tells it to. test_k8s_backend.py imports it from here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -49,6 +50,7 @@ class Recorded:
     query: dict[str, list[str]]
     headers: dict[str, str]  # lower-cased names
     body: bytes
+    client_cn: str = ""  # the TLS client certificate's common name, if one was sent
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -66,6 +68,7 @@ class Reply:
     body: Any = None  # dict/list -> JSON, str/bytes as they are
     headers: dict[str, str] = field(default_factory=dict)
     chunks: list[bytes] | None = None  # a chunked (streaming) body instead
+    drop: bool = False  # hang up without answering, or after `chunks` (a dropped watch/stream)
 
     def payload(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -76,6 +79,11 @@ class Reply:
 
 
 Handler = Callable[[Recorded], Reply]
+
+
+def _client_cn(sock: Any) -> str:
+    cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+    return next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), "")
 
 
 def status_body(code: int, reason: str, message: str, details: dict[str, Any] | None = None
@@ -89,9 +97,11 @@ def status_body(code: int, reason: str, message: str, details: dict[str, Any] | 
 
 
 def default_reply(req: Recorded) -> Reply:
-    """Server-side apply echoes the object; anything else is not found."""
+    """Server-side apply echoes the object, access reviews allow; anything else is not found."""
     if req.method == "PATCH" and req.headers.get("content-type") == APPLY_PATCH:
         return Reply(200, req.json())
+    if req.method == "POST" and req.path.endswith("/selfsubjectaccessreviews"):
+        return Reply(201, {**req.json(), "status": {"allowed": True}})
     return Reply(404, status_body(404, "NotFound", f'"{req.path.rsplit("/", 1)[-1]}" not found',
                                   {"name": req.path.rsplit("/", 1)[-1]}))
 
@@ -102,10 +112,12 @@ class FakeApi:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.routes: dict[tuple[str, str], Handler] = {}
+        self.tokens: set[str] | None = None  # when set: other Authorization headers get 401
         api = self
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # kept-alive connections: no 40 ms delayed-ACK stalls
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -115,8 +127,11 @@ class FakeApi:
                 url = urlsplit(self.path)
                 req = Recorded(self.command, url.path, parse_qs(url.query),
                                {k.lower(): v for k, v in self.headers.items()},
-                               self.rfile.read(length) if length else b"")
+                               self.rfile.read(length) if length else b"", _client_cn(self.connection))
                 api.requests.append(req)
+                if api.tokens is not None and req.headers.get("authorization") not in api.tokens:
+                    api.send(self, Reply(401, status_body(401, "Unauthorized", "Unauthorized")))
+                    return
                 handler = api.routes.get((req.method, req.path), default_reply)
                 api.send(self, handler(req))
 
@@ -127,6 +142,9 @@ class FakeApi:
 
     @staticmethod
     def send(h: BaseHTTPRequestHandler, reply: Reply) -> None:
+        if reply.drop and reply.chunks is None:
+            FakeApi.hang_up(h)
+            return
         h.send_response(reply.status)
         for name, value in reply.headers.items():
             h.send_header(name, value)
@@ -137,6 +155,9 @@ class FakeApi:
             for chunk in reply.chunks:
                 h.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
                 h.wfile.flush()
+            if reply.drop:  # mid-stream
+                FakeApi.hang_up(h)
+                return
             h.wfile.write(b"0\r\n\r\n")
             return
         data, ctype = reply.payload()
@@ -144,6 +165,11 @@ class FakeApi:
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
+
+    @staticmethod
+    def hang_up(h: BaseHTTPRequestHandler) -> None:
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_RDWR)
 
     @property
     def url(self) -> str:
@@ -217,11 +243,13 @@ def test_kubeconfig_list_merges_first_wins_and_resolves_relative_paths(tmp_path:
     assert config is not None and config.files == [a, b]
     assert config.current_context == "two"  # a sets none; b's wins
     one = connect("one", env)  # a defines "one" first
-    assert (one.server, one.namespace, one.ca_file, one.token_file) == (
-        "https://one:6443", "ml", str(a.parent / "ca.crt"), str(a.parent / "token"))
+    assert (one.server, one.namespace) == ("https://one:6443", "ml")
+    cfg = one.configuration()  # the kubernetes client's, from the same files
+    assert (cfg.host, cfg.ssl_ca_cert, cfg.api_key) == (
+        "https://one:6443", str(a.parent / "ca.crt"), {"BearerToken": "Bearer from-file\n"})
     two = connect(None, env)
-    assert (two.context, two.server, two.token, two.user) == ("two", "https://two:6443",
-                                                              "t0ken-abc", "kdist-user")
+    assert (two.context, two.server, two.user) == ("two", "https://two:6443", "kdist-user")
+    assert two.configuration().api_key == {"BearerToken": "Bearer t0ken-abc"}
 
 
 def test_client_certificate_data_and_insecure_flag(tmp_path: Path) -> None:
@@ -235,8 +263,9 @@ def test_client_certificate_data_and_insecure_flag(tmp_path: Path) -> None:
             "client-certificate-data": base64.b64encode(b"CERT").decode(),
             "client-key-data": base64.b64encode(b"KEY").decode()}}],
     }))
-    conn = connect(None, {"KUBECONFIG": str(cfg)})
-    assert (conn.insecure, conn.cert_data, conn.key_data) == (True, b"CERT", b"KEY")
+    conf = connect(None, {"KUBECONFIG": str(cfg)}).configuration()
+    assert conf.verify_ssl is False
+    assert (Path(conf.cert_file).read_bytes(), Path(conf.key_file).read_bytes()) == (b"CERT", b"KEY")
 
 
 def test_unknown_context_lists_contexts_with_did_you_mean(tmp_path: Path) -> None:
@@ -258,8 +287,10 @@ def test_in_cluster_config_without_kubeconfig(tmp_path: Path) -> None:
     env = {"HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": "10.96.0.1",
            "KUBERNETES_SERVICE_PORT": "443"}
     conn = connect(None, env, sa_dir=sa)
-    assert (conn.server, conn.context, conn.namespace, conn.token_file, conn.ca_file) == (
-        "https://10.96.0.1:443", IN_CLUSTER, "ml", str(sa / "token"), str(sa / "ca.crt"))
+    assert (conn.server, conn.context, conn.namespace) == ("https://10.96.0.1:443", IN_CLUSTER, "ml")
+    cfg = conn.configuration()
+    assert (cfg.host, cfg.ssl_ca_cert, cfg.api_key) == (
+        "https://10.96.0.1:443", str(sa / "ca.crt"), {"BearerToken": "bearer pod-token"})
     with pytest.raises(KubeConfigError, match=r"no kubeconfig .* and not running inside a cluster"):
         connect(None, {"HOME": str(tmp_path)}, sa_dir=sa)
 
@@ -289,11 +320,16 @@ def test_server_path_prefix_and_token_file_reread(tmp_path: Path, api: FakeApi) 
     token = tmp_path / "token"
     token.write_text("one\n")
     client = client_for(tmp_path, api.url + "/k8s/clusters/c-1", tokenFile=str(token))
-    api.on("GET", "/k8s/clusters/c-1/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    current = ["Bearer one"]
+    denied = Reply(401, status_body(401, "Unauthorized", "Unauthorized"))
+    api.on("GET", "/k8s/clusters/c-1/version", lambda req: Reply(200, {"gitVersion": "v1.31.0"})
+           if req.headers["authorization"] == current[0] else denied)
     client.get("/version")
-    token.write_text("two\n")  # projected tokens rotate
-    client.get("/version")
-    assert [r.headers["authorization"] for r in api.requests] == ["Bearer one", "Bearer two"]
+    token.write_text("two\n")  # projected tokens rotate: the old one stops working
+    current[0] = "Bearer two"
+    client.get("/version")  # 401, then the file is read again
+    assert [r.headers["authorization"] for r in api.requests] == ["Bearer one", "Bearer one",
+                                                                  "Bearer two"]
 
 
 def test_apply_patch_sends_exact_body_and_content_type(tmp_path: Path, api: FakeApi) -> None:
@@ -329,11 +365,49 @@ print(json.dumps({{"apiVersion": info["apiVersion"], "kind": "ExecCredential",
 
 def test_exec_plugin_missing_names_it_with_install_hint(tmp_path: Path, api: FakeApi) -> None:
     client = client_for(tmp_path, api.url, exec={
-        "command": "kdist-no-such-plugin", "installHint": "install it with brew"})
+        "apiVersion": "client.authentication.k8s.io/v1", "command": "kdist-no-such-plugin",
+        "installHint": "install it with brew"})
     with pytest.raises(KubeConfigError) as e:
         client.get("/version")
     assert str(e.value) == ("exec credential plugin 'kdist-no-such-plugin' of user 'kdist-user' is "
                             "not installed (not on PATH): install it with brew")
+    assert api.requests == []
+
+
+def _plugin(path: Path, body: str) -> Path:
+    path.write_text(f"#!{sys.executable}\nimport json, pathlib, sys\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_client_reruns_a_plugin_whose_token_expires_within_5_minutes(tmp_path: Path,
+                                                                         api: FakeApi) -> None:
+    """What the official client does by itself: it re-runs the plugin before every request once
+    expirationTimestamp is less than 5 minutes away (kube_config.EXPIRY_SKEW_PREVENTION_DELAY)."""
+    runs = tmp_path / "runs"
+    plugin = _plugin(tmp_path / "soon", f"""
+runs = pathlib.Path({str(runs)!r})
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {{"token": "t" + str(len(runs.read_text())),
+                             "expirationTimestamp": "2000-01-01T00:00:00Z"}}}}))""")
+    client = client_for(tmp_path, api.url, exec={"apiVersion": "client.authentication.k8s.io/v1",
+                                                 "command": str(plugin)})
+    api.on("GET", "/version", Reply(200, {}))
+    client.get("/version")
+    client.get("/version")
+    assert [r.headers["authorization"] for r in api.requests] == ["Bearer t2", "Bearer t3"]
+
+
+def test_a_failing_exec_plugin_is_a_clear_error(tmp_path: Path, api: FakeApi) -> None:
+    plugin = _plugin(tmp_path / "sso", 'sys.exit("error: the SSO session has expired; run aws sso login")')
+    client = client_for(tmp_path, api.url, exec={"apiVersion": "client.authentication.k8s.io/v1",
+                                                 "command": str(plugin)})
+    with pytest.raises(KubeConfigError) as e:
+        client.get("/version")
+    assert str(e.value) == (f"exec credential plugin {str(plugin)!r} of user 'kdist-user' failed: "
+                            "exec: process returned 1. error: the SSO session has expired; run aws "
+                            "sso login")
     assert api.requests == []
 
 
@@ -441,13 +515,13 @@ def test_target_describes_paths() -> None:
 # ---- TLS (with a CA generated here; skipped without openssl) -----------------------------------
 
 
-def _make_ca_and_cert(folder: Path) -> tuple[Path, Path, Path]:
+def _make_ca_and_cert(folder: Path, san: str = "IP:127.0.0.1") -> tuple[Path, Path, Path]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
     run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
         "-days", "2", "-subj", "/CN=kdist-test-ca")
-    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    (folder / "ext.cnf").write_text(f"subjectAltName={san}\n")
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
         "-subj", "/CN=127.0.0.1")
     run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
@@ -475,3 +549,164 @@ def test_https_with_certificate_authority(tmp_path: Path, api: FakeApi) -> None:
     write_kubeconfig(untrusted, server)
     with pytest.raises(ClusterUnreachable, match="TLS certificate is not trusted"):
         KubeClient(connect(None, {"KUBECONFIG": str(untrusted)}), timeout=5).get("/version")
+
+
+def serve_tls(api: FakeApi, folder: Path, san: str) -> tuple[str, Path]:
+    """Make `api` answer HTTPS with a certificate for `san`: (its https URL, the CA file)."""
+    ca, cert, key = _make_ca_and_cert(folder, san)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    api.server.socket = tls.wrap_socket(api.server.socket, server_side=True)
+    return api.url.replace("http://", "https://"), ca
+
+
+def tls_kubeconfig(path: Path, server: str, ca: Path, **cluster: Any) -> dict[str, str]:
+    write_kubeconfig(path, server)
+    doc = yaml.safe_load(path.read_text())
+    doc["clusters"][0]["cluster"] |= {"certificate-authority": str(ca), **cluster}
+    path.write_text(yaml.safe_dump(doc))
+    return {"KUBECONFIG": str(path)}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_tls_server_name_checks_the_certificate_for_that_name(tmp_path: Path, api: FakeApi) -> None:
+    server, ca = serve_tls(api, tmp_path, "DNS:api.kdist.internal")  # not valid for 127.0.0.1
+    api.on("GET", "/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    named = tls_kubeconfig(tmp_path / "named", server, ca, **{"tls-server-name": "api.kdist.internal"})
+    assert KubeClient(connect(None, named), timeout=5).get("/version") == {"gitVersion": "v1.31.0"}
+    unnamed = tls_kubeconfig(tmp_path / "unnamed", server, ca)
+    with pytest.raises(ClusterUnreachable, match=r"TLS certificate is not trusted .*IP address mismatch"):
+        KubeClient(connect(None, unnamed), timeout=5).get("/version")
+    wrong = tls_kubeconfig(tmp_path / "wrong", server, ca, **{"tls-server-name": "other.internal"})
+    with pytest.raises(ClusterUnreachable, match="Hostname mismatch"):
+        KubeClient(connect(None, wrong), timeout=5).get("/version")
+    assert [(r.method, r.path) for r in api.requests] == [("GET", "/version")]
+
+
+class ConnectProxy:
+    """A real HTTP CONNECT proxy on 127.0.0.1 that records the tunnels it opened."""
+
+    def __init__(self) -> None:
+        self.tunnels: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        self.tunnels.append(f"{method} {target}")
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def __enter__(self) -> ConnectProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_proxy_url_and_https_proxy_tunnel_unless_no_proxy(tmp_path: Path, api: FakeApi,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    server, ca = serve_tls(api, tmp_path, "IP:127.0.0.1")
+    api.on("GET", "/version", Reply(200, {"gitVersion": "v1.31.0"}))
+    port = server.rsplit(":", 1)[1]
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with ConnectProxy() as proxy:
+        env = tls_kubeconfig(tmp_path / "proxied", server, ca, **{"proxy-url": proxy.url})
+        assert KubeClient(connect(None, env), timeout=5).get("/version") == {"gitVersion": "v1.31.0"}
+        assert proxy.tunnels == [f"CONNECT 127.0.0.1:{port}"]
+        plain = tls_kubeconfig(tmp_path / "plain", server, ca)
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        KubeClient(connect(None, plain), timeout=5).get("/version")
+        assert len(proxy.tunnels) == 2  # the environment's proxy
+        monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+        KubeClient(connect(None, plain), timeout=5).get("/version")
+        assert len(proxy.tunnels) == 2  # bypassed
+    assert [(r.method, r.path, r.headers["authorization"]) for r in api.requests] == [
+        ("GET", "/version", "Bearer t0ken-abc")] * 3
+
+
+def _client_cert(folder: Path, name: str) -> tuple[str, str]:
+    """A client certificate for CN=`name` signed by folder/ca.crt: (cert PEM, key PEM)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+        "-subj", f"/CN={name}")
+    run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", f"{name}.crt", "-days", "2")
+    return (folder / f"{name}.crt").read_text(), (folder / f"{name}.key").read_text()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
+def test_exec_client_certificate_is_replaced_after_a_401(tmp_path: Path, api: FakeApi) -> None:
+    """An exec plugin that returns client certificates (no token): when the API server stops
+    accepting the first one (401, as kube-apiserver answers for an expired client certificate),
+    kdist reloads, the plugin issues another, and the request goes through on a new connection."""
+    ca, cert, key = _make_ca_and_cert(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    tls.load_verify_locations(ca)
+    tls.verify_mode = ssl.CERT_OPTIONAL
+    api.server.socket = tls.wrap_socket(api.server.socket, server_side=True)
+    for n in (1, 2):
+        pem, key_pem = _client_cert(tmp_path, f"kdist-user-{n}")
+        (tmp_path / f"cred-{n}.json").write_text(json.dumps({
+            "apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+            "status": {"clientCertificateData": pem, "clientKeyData": key_pem}}))
+    runs = tmp_path / "runs"
+    plugin = _plugin(tmp_path / "issue-cert", f"""
+runs = pathlib.Path({str(runs)!r})
+runs.write_text(runs.read_text() + "x" if runs.exists() else "x")
+print(pathlib.Path({str(tmp_path)!r}, f"cred-{{len(runs.read_text())}}.json").read_text())""")
+    accepted = ["kdist-user-1"]
+    api.on("GET", "/version", lambda req: Reply(200, {"gitVersion": "v1.31.0"})
+           if req.client_cn == accepted[0] else Reply(401, status_body(401, "Unauthorized", "Unauthorized")))
+    env = tls_kubeconfig(tmp_path / "kubeconfig", api.url.replace("http://", "https://"), ca)
+    doc = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
+    doc["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                        "command": str(plugin)}}
+    Path(env["KUBECONFIG"]).write_text(yaml.safe_dump(doc))
+    client = KubeClient(connect(None, env), timeout=5)
+    client.get("/version")
+    accepted[0] = "kdist-user-2"  # the first certificate expired
+    client.get("/version")
+    assert [(r.client_cn, "authorization" in r.headers) for r in api.requests] == [
+        ("kdist-user-1", False), ("kdist-user-1", False), ("kdist-user-2", False)]
+    assert runs.read_text() == "xx"

@@ -20,13 +20,21 @@ from typing import Any
 
 from kdist.errors import KdistError, UsageError
 from kdist.k8s_status import K8sJobStatus, job_status
-from kdist.kube import ApiError, NotFound
+from kdist.kube import ApiError, ClusterUnreachable, Forbidden, NotFound
 from kdist.kube.client import APPLY_PATCH, MERGE_PATCH, KubeClient
-from kdist.kube.config import Connection, connect
+from kdist.kube.config import Connection, connect, did_you_mean
 from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
 
 FIELD_MANAGER = "kdist"
 WAIT_INTERVAL = 2.0
+WATCH_RETRIES = 5  # consecutive transient errors a wait survives
+TRANSIENT = (429, 500, 502, 503, 504)
+SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+# Provisioners that serve only ReadWriteOnce(Pod) volumes: kind/k3s local-path, EBS, PD, Azure Disk.
+RWO_ONLY = ("rancher.io/local-path", "ebs.csi.aws.com", "kubernetes.io/aws-ebs",
+            "pd.csi.storage.gke.io", "kubernetes.io/gce-pd", "disk.csi.azure.com",
+            "kubernetes.io/azure-disk", "kubernetes.io/no-provisioner")
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
@@ -77,6 +85,12 @@ class JobFailed(KdistError):
 
 class WaitTimeout(KdistError):
     """--wait gave up before the job finished (the job keeps running)."""
+
+
+class PreflightFailed(KdistError):
+    """`kdist apply` would fail part-way: permissions or storage are missing. Nothing was written."""
+
+    exit_code = 2
 
 
 def api_prefix(api_version: str) -> str:
@@ -164,6 +178,7 @@ class K8sJob:
         self.plan = plan
         self.client = client
         self.namespace = namespace
+        self.interruptions: list[str] = []  # transient errors a watch went through
 
     @classmethod
     def connect(cls, plan: LaunchPlan, context: str | None = None, namespace: str | None = None,
@@ -193,12 +208,68 @@ class K8sJob:
         Refuses a finished job (re-applying would restart its training): delete it first.
         """
         self._refuse_finished("apply")
+        self.check_permissions()
+        self.check_storage()
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
         for obj in manifests(self.plan, self.namespace):
             result = self.client.patch(object_path(obj, self.namespace), obj, APPLY_PATCH, query)
             yield Applied(obj["kind"], obj["metadata"]["name"], self.namespace, result, dry_run)
+
+    # ---- preflight ---------------------------------------------------------------------------
+
+    def needed_permissions(self) -> list[tuple[str, str, str]]:
+        """(verb, group, resource) that apply and --wait use: server-side apply creates or patches."""
+        needed = [("get", "apps", "statefulsets"), ("list", "", "pods")]
+        for obj in manifests(self.plan, self.namespace):
+            k = kind_of(obj["kind"])
+            needed += [(verb, k.group, k.plural) for verb in ("create", "patch")]
+        return list(dict.fromkeys(needed))
+
+    def check_permissions(self) -> None:
+        """SelfSubjectAccessReview for every needed verb; one error listing all that are denied."""
+        missing = []
+        for verb, group, resource in self.needed_permissions():
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                      "spec": {"resourceAttributes": {"namespace": self.namespace, "verb": verb,
+                                                      "group": group, "resource": resource}}}
+            try:
+                answer = self.client.post(SSAR_PATH, review)
+            except (Forbidden, NotFound):  # reviews not allowed/served: the apply itself will say
+                return
+            if not (answer.get("status") or {}).get("allowed"):
+                missing.append(f"{verb} {resource}{'.' + group if group else ''}")
+        if missing:
+            ctx = self.client.conn.context
+            raise PreflightFailed(
+                f"user {self.client.conn.user!r} may not apply job {self.name} in {self.where}; "
+                f"missing: {', '.join(missing)}. Nothing was applied. Ask for a Role with these "
+                f"verbs (the `edit` ClusterRole lacks roles and rolebindings: an `admin` "
+                f"RoleBinding in the namespace has them); check one with `kubectl auth can-i "
+                f"{missing[0].split()[0]} {missing[0].split()[1]} -n {self.namespace} "
+                f"--context {ctx}`")
+
+    def check_storage(self) -> None:
+        """Say before applying when no StorageClass can serve the checkpoint claim."""
+        c = self.plan.spec.checkpoint
+        claim = f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{self.plan.checkpoint_claim}"
+        try:
+            if (self.client.get(claim).get("status") or {}).get("phase") == "Bound":
+                return
+        except NotFound:
+            pass
+        except Forbidden:  # may not read claims: the apply itself will say more
+            return
+        try:
+            classes = self.client.list("/apis/storage.k8s.io/v1/storageclasses")
+        except (Forbidden, NotFound):  # may not list cluster-scoped classes: the claim will tell
+            return
+        problem = storage_problem(classes, c.storage_class, c.access_mode)
+        if problem:
+            raise PreflightFailed(f"the checkpoint claim {self.plan.checkpoint_claim} "
+                                  f"({c.access_mode}, {c.size}) cannot be provisioned: {problem}. "
+                                  "Nothing was applied.")
 
     def _refuse_finished(self, verb: str) -> dict[str, Any] | None:
         sts = self.statefulset()
@@ -238,17 +309,52 @@ class K8sJob:
         interval = WAIT_INTERVAL if interval is None else interval
         sleep, clock = sleep or time.sleep, clock or time.monotonic
         deadline = None if timeout is None else clock() + timeout
+        failures = 0
         while True:
-            status = self.status()
+            try:
+                status = self.status()
+            except (ClusterUnreachable, ApiError) as e:
+                if (isinstance(e, ApiError) and e.code not in TRANSIENT) or failures >= WATCH_RETRIES:
+                    raise
+                failures += 1
+                self.interruptions.append(str(e))
+                if deadline is not None and clock() >= deadline:
+                    raise WaitTimeout(f"timed out after {timeout:g}s waiting for job {self.name}; "
+                                      f"the API server did not answer: {e}") from None
+                sleep(interval)
+                continue
+            failures = 0
             yield status
             if status.finished:
                 return
             if status.phase == "NotFound":
                 raise JobNotFound(f"job {self.name} is gone from {self.where} (deleted?)")
             if deadline is not None and clock() >= deadline:
+                why = "".join(f"\n  {w}" for w in self.why_pending()) if status.phase == "Pending" else ""
                 raise WaitTimeout(f"timed out after {timeout:g}s waiting for job {self.name} to "
-                                  f"finish: {status.summary()}; it keeps running (kdist status)")
+                                  f"finish: {status.summary()}; it keeps running (kdist status; "
+                                  f"--timeout changes the limit, 0 for none){why}")
             sleep(interval)
+
+    def why_pending(self) -> list[str]:
+        """Warning events about the job's StatefulSet, claim and pods: one line per object and
+        reason, oldest first (unbound claim, unschedulable, image pull, admission denial)."""
+        try:
+            events = self.client.list(f"/api/v1/namespaces/{self.namespace}/events",
+                                      field_selector="type=Warning")
+        except ApiError:
+            return []
+        latest: dict[tuple[str, str, str], tuple[str, str]] = {}
+        for ev in sorted(events, key=_event_time):
+            obj = ev.get("involvedObject") or {}
+            name = str(obj.get("name", ""))
+            if name not in (self.name, self.plan.checkpoint_claim) and not name.startswith(f"{self.name}-"):
+                continue
+            key = (str(obj.get("kind", "")), name, str(ev.get("reason", "")))
+            latest.pop(key, None)
+            latest[key] = (_event_time(ev), " ".join(str(ev.get("message", "")).split()))
+        return [f"{kind.lower()}/{name}: {reason}: {msg}" for (kind, name, reason), (_, msg)
+                in latest.items()]
 
     def failure(self, status: K8sJobStatus) -> KdistError | None:
         """The error to exit with for a finished status (None when it succeeded)."""
@@ -362,12 +468,67 @@ class K8sJob:
 
     def _stream_log(self, prefix: str, pod: str, container: str, tail: int | None,
                     previous: bool) -> Iterator[str]:
-        query = {**self._log_query(container, tail, previous), "follow": "true"}
-        try:
-            for line in self.client.stream(self._log_path(pod), query):
-                yield f"{prefix} | {line}"
-        except ApiError as e:
-            yield f"{prefix} | kdist: no logs: {e.status_message or e}"
+        """Follow one pod's log; after a dropped connection, resume from the last line's time."""
+        query = {**self._log_query(container, tail, previous), "follow": "true", "timestamps": "true"}
+        last, failures = "", 0
+        while True:
+            try:
+                for line in self.client.stream(self._log_path(pod), query):
+                    stamp, _, text = line.partition(" ")
+                    if last and _stamp_key(stamp) <= _stamp_key(last):
+                        continue  # sent again after a resume
+                    last, failures = stamp, 0
+                    yield f"{prefix} | {text}"
+                return
+            except ClusterUnreachable as e:
+                failures += 1
+                if failures > WATCH_RETRIES:
+                    yield f"{prefix} | kdist: log stream lost: {e}"
+                    return
+                yield f"{prefix} | kdist: log stream dropped; resuming"
+                time.sleep(WAIT_INTERVAL)
+                if last:
+                    query = {k: v for k, v in query.items() if k != "tailLines"}
+                    query["sinceTime"] = last[:19] + "Z"
+            except ApiError as e:
+                yield f"{prefix} | kdist: no logs: {e.status_message or e}"
+                return
+
+
+def _stamp_key(stamp: str) -> tuple[str, str]:
+    """RFC3339Nano as the kubelet writes it (trailing zeros trimmed) -> comparable."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return seconds, fraction.ljust(9, "0")
+
+
+def storage_problem(classes: list[dict[str, Any]], wanted: str, access_mode: str) -> str:
+    """Why no StorageClass in `classes` can serve a claim for `wanted` ("": the default class)."""
+    names = sorted(str((c.get("metadata") or {}).get("name", "")) for c in classes)
+    listing = ", ".join(names) or "none"
+    by_name = {str((c.get("metadata") or {}).get("name", "")): c for c in classes}
+    if wanted and wanted not in by_name:
+        return (f"checkpoint.storage_class {wanted!r} is not a StorageClass of this cluster "
+                f"(classes: {listing}){did_you_mean(wanted, names)}")
+    if not wanted:
+        defaults = [n for n, c in by_name.items()
+                    if ((c.get("metadata") or {}).get("annotations") or {}).get(DEFAULT_CLASS) == "true"]
+        if not defaults:
+            return (f"the cluster has no default StorageClass (classes: {listing}); set "
+                    "checkpoint.storage_class")
+        wanted = defaults[0]
+    provisioner = str(by_name[wanted].get("provisioner", ""))
+    if access_mode == "ReadWriteMany" and provisioner in RWO_ONLY:
+        rwx = [n for n in names if str(by_name[n].get("provisioner", "")) not in RWO_ONLY]
+        return (f"StorageClass {wanted!r} ({provisioner}) serves only ReadWriteOnce volumes; set "
+                "checkpoint.storage_class to a class with ReadWriteMany (NFS, EFS, Filestore, "
+                f"Azure Files{': maybe ' + ', '.join(rwx) if rwx else '; this cluster has none'}) "
+                "or checkpoint.access_mode: ReadWriteOnce when every node runs on one host")
+    return ""
+
+
+def _event_time(ev: dict[str, Any]) -> str:
+    return str(ev.get("lastTimestamp") or ev.get("eventTime") or
+               (ev.get("metadata") or {}).get("creationTimestamp") or "")
 
 
 _DONE = object()

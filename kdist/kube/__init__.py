@@ -1,4 +1,6 @@
-"""A small Kubernetes API client on the standard library: kubeconfig (config) and REST (client).
+"""kdist's Kubernetes API access: kubeconfig (config) and REST (client), over the official
+`kubernetes` package (the `k8s` extra), imported only when a command connects
+(kdist.kube.config.kubernetes_package).
 
 Every failure is a KdistError subclass below whose message names the server, the context and,
 for API errors, the verb, resource and namespace, so that kdist.cli can print it as it is.

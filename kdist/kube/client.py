@@ -1,36 +1,37 @@
-"""A small REST client for the Kubernetes API on http.client: GET, LIST, PATCH, DELETE, log streams.
+"""REST requests to the Kubernetes API over the official `kubernetes` client's connection.
 
-One HTTP(S) connection per request (kdist makes a handful). Failures become the errors in
-kdist.kube, with messages that say which server and context, and for API errors which verb,
-resource and namespace, and the Status message the API server returned.
+kdist addresses the API by path (kdist.backends.k8s) and sends its own bodies (server-side apply
+as application/apply-patch+yaml); the client's Configuration and urllib3 pool do the rest:
+credentials, TLS, tls-server-name, proxies. What the client does not do, this does:
+
+- refresh credentials on 401 and retry once (an exec plugin's token that expired early or has
+  no expirationTimestamp, a rotated tokenFile): the client refreshes only by that timestamp;
+- name the server, context, verb, resource and namespace in every error (kdist.kube).
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import os
 import re
 import socket
 import ssl
-import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from kdist import __version__
 from kdist.kube import (
     ApiError,
     ClusterUnreachable,
     Forbidden,
-    KubeConfigError,
     NotFound,
     Rejected,
     Unauthorized,
 )
-from kdist.kube.config import Connection, Credential, run_exec_plugin
+from kdist.kube.config import Connection, kubernetes_package
 
 JSON = "application/json"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -92,13 +93,10 @@ class KubeClient:
         self.conn = conn
         self.timeout = timeout
         self.warnings: list[str] = []  # `Warning:` headers the server sent (PodSecurity, ...)
-        self._ssl: ssl.SSLContext | None = None
-        self._exec: Credential | None = None
-        url = urlsplit(conn.server)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise KubeConfigError(f"cluster {conn.cluster!r} (context {conn.context!r}): server "
-                                  f"{conn.server!r} is not an http(s) URL")
-        self._url = url
+        self.refreshes = 0  # credential reloads after a 401
+        self._pool: Any = None
+        self._config: Any = None
+        self._lock = threading.Lock()  # `logs -f` sends from one thread per pod
 
     # ---- verbs -----------------------------------------------------------------------------
 
@@ -108,9 +106,15 @@ class KubeClient:
     def get_text(self, path: str, query: dict[str, str] | None = None) -> str:
         return self.request("GET", path, query).body.decode("utf-8", errors="replace")
 
-    def list(self, path: str, label_selector: str = "") -> list[dict[str, Any]]:
-        query = {"labelSelector": label_selector} if label_selector else None
-        return list(self.request("GET", path, query).json().get("items") or [])
+    def list(self, path: str, label_selector: str = "", field_selector: str = ""
+             ) -> list[dict[str, Any]]:
+        query = {k: v for k, v in (("labelSelector", label_selector),
+                                   ("fieldSelector", field_selector)) if v}
+        return list(self.request("GET", path, query or None).json().get("items") or [])
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        return dict(self.request("POST", path, None, data, JSON).json())
 
     def patch(self, path: str, body: dict[str, Any], content_type: str,
               query: dict[str, str] | None = None) -> dict[str, Any]:
@@ -122,25 +126,21 @@ class KubeClient:
 
     def stream(self, path: str, query: dict[str, str] | None = None) -> Iterator[str]:
         """Lines of a streaming response (pod logs with follow=true) until the server ends it."""
-        conn, resp = self._send("GET", path, query, None, None, timeout=None)
+        resp = self._send("GET", path, query, None, None, stream=True)
         try:
             if resp.status >= 400:
                 self._raise("GET", path, Response(resp.status, resp.read()))
             for raw in resp:
                 yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        except self._transport_errors() as e:
+            raise self._unreachable(e) from None
         finally:
-            conn.close()
+            resp.release_conn()
 
     def request(self, method: str, path: str, query: dict[str, str] | None = None,
                 body: bytes | None = None, content_type: str | None = None) -> Response:
-        conn, resp = self._send(method, path, query, body, content_type, self.timeout)
-        try:
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise self._unreachable(e) from None
-        finally:
-            conn.close()
-        result = Response(resp.status, data, resp.headers.get_all("Warning") or [])
+        resp = self._send(method, path, query, body, content_type)
+        result = Response(resp.status, resp.data, resp.headers.getlist("Warning"))
         self.warnings += [_warning_text(w) for w in result.warnings]
         if result.status >= 400:
             self._raise(method, path, result)
@@ -149,88 +149,78 @@ class KubeClient:
     # ---- transport ---------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, query: dict[str, str] | None, body: bytes | None,
-              content_type: str | None, timeout: float | None
-              ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        url = self._url.path.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
+              content_type: str | None, stream: bool = False) -> Any:
+        """The urllib3 response; after a 401, reload the credentials and send it once more."""
+        pool = self._connect()
+        resp = self._send_once(pool, method, path, query, body, content_type, stream)
+        if resp.status == 401:
+            resp.drain_conn()
+            resp = self._send_once(self._reconnect(pool), method, path, query, body, content_type,
+                                   stream)
+        return resp
+
+    def _send_once(self, pool: Any, method: str, path: str, query: dict[str, str] | None,
+                   body: bytes | None, content_type: str | None, stream: bool) -> Any:
+        url = self._config.host + path + (f"?{urlencode(query)}" if query else "")
         headers = {"Accept": JSON, "User-Agent": f"kdist/{__version__}", **self._auth_headers()}
         if content_type:
             headers["Content-Type"] = content_type
-        conn = self._connection(timeout)
+        timeout = None if stream else self.timeout
         try:
-            conn.request(method, url, body=body, headers=headers)
-            return conn, conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
+            return pool.request(method, url, body=body, headers=headers, timeout=timeout,
+                                preload_content=not stream, retries=False)
+        except self._transport_errors() as e:
             raise self._unreachable(e) from None
 
-    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
-        host, port = self._url.hostname or "", self._url.port
-        if self._url.scheme == "http":
-            return http.client.HTTPConnection(host, port, timeout=timeout)
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls())
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                k8s = kubernetes_package()
+                self._config = self.conn.configuration()
+                self._pool = k8s.client.rest.RESTClientObject(self._config).pool_manager
+            return self._pool
 
-    def _tls(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            c = self.conn
-            ctx = ssl.create_default_context(cafile=c.ca_file or None,
-                                             cadata=c.ca_data.decode() if c.ca_data else None)
-            if c.insecure:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            cert, key = self._client_cert()
-            if cert and key:
-                _load_cert_chain(ctx, cert, key)
-            self._ssl = ctx
-        return self._ssl
-
-    def _client_cert(self) -> tuple[bytes, bytes]:
-        c = self.conn
-        cert = c.cert_data or (_read(c.cert_file, "client-certificate") if c.cert_file else b"")
-        key = c.key_data or (_read(c.key_file, "client-key") if c.key_file else b"")
-        cred = self._credential()
-        if cred and cred.cert_pem:
-            cert, key = cred.cert_pem.encode(), cred.key_pem.encode()
-        return cert, key
-
-    def _credential(self) -> Credential | None:
-        if self.conn.exec_plugin is None:
-            return None
-        if self._exec is None:
-            self._exec = run_exec_plugin(self.conn.exec_plugin)
-        return self._exec
+    def _reconnect(self, stale: Any) -> Any:
+        """A fresh Configuration (runs the exec plugin, rereads tokenFile) unless another thread
+        already replaced `stale`."""
+        with self._lock:
+            if self._pool is stale:
+                self._pool = None
+                self.refreshes += 1
+        return self._connect()
 
     def _auth_headers(self) -> dict[str, str]:
-        c = self.conn
-        token = c.token
-        if not token and c.token_file:
-            token = _read(c.token_file, "token file").decode().strip()
-        cred = self._credential()
-        if cred and cred.token:
-            token = cred.token
-        if token:
-            return {"Authorization": f"Bearer {token}"}
-        if c.username:
-            basic = base64.b64encode(f"{c.username}:{c.password}".encode()).decode()
-            return {"Authorization": f"Basic {basic}"}
-        return {}
+        """The client's own choice (it refreshes exec tokens that carry an expirationTimestamp)."""
+        value = self._config.get_api_key_with_prefix("BearerToken", alias="authorization")
+        return {"Authorization": _bearer(value)} if value else {}
+
+    @staticmethod
+    def _transport_errors() -> tuple[type[BaseException], ...]:
+        import urllib3
+
+        return (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException)
 
     # ---- errors ------------------------------------------------------------------------------
 
     def _unreachable(self, e: BaseException) -> ClusterUnreachable:
         c = self.conn
+        e = _cause_of(e)
+        host = c.server.split("://")[-1].split("/")[0].rsplit(":", 1)[0]
         if isinstance(e, ssl.SSLCertVerificationError):
             why = (f"its TLS certificate is not trusted ({e.verify_message}); check the "
-                   f"certificate-authority of cluster {c.cluster!r}")
+                   f"certificate-authority and tls-server-name of cluster {c.cluster!r}")
         elif isinstance(e, ssl.SSLError):
             why = f"TLS handshake failed ({e.reason or e})"
-        elif isinstance(e, socket.gaierror):
-            why = f"cannot resolve host {self._url.hostname!r} ({e.strerror})"
-        elif isinstance(e, ConnectionRefusedError):
+        elif isinstance(e, socket.gaierror) or "NameResolutionError" in type(e).__name__:
+            why = f"cannot resolve host {host!r}"
+        elif isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
             why = "connection refused"
-        elif isinstance(e, TimeoutError):
+        elif isinstance(e, TimeoutError) or "timed out" in str(e).lower():
             why = f"no answer within {self.timeout:.0f}s"
-        elif isinstance(e, http.client.HTTPException):
-            why = f"it did not answer HTTP properly ({type(e).__name__}); is the URL's scheme right?"
+        elif "ProxyError" in type(e).__name__:
+            why = f"the proxy failed ({e})"
+        elif isinstance(e, http.client.HTTPException) or "ProtocolError" in type(e).__name__:
+            why = f"the connection broke or did not speak HTTP ({e}); is the URL's scheme right?"
         else:
             why = str(e) or type(e).__name__
         return ClusterUnreachable(
@@ -299,26 +289,20 @@ def _warning_text(header: str) -> str:
     return m["text"].replace('\\"', '"') if m else header
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise KubeConfigError(f"cannot read the {what} {path}: {e.strerror}") from None
+def _cause_of(e: BaseException) -> BaseException:
+    """urllib3 wraps the socket/TLS error (MaxRetryError.reason, ProxyError.original_error,
+    SSLError.args[0])."""
+    for _ in range(4):
+        inner = getattr(e, "reason", None) or getattr(e, "original_error", None)
+        if not isinstance(inner, BaseException) and e.args and isinstance(e.args[0], BaseException):
+            inner = e.args[0]
+        if not isinstance(inner, BaseException):
+            break
+        e = inner
+    return e
 
 
-def _load_cert_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
-    """ssl only loads client certificates from files: write them to private temp files."""
-    paths = []
-    try:
-        for data in (cert, key):
-            fd, path = tempfile.mkstemp(prefix="kdist-", suffix=".pem")  # mode 0600
-            paths.append(path)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        ctx.load_cert_chain(paths[0], paths[1])
-    except ssl.SSLError as e:
-        raise KubeConfigError(f"cannot use the client certificate/key: {e.reason or e}") from None
-    finally:
-        for path in paths:
-            os.unlink(path)
+def _bearer(value: str) -> str:
+    """The in-cluster loader prefixes `bearer `; send the canonical `Bearer `."""
+    scheme, _, rest = value.partition(" ")
+    return f"Bearer {rest.strip()}" if scheme.lower() == "bearer" else value

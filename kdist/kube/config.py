@@ -1,25 +1,23 @@
-"""kubeconfig -> Connection: which server, which credentials, which default namespace.
+"""kubeconfig -> Connection: which context, server, user and default namespace kdist talks to.
 
-Follows kubectl's loading rules: `KUBECONFIG` is a list of files (os.pathsep-separated, missing
-files skipped); the first file that defines a cluster/context/user name wins, and the first
-non-empty current-context wins. Without KUBECONFIG, ~/.kube/config. Without any kubeconfig, the
-in-cluster config (service account token and CA under /var/run/secrets/kubernetes.io/
-serviceaccount, server from KUBERNETES_SERVICE_HOST/PORT). Relative paths in a kubeconfig are
-relative to the file that holds them.
+kdist picks the context itself (for messages with a did-you-mean) and leaves everything about
+the connection to the official `kubernetes` client (Connection.configuration): credentials
+(token, tokenFile, basic auth, client certificates, `exec` plugins), TLS (certificate-authority,
+insecure-skip-tls-verify, tls-server-name), proxies (`proxy-url`, HTTPS_PROXY/NO_PROXY) and the
+in-cluster service account. That package is imported only here, only when a command connects.
 
-Credentials: token, tokenFile, username/password, client-certificate(-data)/client-key(-data) and
-`exec` plugins (client.authentication.k8s.io ExecCredential: status.token or client cert/key).
+Loading follows kubectl: `KUBECONFIG` is a list of files (os.pathsep-separated, missing files
+skipped), the first file that defines a cluster/context/user name wins, the first non-empty
+current-context wins. Without KUBECONFIG, ~/.kube/config; without any, the in-cluster config.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
-import json
+import logging
 import os
-import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,52 +28,77 @@ from kdist.kube import ContextNotFound, KubeConfigError
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 IN_CLUSTER = "(in-cluster)"
-EXEC_TIMEOUT = 120.0
-
-
-@dataclass(frozen=True)
-class ExecPlugin:
-    """A `users[].user.exec` credential plugin (aws eks get-token, gke-gcloud-auth-plugin, ...)."""
-
-    user: str
-    command: str
-    args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    api_version: str = "client.authentication.k8s.io/v1"
-    install_hint: str = ""
-    base_dir: str = "."
-
-
-@dataclass(frozen=True)
-class Credential:
-    """What an exec plugin returned (PEM text for certificates)."""
-
-    token: str = ""
-    cert_pem: str = ""
-    key_pem: str = ""
+INSTALL = "pip install 'kdist[k8s]'"
 
 
 @dataclass(frozen=True)
 class Connection:
-    """Everything needed to talk to one API server as one user."""
+    """One API server as one user: names for messages, and where the rest is configured."""
 
     server: str
     context: str
     cluster: str = ""
     user: str = ""
     namespace: str = ""  # the context's namespace; "" when it names none
-    ca_file: str = ""
-    ca_data: bytes = b""
-    insecure: bool = False
-    token: str = ""
-    token_file: str = ""  # re-read on every request (projected tokens rotate)
-    username: str = ""
-    password: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    cert_data: bytes = b""
-    key_data: bytes = b""
-    exec_plugin: ExecPlugin | None = None
+    kubeconfig: str = ""  # the kubeconfig files, os.pathsep-joined; "" in a cluster
+    exec_command: str = ""  # the user's exec credential plugin, if any
+    install_hint: str = ""  # its installHint
+    sa_dir: str = str(SERVICE_ACCOUNT_DIR)  # in a cluster: token, ca.crt
+    env: tuple[tuple[str, str], ...] = ()  # in a cluster: KUBERNETES_SERVICE_HOST/PORT
+
+    def configuration(self) -> Any:
+        """A fresh kubernetes.client.Configuration: loading runs exec plugins, reads token files."""
+        k8s = kubernetes_package()
+        cfg = k8s.client.Configuration()
+        with _logged_errors() as errors:
+            try:
+                if self.kubeconfig:
+                    k8s.config.load_kube_config(config_file=self.kubeconfig, context=self.context,
+                                                client_configuration=cfg, persist_config=False)
+                else:
+                    k8s.config.incluster_config.InClusterConfigLoader(
+                        token_filename=f"{self.sa_dir}/token", cert_filename=f"{self.sa_dir}/ca.crt",
+                        environ=dict(self.env)).load_and_set(cfg)
+            except (k8s.config.ConfigException, OSError, ValueError) as e:
+                raise KubeConfigError(f"context {self.context!r}: {e}") from None
+        if self.exec_command and errors and not cfg.api_key and not cfg.cert_file:
+            raise KubeConfigError(self._exec_failed(errors[-1]))
+        return cfg
+
+    def _exec_failed(self, error: str) -> str:
+        what = f"exec credential plugin {self.exec_command!r} of user {self.user!r}"
+        if "No such file or directory" in error:
+            hint = f": {self.install_hint.strip()}" if self.install_hint else ""
+            return f"{what} is not installed (not on PATH){hint}"
+        return f"{what} failed: {error}"
+
+
+def kubernetes_package() -> Any:
+    """The official client, or a message that says how to install it."""
+    try:
+        import kubernetes
+        import kubernetes.config.incluster_config
+    except ImportError:
+        raise KubeConfigError("the Kubernetes commands need the `kubernetes` Python package: "
+                              f"{INSTALL}") from None
+    return kubernetes
+
+
+@contextmanager
+def _logged_errors() -> Iterator[list[str]]:
+    """The client logs (and swallows) exec plugin failures on the root logger: collect them."""
+    errors: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler, root = Collect(logging.ERROR), logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        root.removeHandler(handler)
 
 
 @dataclass
@@ -148,17 +171,14 @@ def load_kubeconfig(env: Mapping[str, str] | None = None) -> KubeConfig | None:
 def in_cluster(env: Mapping[str, str], sa_dir: Path = SERVICE_ACCOUNT_DIR) -> Connection | None:
     """The pod's own service-account connection, or None outside a cluster."""
     host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
-    token = sa_dir / "token"
-    if not host or not port or not token.is_file():
+    if not host or not port or not (sa_dir / "token").is_file():
         return None
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
     ns_file = sa_dir / "namespace"
     namespace = ns_file.read_text(encoding="utf-8").strip() if ns_file.is_file() else ""
-    ca = sa_dir / "ca.crt"
-    return Connection(server=f"https://{host}:{port}", context=IN_CLUSTER, cluster=IN_CLUSTER,
-                      user="serviceaccount", namespace=namespace, token_file=str(token),
-                      ca_file=str(ca) if ca.is_file() else "")
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return Connection(server=server, context=IN_CLUSTER, cluster=IN_CLUSTER, user="serviceaccount",
+                      namespace=namespace, sa_dir=str(sa_dir),
+                      env=(("KUBERNETES_SERVICE_HOST", host), ("KUBERNETES_SERVICE_PORT", port)))
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -180,73 +200,22 @@ def _pick_context(config: KubeConfig, context: str | None) -> tuple[str, dict[st
     return name, config.contexts[name][0]
 
 
-def _path(value: Any, base: Path) -> str:
-    if not value:
-        return ""
-    path = Path(str(value)).expanduser()
-    return str(path if path.is_absolute() else base / path)
-
-
-def _b64(value: Any, what: str) -> bytes:
-    if not value:
-        return b""
-    try:
-        return base64.b64decode(str(value), validate=False)
-    except (binascii.Error, ValueError):
-        raise KubeConfigError(f"{what} is not valid base64") from None
-
-
-def _exec_plugin(user: str, spec: Any, base: Path) -> ExecPlugin:
-    if not isinstance(spec, dict) or not spec.get("command"):
-        raise KubeConfigError(f"user {user!r}: `exec` needs a command")
-    env = tuple((str(e.get("name", "")), str(e.get("value", "")))
-                for e in spec.get("env") or [] if isinstance(e, dict))
-    return ExecPlugin(user=user, command=str(spec["command"]),
-                      args=tuple(str(a) for a in spec.get("args") or []), env=env,
-                      api_version=str(spec.get("apiVersion") or ExecPlugin.api_version),
-                      install_hint=str(spec.get("installHint") or ""), base_dir=str(base))
-
-
-def _user_fields(name: str, user: dict[str, Any], base: Path) -> dict[str, Any]:
-    if user.get("auth-provider"):
-        provider = (user["auth-provider"] or {}).get("name", "?")
-        raise KubeConfigError(f"user {name!r} uses the auth-provider {provider!r}, which kdist does "
-                              "not support; use an exec credential plugin instead")
-    fields: dict[str, Any] = {
-        "user": name,
-        "token": str(user.get("token") or ""),
-        "token_file": _path(user.get("tokenFile"), base),
-        "username": str(user.get("username") or ""),
-        "password": str(user.get("password") or ""),
-        "cert_file": _path(user.get("client-certificate"), base),
-        "key_file": _path(user.get("client-key"), base),
-        "cert_data": _b64(user.get("client-certificate-data"), f"user {name!r} client-certificate-data"),
-        "key_data": _b64(user.get("client-key-data"), f"user {name!r} client-key-data"),
-    }
-    if user.get("exec"):
-        fields["exec_plugin"] = _exec_plugin(name, user["exec"], base)
-    return fields
-
-
 def _connection(config: KubeConfig, context: str | None) -> Connection:
     name, ctx = _pick_context(config, context)
     cluster_name, user_name = str(ctx.get("cluster") or ""), str(ctx.get("user") or "")
     if cluster_name not in config.clusters:
         raise KubeConfigError(f"context {name!r} names cluster {cluster_name!r}, which is not in "
                               f"{config.where}")
-    cluster, cbase = config.clusters[cluster_name]
-    server = str(cluster.get("server") or "")
+    server = str(config.clusters[cluster_name][0].get("server") or "")
     if not server:
         raise KubeConfigError(f"cluster {cluster_name!r} (context {name!r}) has no server")
-    user_entry = config.users.get(user_name)  # a missing user means anonymous, as in kubectl
-    user = _user_fields(user_name, *user_entry) if user_entry else {"user": user_name}
-    return Connection(
-        server=server.rstrip("/"), context=name, cluster=cluster_name,
-        namespace=str(ctx.get("namespace") or ""),
-        ca_file=_path(cluster.get("certificate-authority"), cbase),
-        ca_data=_b64(cluster.get("certificate-authority-data"),
-                     f"cluster {cluster_name!r} certificate-authority-data"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")), **user)
+    user = config.users.get(user_name, ({}, Path()))[0]  # no user entry: anonymous, as in kubectl
+    plugin: dict[str, Any] = user["exec"] if isinstance(user.get("exec"), dict) else {}
+    return Connection(server=server.rstrip("/"), context=name, cluster=cluster_name, user=user_name,
+                      namespace=str(ctx.get("namespace") or ""),
+                      kubeconfig=os.pathsep.join(str(f) for f in config.files),
+                      exec_command=str(plugin.get("command") or ""),
+                      install_hint=str(plugin.get("installHint") or ""))
 
 
 def connect(context: str | None = None, env: Mapping[str, str] | None = None,
@@ -266,43 +235,3 @@ def connect(context: str | None = None, env: Mapping[str, str] | None = None,
                               "cluster; set KUBECONFIG or create a cluster, e.g. `make kind-up` "
                               "(then --context kind-kdist)")
     return pod
-
-
-def run_exec_plugin(plugin: ExecPlugin, env: Mapping[str, str] | None = None) -> Credential:
-    """Run the plugin and read its ExecCredential (status.token, or client cert and key)."""
-    command = plugin.command
-    if os.sep in command and not Path(command).is_absolute():
-        command = str(Path(plugin.base_dir) / command)
-    info = {"apiVersion": plugin.api_version, "kind": "ExecCredential",
-            "spec": {"interactive": False}}
-    full_env = {**(os.environ if env is None else env), **dict(plugin.env),
-                "KUBERNETES_EXEC_INFO": json.dumps(info)}
-    what = f"exec credential plugin {plugin.command!r} of user {plugin.user!r}"
-    try:
-        done = subprocess.run([command, *plugin.args], env=full_env, capture_output=True, text=True,
-                              timeout=EXEC_TIMEOUT, stdin=subprocess.DEVNULL, check=False)
-    except FileNotFoundError:
-        hint = f": {plugin.install_hint.strip()}" if plugin.install_hint else ""
-        raise KubeConfigError(f"{what} is not installed (not on PATH){hint}") from None
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise KubeConfigError(f"{what} could not run: {e}") from None
-    if done.returncode != 0:
-        tail = " / ".join(done.stderr.strip().splitlines()[-3:]) or "no output"
-        raise KubeConfigError(f"{what} exited with code {done.returncode}: {tail}")
-    return _parse_credential(done.stdout, what)
-
-
-def _parse_credential(stdout: str, what: str) -> Credential:
-    try:
-        doc = json.loads(stdout)
-    except json.JSONDecodeError:
-        raise KubeConfigError(f"{what} did not print an ExecCredential JSON object") from None
-    status = doc.get("status") if isinstance(doc, dict) else None
-    if not isinstance(status, dict):
-        raise KubeConfigError(f"{what} printed no ExecCredential status")
-    cred = Credential(token=str(status.get("token") or ""),
-                      cert_pem=str(status.get("clientCertificateData") or ""),
-                      key_pem=str(status.get("clientKeyData") or ""))
-    if not cred.token and not (cred.cert_pem and cred.key_pem):
-        raise KubeConfigError(f"{what} returned neither status.token nor a client certificate")
-    return cred
