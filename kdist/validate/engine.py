@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdist.validate import k8s, k8s_refs, k8s_torchrun, netpol, schema, security, sources
+from kdist.validate import k8s, k8s_refs, k8s_torchrun, netpol, rbac, schema, security, sources
 from kdist.validate.model import Finding, Options, Report
 from kdist.validate.objects import Sink
 from kdist.validate.yamldoc import Doc, YamlProblem, parse
@@ -34,7 +34,7 @@ class Outcome:
 
 
 def validate(paths: list[str], options: Options,
-             stdin: Callable[[], bytes] | None = None) -> Report:
+             stdin: Callable[[int], bytes] | None = None) -> Report:
     """Validate every input; never raises for bad input (UsageError for bad options only)."""
     version = schema.resolve_version(options.kubernetes_version)
     major, minor = (int(x) for x in version.split("."))
@@ -124,6 +124,9 @@ def check_k8s(docs: list[Doc], ctx: Context, sink: Sink) -> int:
     k8s_torchrun.check_launches(bundle, k8s_torchrun.launches(bundle, sink), sink)
     security.check_pods(bundle.pods, sink, ctx.version)
     netpol.check_coverage(bundle, sink)
+    netpol.check_targets(bundle, sink)
+    rbac.check_roles(bundle, sink)
+    rbac.check_controller_patch(bundle, sink)
     return len(bundle.objects)
 
 

@@ -123,19 +123,30 @@ def _split(line: str) -> list[str] | None:
 
 
 _PUNCT = re.compile(r"^[;&|()<>]+$")
+_QUOTES = re.compile(r"['\"]")
+MAX_JOINED = 200
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 
 
 def _logical_lines(script: str) -> list[tuple[int, str]]:
-    """(first physical line, text) with backslash continuations joined."""
+    """(first physical line, text): backslash continuations and quoted newlines joined.
+
+    A quoted argument may contain a newline; its line goes on until the quote closes (at most
+    MAX_JOINED physical lines, so an unclosed quote stays cheap).
+    """
     lines = script.split("\n")
     out = []
     start = 0
     while start < len(lines):
         end, text = start, lines[start]
-        while text.endswith("\\") and end + 1 < len(lines):
+        while end + 1 < len(lines):
+            if text.endswith("\\"):
+                text = text[:-1] + " " + lines[end + 1]
+            elif end - start < MAX_JOINED and _QUOTES.search(text) and _split(text) is None:
+                text = text + "\n" + lines[end + 1]
+            else:
+                break
             end += 1
-            text = text[:-1] + " " + lines[end]
         out.append((start, text))
         start = end + 1
     return out
