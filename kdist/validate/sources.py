@@ -37,8 +37,8 @@ class Target:
     recursed: bool
 
 
-def unreadable(name: str, message: str) -> Finding:
-    rule = RULES["input-unreadable"]
+def unreadable(name: str, message: str, rule_id: str = "input-unreadable") -> Finding:
+    rule = RULES[rule_id]
     return Finding(rule.id, rule.severity, name, 0, 0, "", "", message, rule.hint)
 
 
@@ -99,28 +99,29 @@ def _targets(arg: str) -> tuple[list[Target], str]:
     return [], "no such file or directory"
 
 
-def read_regular(target: Target) -> tuple[bytes, str]:
-    """(content, '') or (b'', why not): inside its root, a regular file, at most MAX_BYTES."""
+def read_regular(target: Target) -> bytes | Finding:
+    """The content, or why not: inside its root, a regular file, at most MAX_BYTES."""
+    name = str(target.path)
     real = Path(os.path.realpath(target.path))
     if not _inside(real, target.root):
-        return b"", f"a symlink to outside {target.root}; not followed"
+        return unreadable(name, f"a symlink to outside {target.root}; not followed")
     try:
         fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as e:
-        return b"", f"cannot read: {e.strerror or e}"
+        return unreadable(name, f"cannot read: {e.strerror or e}")
     with os.fdopen(fd, "rb") as f:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return b"", f"not a regular file ({_file_type(info.st_mode)}); not read"
+            return unreadable(name, f"not a regular file ({_file_type(info.st_mode)}); not read")
         if info.st_size > MAX_BYTES:
-            return b"", too_large(info.st_size)
+            return too_large(name, info.st_size)
         data = f.read(MAX_BYTES + 1)
-    return (b"", too_large(len(data))) if len(data) > MAX_BYTES else (data, "")
+    return too_large(name, len(data)) if len(data) > MAX_BYTES else data
 
 
-def too_large(size: int) -> str:
-    return (f"{size / 2**20:.1f} MiB is above the {MAX_BYTES // 2**20} MiB budget per file; "
-            "split it into several files")
+def too_large(name: str, size: int) -> Finding:
+    return unreadable(name, f"{size / 2**20:.1f} MiB is above the {MAX_BYTES // 2**20} MiB "
+                      "budget per file; split it into several files", "input-budget")
 
 
 def _file_type(mode: int) -> str:
@@ -144,7 +145,7 @@ def collect(args: list[str], stdin: Callable[[int], bytes] | None
                 seen.add("-")
                 data = stdin(MAX_BYTES + 1)
                 if len(data) > MAX_BYTES:
-                    problems.append(unreadable("<stdin>", too_large(len(data))))
+                    problems.append(too_large("<stdin>", len(data)))
                 else:
                     sources.append(Source("<stdin>", None, data, False))
             continue
@@ -156,11 +157,11 @@ def collect(args: list[str], stdin: Callable[[int], bytes] | None
             if key in seen:
                 continue
             seen.add(key)
-            data, why = read_regular(target)
-            if why:
-                problems.append(unreadable(str(target.path), why))
+            content = read_regular(target)
+            if isinstance(content, Finding):
+                problems.append(content)
             else:
-                sources.append(Source(str(target.path), target.path, data, target.recursed))
+                sources.append(Source(str(target.path), target.path, content, target.recursed))
     return sources, problems
 
 

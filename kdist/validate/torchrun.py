@@ -123,30 +123,41 @@ def _split(line: str) -> list[str] | None:
 
 
 _PUNCT = re.compile(r"^[;&|()<>]+$")
+# a line whose quotes all close (a cheap test; shlex decides when this one says no)
 _QUOTES = re.compile(r"['\"]")
+_BALANCED = re.compile(r"""(?:[^'"\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")*""", re.S)
 MAX_JOINED = 200
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
+
+
+def _open_quote(text: str) -> bool:
+    """Does a quote stay open at the end of this line? (shlex confirms: `#` starts a comment)"""
+    body = text[:-1] if text.endswith("\\") else text
+    return not _BALANCED.fullmatch(body) and _split(body) is None
 
 
 def _logical_lines(script: str) -> list[tuple[int, str]]:
     """(first physical line, text): backslash continuations and quoted newlines joined.
 
-    A quoted argument may contain a newline; its line goes on until the quote closes (at most
-    MAX_JOINED physical lines, so an unclosed quote stays cheap).
+    A quoted argument may contain newlines (`python3 -c '...'`, an argument with a newline); its
+    line goes on until the quote closes, at most MAX_JOINED physical lines.
     """
     lines = script.split("\n")
     out = []
     start = 0
     while start < len(lines):
         end, text = start, lines[start]
+        quoted = _open_quote(text)
         while end + 1 < len(lines):
-            if text.endswith("\\"):
+            if quoted and end - start < MAX_JOINED:
+                text += "\n" + lines[end + 1]
+            elif not quoted and text.endswith("\\"):
                 text = text[:-1] + " " + lines[end + 1]
-            elif end - start < MAX_JOINED and _QUOTES.search(text) and _split(text) is None:
-                text = text + "\n" + lines[end + 1]
             else:
                 break
             end += 1
+            if _QUOTES.search(lines[end]):  # only a quote opens or closes a quote
+                quoted = not _BALANCED.fullmatch(text) if quoted else _open_quote(text)
         out.append((start, text))
         start = end + 1
     return out

@@ -24,7 +24,7 @@ Path = tuple[str | int, ...]
 MAX_NODES = 1_000_000  # collection items after alias expansion, all documents together
 MAX_DOCUMENTS = 10_000
 MAX_DEPTH = 100  # nested collections (Kubernetes objects nest about 20 deep)
-MAX_SECONDS = 10.0  # reading and converting one file
+MAX_SECONDS = 10.0  # reading and checking one file
 
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -35,6 +35,15 @@ class YamlProblem(Exception):
     def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
         super().__init__(message)
         self.line, self.column = line, column
+
+
+class OverBudget(YamlProblem):
+    """A file is larger, deeper, longer or slower than a budget allows (rule input-budget)."""
+
+
+def check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise OverBudget(f"checking the file took more than {MAX_SECONDS:g} s (budget)")
 
 
 @dataclass
@@ -96,14 +105,14 @@ class _Converter:
             return node.value if node.tag == _STR else _scalar(node)
         self.count += len(node.value)
         if self.count > MAX_NODES:
-            raise YamlProblem(f"the file expands to more than {MAX_NODES} nodes (budget; "
+            raise OverBudget(f"the file expands to more than {MAX_NODES} nodes (budget; "
                               "aliases referring to aliases?)", node.start_mark.line + 1)
-        if self.count & 0x3FFF < len(node.value) and time.monotonic() > self.deadline:
-            raise YamlProblem(f"reading the file took more than {MAX_SECONDS:g} s (budget)")
+        if self.count & 0x3FFF < len(node.value):
+            check_deadline(self.deadline)
         self.depth += 1
         if self.depth > MAX_DEPTH:
             m = node.start_mark
-            raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep (budget)",
+            raise OverBudget(f"nested more than {MAX_DEPTH} levels deep (budget)",
                               m.line + 1, m.column + 1)
         try:
             if cls is SequenceNode:
@@ -175,17 +184,20 @@ def _problem(e: yaml.YAMLError) -> YamlProblem:
     return YamlProblem(f"invalid YAML: {problem}", mark.line + 1, mark.column + 1)
 
 
-def parse(text: str, file: str) -> list[Doc]:
-    """Every document of a YAML stream; empty documents are dropped. Raises YamlProblem."""
+def parse(text: str, file: str, deadline: float | None = None) -> list[Doc]:
+    """Every document of a YAML stream; empty documents are dropped. Raises YamlProblem.
+
+    `deadline` (time.monotonic) defaults to MAX_SECONDS from now.
+    """
     loader = _Loader(text)
     docs: list[Doc] = []
-    conv = _Converter(time.monotonic() + MAX_SECONDS)
+    conv = _Converter(time.monotonic() + MAX_SECONDS if deadline is None else deadline)
     seen = 0
     try:
         while loader.check_node():
             seen += 1
             if seen > MAX_DOCUMENTS:
-                raise YamlProblem(f"more than {MAX_DOCUMENTS} YAML documents (budget)")
+                raise OverBudget(f"more than {MAX_DOCUMENTS} YAML documents (budget)")
             node = loader.get_node()
             if node is None:  # pragma: no cover
                 continue
