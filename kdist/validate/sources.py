@@ -43,7 +43,9 @@ def unreadable(name: str, message: str, rule_id: str = "input-unreadable") -> Fi
 
 
 def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+    """Both resolved: is `path` root itself or below it?"""
+    base = str(root)
+    return str(path) == base or str(path).startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _walk(root: Path) -> list[Path]:
@@ -99,10 +101,10 @@ def _targets(arg: str) -> tuple[list[Target], str]:
     return [], "no such file or directory"
 
 
-def read_regular(target: Target) -> bytes | Finding:
-    """The content, or why not: inside its root, a regular file, at most MAX_BYTES."""
+def read_regular(target: Target, real: Path) -> bytes | Finding:
+    """The content (of `real`, the resolved path), or why not: inside its root, a regular file,
+    at most MAX_BYTES."""
     name = str(target.path)
-    real = Path(os.path.realpath(target.path))
     if not _inside(real, target.root):
         return unreadable(name, f"a symlink to outside {target.root}; not followed")
     try:
@@ -115,7 +117,9 @@ def read_regular(target: Target) -> bytes | Finding:
             return unreadable(name, f"not a regular file ({_file_type(info.st_mode)}); not read")
         if info.st_size > MAX_BYTES:
             return too_large(name, info.st_size)
-        data = f.read(MAX_BYTES + 1)
+        data = f.read(info.st_size + 1)  # not MAX_BYTES: that allocates 4 MiB per file
+        if len(data) > info.st_size:  # growing, or a pseudo file that reports size 0
+            data += f.read(MAX_BYTES + 1 - len(data))
     return too_large(name, len(data)) if len(data) > MAX_BYTES else data
 
 
@@ -157,7 +161,7 @@ def collect(args: list[str], stdin: Callable[[int], bytes] | None
             if key in seen:
                 continue
             seen.add(key)
-            content = read_regular(target)
+            content = read_regular(target, Path(key))
             if isinstance(content, Finding):
                 problems.append(content)
             else:

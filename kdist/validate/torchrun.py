@@ -123,17 +123,36 @@ def _split(line: str) -> list[str] | None:
 
 
 _PUNCT = re.compile(r"^[;&|()<>]+$")
-# a line whose quotes all close (a cheap test; shlex decides when this one says no)
-_QUOTES = re.compile(r"['\"]")
-_BALANCED = re.compile(r"""(?:[^'"\\]|\\.|'[^']*'|"(?:[^"\\]|\\.)*")*""", re.S)
+# quotes, escapes and comments outside quotes; inside double quotes: escapes and the closing quote
+_OUTSIDE = re.compile(r"""\\.|['"]|(?:^|(?<=[\s;&|()<>]))#""", re.S)
+_IN_DOUBLE = re.compile(r'\\.|"', re.S)
+# a whole line whose quotes all close and that has no `#` (one C-speed match, the common case)
+_PLAIN = re.compile(r"""[^'"\\#]*(?:(?:'[^']*'|"[^"\\]*(?:\\.[^"\\]*)*"|\\.)[^'"\\#]*)*""",
+                    re.S)
 MAX_JOINED = 200
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 
 
-def _open_quote(text: str) -> bool:
-    """Does a quote stay open at the end of this line? (shlex confirms: `#` starts a comment)"""
-    body = text[:-1] if text.endswith("\\") else text
-    return not _BALANCED.fullmatch(body) and _split(body) is None
+def _quote_after(line: str, state: str) -> str:
+    """The quote still open after `line` ("", "'" or '"'), starting inside `state`."""
+    if not state and _PLAIN.fullmatch(line):
+        return ""
+    i = 0
+    while True:
+        if state == "'":  # no escapes inside single quotes
+            j = line.find("'", i)
+            if j < 0:
+                return state
+            state, i = "", j + 1
+            continue
+        m = (_IN_DOUBLE if state else _OUTSIDE).search(line, i)
+        if m is None:
+            return state
+        token, i = m[0], m.end()
+        if token == "#":
+            return ""  # a comment to the end of the line
+        if token[0] != "\\":
+            state = "" if state else token
 
 
 def _logical_lines(script: str) -> list[tuple[int, str]]:
@@ -147,17 +166,16 @@ def _logical_lines(script: str) -> list[tuple[int, str]]:
     start = 0
     while start < len(lines):
         end, text = start, lines[start]
-        quoted = _open_quote(text)
+        state = _quote_after(text, "")
         while end + 1 < len(lines):
-            if quoted and end - start < MAX_JOINED:
+            if state and end - start < MAX_JOINED:
                 text += "\n" + lines[end + 1]
-            elif not quoted and text.endswith("\\"):
+            elif not state and text.endswith("\\"):
                 text = text[:-1] + " " + lines[end + 1]
             else:
                 break
             end += 1
-            if _QUOTES.search(lines[end]):  # only a quote opens or closes a quote
-                quoted = not _BALANCED.fullmatch(text) if quoted else _open_quote(text)
+            state = _quote_after(lines[end], state)
         out.append((start, text))
         start = end + 1
     return out
