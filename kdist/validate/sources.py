@@ -7,9 +7,10 @@ only (no FIFOs or devices, which would hang), and refuses files above MAX_BYTES 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +66,42 @@ def _walk(root: Path) -> list[Path]:
 
 
 def _glob(pattern: str) -> tuple[Path, list[Path]]:
-    """(the folder before the first wildcard, matches); `**` does not follow symlinked folders."""
+    """(the folder before the first wildcard, matches) with glob.glob's rules, except that `**`
+    never enters a symlinked folder (glob.glob does, and loops)."""
     parts = Path(pattern).parts
     cut = next(i for i, p in enumerate(parts) if any(ch in p for ch in MAGIC))
     base = Path(*parts[:cut]) if cut else Path(".")
-    rest = str(Path(*parts[cut:]))
-    if not base.is_dir():
-        return base, []
-    return base, sorted(base.glob(rest))
+    return base, sorted(set(_match(base, parts[cut:]))) if base.is_dir() else []
+
+
+def _match(folder: Path, parts: tuple[str, ...]) -> Iterator[Path]:
+    head, rest = parts[0], parts[1:]
+    if head == "**":  # any depth; a trailing ** names the folder (collect walks it)
+        for sub in _folders(folder) if rest else [folder]:
+            yield from _match(sub, rest) if rest else [sub]
+        return
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    hidden = head.startswith(".")
+    for name in fnmatch.filter(names, head):
+        path = folder / name
+        if name.startswith(".") and not hidden:
+            continue
+        if not rest:
+            yield path
+        elif path.is_dir():
+            yield from _match(path, rest)
+
+
+def _folders(root: Path) -> list[Path]:
+    """root and every folder below it; hidden and symlinked folders are not entered."""
+    out = []
+    for folder, dirs, _ in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out.append(Path(folder))
+    return out
 
 
 def _targets(arg: str) -> tuple[list[Target], str]:
