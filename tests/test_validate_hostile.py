@@ -89,6 +89,15 @@ def test_symlinked_folder_out_of_the_tree_is_not_entered(repo: Path) -> None:
     assert code == 2 and "a symlink to outside" in out and SECRET not in out, out
 
 
+def test_globs_skip_hidden_folders_like_glob(repo: Path) -> None:
+    (repo / ".venv" / "lib").mkdir(parents=True)
+    (repo / ".venv" / "lib" / "x.yaml").write_text("apiVersion: v1\n", encoding="utf-8")
+    code, out, _ = run("**/*.yaml", cwd=repo)
+    assert code == 0 and "(1 file," in out, out
+    code, out, _ = run(".venv/**/*.yaml", cwd=repo)
+    assert code == 1 and "k8s-object" in out, out
+
+
 def test_symlink_loops_end(repo: Path) -> None:
     deep = repo / "manifests" / "a" / "b"
     deep.mkdir(parents=True)
@@ -307,6 +316,19 @@ def test_rbac_scale_subresource_alone_is_fine(tmp_path: Path) -> None:
 def test_rbac_pods_without_a_token_are_fine(tmp_path: Path) -> None:
     assert _rbac_case(tmp_path, "automountServiceAccountToken: true",
                       "automountServiceAccountToken: false") == set()
+
+
+def test_rbac_the_service_account_decides_when_the_pod_does_not(tmp_path: Path) -> None:
+    unset = "      automountServiceAccountToken: true\n"
+    assert _rbac_case(tmp_path, unset, "") == {"rbac-controller-patch"}
+    text = (CORPUS / "rbac-controller-patch.yaml").read_text(encoding="utf-8").replace(unset, "")
+    account = "kind: ServiceAccount\nmetadata:\n  name: smoke\n"
+    assert account in text
+    path = tmp_path / "sa.yaml"
+    path.write_text(text.replace(account, "kind: ServiceAccount\n"
+                                 "automountServiceAccountToken: false\nmetadata:\n  name: smoke\n"),
+                    encoding="utf-8")
+    assert validate([str(path)], Options()).findings == []
 
 
 def test_rbac_other_service_account_is_fine(tmp_path: Path) -> None:

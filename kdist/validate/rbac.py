@@ -46,11 +46,20 @@ def _binds(binding: Obj, account: str, pod: PodT) -> bool:
 
 def _role_of(bundle: Bundle, binding: Obj) -> Obj | None:
     ref = mapping(binding.data.get("roleRef"))
-    for role in bundle.objects:
-        if role.kind == ref.get("kind") and role.name == ref.get("name") \
-                and (role.kind == "ClusterRole" or role.same_namespace(binding)):
+    kind = string(ref.get("kind"))
+    for role in bundle.of_kind(kind) if kind in ROLE_KINDS else []:
+        if role.name == ref.get("name") and (kind == "ClusterRole" or role.same_namespace(binding)):
             return role
     return None
+
+
+def _has_token(bundle: Bundle, pod: PodT, account: str) -> bool:
+    """automountServiceAccountToken of the pod, else of its ServiceAccount, else true."""
+    own = pod.spec.get("automountServiceAccountToken")
+    if isinstance(own, bool):
+        return own
+    sa = bundle.find("ServiceAccount", account, pod.obj)
+    return sa is None or sa.data.get("automountServiceAccountToken") is not False
 
 
 def check_controller_patch(bundle: Bundle, sink: Sink) -> None:
@@ -58,9 +67,9 @@ def check_controller_patch(bundle: Bundle, sink: Sink) -> None:
     reported: set[tuple[int, int]] = set()
     bindings = [o for o in bundle.objects if o.kind in BINDING_KINDS]
     for pod in bundle.pods:
-        if pod.spec.get("automountServiceAccountToken") is False:
-            continue
         account = _service_account(pod)
+        if not _has_token(bundle, pod, account):
+            continue
         for binding in (b for b in bindings if b.same_namespace(pod.obj) and _binds(b, account, pod)):
             role = _role_of(bundle, binding)
             if role is None:

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 Path = tuple[str | int, ...]
-# budgets per file; each ends in a yaml-syntax finding instead of a hang or a MemoryError
+# budgets per file; each ends in an input-budget finding instead of a hang or a MemoryError
 MAX_NODES = 1_000_000  # collection items after alias expansion, all documents together
 MAX_DOCUMENTS = 10_000
 MAX_DEPTH = 100  # nested collections (Kubernetes objects nest about 20 deep)
