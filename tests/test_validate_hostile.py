@@ -159,8 +159,8 @@ def test_manifest_within_budget_is_checked(repo: Path) -> None:
 
 
 def _bomb(documents: int) -> str:
-    """Each document expands to about 600 000 items (under the node budget alone); 40 of them
-    took about 3 GB before the budget counted all documents together."""
+    """Each document expands to about 600 000 items, under the node budget alone; the budget
+    counts all documents of the file together, so the second document ends it."""
     doc = "a: &a [x, x, x, x, x, x, x, x, x]\n"
     for below, name in zip("abcde", "bcdef", strict=True):
         doc += f"{name}: &{name} [{', '.join(['*' + below] * 9)}]\n"
