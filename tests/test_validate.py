@@ -33,6 +33,12 @@ CASES = sorted(CORPUS.glob("*.y*ml"))
 EXAMPLES = sorted((ROOT / "trainers" / "examples").glob("*.yaml"))
 EXPECT = re.compile(rb"^# expect: ([a-z0-9-]+)")
 NO_DOCKER = Options()
+# kdist's own k8s render binds get/patch on its StatefulSet to the node pods' service account
+# (rbac-controller-patch, a warning) until the trainer container loses its token; drop the
+# allowance then. CLEAN is how kdist's own output must validate meanwhile.
+RENDER_KNOWN = frozenset({"rbac-controller-patch"})
+CLEAN = Options(disabled=RENDER_KNOWN)
+DOCKER_CLEAN = Options(disabled=RENDER_KNOWN, compose_runner=docker_mod.runner)
 
 
 def expected_rule(path: Path) -> str:
@@ -55,7 +61,8 @@ def invoke(*args: str, stdin: bytes | None = None) -> Result:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_corpus_case_fires_exactly_its_rule(case: Path) -> None:
-    assert rules_of([case]) == {expected_rule(case)}
+    rule = expected_rule(case)
+    assert rules_of([case], NO_DOCKER if rule in RENDER_KNOWN else CLEAN) == {rule}
 
 
 def test_corpus_covers_every_rule() -> None:
@@ -69,7 +76,7 @@ COMPOSE_CASES = [c for c in CASES if re.search(rb"^(services|entrypoint):", c.re
 @pytest.mark.skipif(not docker_mod.available(), reason="needs docker compose v2")
 @pytest.mark.parametrize("case", COMPOSE_CASES, ids=[c.name for c in COMPOSE_CASES])
 def test_compose_and_spec_cases_with_docker_compose_config(case: Path) -> None:
-    report = validate([str(case)], Options(compose_runner=docker_mod.runner))
+    report = validate([str(case)], DOCKER_CLEAN)
     assert {f.rule for f in report.findings} == {expected_rule(case)}
     if case.name == "compose-schema.yaml":
         (finding,) = report.findings
@@ -95,19 +102,20 @@ def rendered(example: Path, tmp: Path) -> list[Path]:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
 def test_example_renders_validate_clean(example: Path, tmp_path: Path) -> None:
     report = validate([str(p) for p in rendered(example, tmp_path)], NO_DOCKER)
-    assert report.findings == [] and report.objects > 0
+    assert {f.rule for f in report.findings} == RENDER_KNOWN and report.objects > 0
+    assert all(f.severity == "warning" for f in report.findings)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.stem for e in EXAMPLES])
 def test_example_spec_validates_clean(example: Path) -> None:
-    assert validate([str(example)], NO_DOCKER).findings == []
+    assert validate([str(example)], CLEAN).findings == []
 
 
 @pytest.mark.parametrize("version", [v for v in supported_versions() if v >= "1.29"])
 def test_examples_pass_strict_schemas_of_every_supported_version(
         version: str, tmp_path: Path) -> None:
     paths = [str(p) for e in EXAMPLES for p in rendered(e, tmp_path)]
-    report = validate(paths, Options(kubernetes_version=version))
+    report = validate(paths, Options(kubernetes_version=version, disabled=RENDER_KNOWN))
     assert report.findings == []
 
 
@@ -115,14 +123,14 @@ def test_committed_manifests_validate_clean() -> None:
     folder = ROOT / "manifests"
     if not folder.is_dir():
         pytest.skip("manifests/ is not committed yet")
-    assert validate([str(folder)], NO_DOCKER).findings == []
+    assert validate([str(folder)], CLEAN).findings == []
 
 
 @pytest.mark.docker
 @pytest.mark.skipif(not docker_mod.available(), reason="needs docker compose v2")
 def test_examples_pass_docker_compose_config(tmp_path: Path) -> None:
     paths = [str(p) for e in EXAMPLES for p in rendered(e, tmp_path)]
-    assert validate(paths, Options(compose_runner=docker_mod.runner)).findings == []
+    assert validate(paths, DOCKER_CLEAN).findings == []
 
 
 # ---- the fast schema compiler agrees with jsonschema -----------------------------------------
@@ -326,7 +334,7 @@ def test_torchrun_finding_points_at_the_torchrun_line() -> None:
 
 def test_spec_findings_point_at_the_spec_field() -> None:
     case = CORPUS / "spec-shm.yaml"
-    findings = validate([str(case)], NO_DOCKER).findings
+    findings = validate([str(case)], CLEAN).findings
     assert {f.object.split(" (")[1] for f in findings} == {"rendered k8s)", "rendered compose)"}
     lines = case.read_text().splitlines()
     assert {lines[f.line - 1].strip() for f in findings} == {"shm: 512Mi"}
@@ -336,7 +344,7 @@ def test_spec_validate_disable(tmp_path: Path) -> None:
     spec = (CORPUS / "spec-image-latest.yaml").read_text()
     path = tmp_path / "kdist.yaml"
     path.write_text(spec + "validate:\n  disable: [image-tag]\n", encoding="utf-8")
-    assert validate([str(path)], NO_DOCKER).findings == []
+    assert validate([str(path)], CLEAN).findings == []
 
 
 def test_docs_rule_table_is_current() -> None:
@@ -379,7 +387,7 @@ def test_default_path_is_kdist_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     assert invoke().exit_code == 2
     (tmp_path / "kdist.yaml").write_bytes(EXAMPLES[0].read_bytes())
-    result = invoke()
+    result = invoke("--disable", ",".join(RENDER_KNOWN))
     assert result.exit_code == 0 and "OK" in result.output
 
 

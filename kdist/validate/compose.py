@@ -144,13 +144,20 @@ def netadmin_helper(d: dict[str, Any]) -> bool:
             and "ALL" in [str(x).upper() for x in items(d.get("cap_drop"))])
 
 
+def is_root(user: str) -> bool:
+    """"", "root", "0", "00", "0:1000": every spelling Docker runs as uid 0."""
+    name = user.split(":", 1)[0].strip()
+    return name in ("", "root") or (name.isdigit() and int(name) == 0)
+
+
 def check_security(services: list[Service], sink: Sink) -> None:
     for s in services:
         d = s.data
-        user = str(d.get("user", "")).split(":", 1)[0].strip()
-        if user in ("", "0", "root") and not netadmin_helper(d):
+        user = str(d.get("user", ""))
+        if is_root(user) and not netadmin_helper(d):
             s.report(sink, "compose-user", ("user",) if "user" in d else (),
-                     "runs as root" + ("" if user else " (no user set)"))
+                     "runs as root" + ("" if user.strip() else " (no user set)"))
+        check_host_access(s, sink)
         if "ALL" not in [str(x).upper() for x in items(d.get("cap_drop"))]:
             s.report(sink, "compose-cap-drop", ("cap_drop",) if "cap_drop" in d else (),
                      "does not drop ALL capabilities")
@@ -159,7 +166,7 @@ def check_security(services: list[Service], sink: Sink) -> None:
             s.report(sink, "compose-no-new-privileges",
                      ("security_opt",) if "security_opt" in d else (),
                      "does not set no-new-privileges:true")
-        if d.get("privileged") is True:
+        if d.get("privileged") is True or str(d.get("privileged")).lower() == "true":
             s.report(sink, "compose-privileged", ("privileged",), "is privileged")
         if "build" not in d and (problem := image_problem(d.get("image"))):
             s.report(sink, "image-tag", ("image",), problem)
@@ -177,3 +184,95 @@ def env_pairs(env: Any) -> list[tuple[str, str]]:
         key, eq, value = str(item).partition("=")
         out.append((key, value if eq else ""))
     return out
+
+
+# ---- host access: capabilities, namespaces, ports, mounts, devices ----------------------------
+
+HOST_NAMESPACES = ("network_mode", "pid", "ipc", "uts", "userns_mode", "cgroup")
+UNCONFINED = {"seccomp:unconfined", "apparmor:unconfined", "label:disable",
+              "systempaths:unconfined"}
+ALL_INTERFACES = {"", "0.0.0.0", "::", "[::]"}
+# host folders whose bind mount gives the container the host (or its container runtime)
+HOST_ROOTS = ("/", "/etc", "/root", "/proc", "/sys", "/dev", "/boot", "/run", "/var/run",
+              "/var/lib/docker", "/var/lib/containerd", "/var/lib/kubelet", "/usr", "/bin",
+              "/sbin", "/lib")
+# raw memory, kernel and disk devices (GPUs and /dev/fuse are not among them)
+HOST_DEVICES = re.compile(r"^/dev/(mem|kmem|port|kmsg|cpu/|sd|hd|vd|xvd|nvme|mmcblk|dm-|loop|"
+                          r"mapper/|disk/|md\d|sg\d)")
+
+
+def check_host_access(s: Service, sink: Sink) -> None:
+    """What lets a service reach or take over the host (kube-linter's/Polaris' checks, in Compose)."""
+    d = s.data
+    if not netadmin_helper(d):
+        for i, cap in enumerate(items(d.get("cap_add"))):
+            s.report(sink, "compose-cap-add", ("cap_add", i), f"adds capability {str(cap)!r}")
+    for i, opt in enumerate(items(d.get("security_opt"))):
+        if str(opt).replace("=", ":").strip().lower() in UNCONFINED:
+            s.report(sink, "compose-unconfined", ("security_opt", i), f"sets {str(opt)!r}")
+    for key in HOST_NAMESPACES:
+        if str(d.get(key, "")).strip().lower() == "host":
+            s.report(sink, "compose-host-namespaces", (key,), f"shares the host's namespace "
+                     f"({key}: host)")
+    for i, port in enumerate(items(d.get("ports"))):
+        ip = published_ip(port)
+        if ip is not None and ip in ALL_INTERFACES:
+            where = ip or "every interface"
+            s.report(sink, "compose-ports-host-ip", ("ports", i), f"publishes port "
+                     f"{_port_text(port)} on {where}")
+    for i, volume in enumerate(items(d.get("volumes"))):
+        source = bind_source(volume)
+        if source is not None and host_path_problem(source):
+            s.report(sink, "compose-host-mount", ("volumes", i), f"bind-mounts the host's "
+                     f"{source}: {host_path_problem(source)}")
+    if d.get("use_api_socket") is True:
+        s.report(sink, "compose-host-mount", ("use_api_socket",), "gets the Docker API socket "
+                 "(use_api_socket: true): control of the host's Docker daemon")
+    for i, device in enumerate(items(d.get("devices"))):
+        host = (device.split(":", 1)[0] if isinstance(device, str)
+                else string(dig(device, "source")))
+        if HOST_DEVICES.match(host.strip()):
+            s.report(sink, "compose-devices", ("devices", i), f"maps the host device {host}")
+
+
+def published_ip(port: Any) -> str | None:
+    """The host IP of a published port ("" = every interface); None when nothing is published."""
+    if isinstance(port, dict):
+        if dig(port, "published") in (None, ""):
+            return None
+        return string(port.get("host_ip")).strip()
+    text = str(port).strip().split("/", 1)[0]
+    if text.startswith("["):  # [::1]:8080:80
+        host, _, rest = text[1:].partition("]")
+        return host if rest.startswith(":") and rest.count(":") == 2 else None
+    parts = text.split(":")
+    if len(parts) == 1:
+        return ""  # "29400": published on an ephemeral host port, every interface
+    return parts[0] if len(parts) == 3 else ""
+
+
+def _port_text(port: Any) -> str:
+    if isinstance(port, dict):
+        return f"{port.get('published')}->{port.get('target')}"
+    return str(port)
+
+
+def bind_source(volume: Any) -> str | None:
+    """The host path of a bind mount (short or long syntax); None for volumes and tmpfs."""
+    if isinstance(volume, dict):
+        if volume.get("type") != "bind":
+            return None
+        return string(volume.get("source")).strip() or None
+    source, sep, _ = str(volume).partition(":")
+    return source.strip() if sep and source.strip().startswith("/") else None
+
+
+def host_path_problem(source: str) -> str:
+    """Why binding this host path is dangerous, or ""."""
+    clean = "/" + "/".join(p for p in source.split("/") if p and p != ".")
+    if clean.endswith(".sock"):
+        return "a runtime socket controls the host"
+    for root in HOST_ROOTS:
+        if clean == root or (root != "/" and clean.startswith(root + "/")):
+            return "a host system folder" if root != "/" else "the host's root filesystem"
+    return ""

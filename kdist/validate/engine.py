@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdist.validate import k8s, k8s_refs, k8s_torchrun, netpol, schema, security, sources
+from kdist.validate import k8s, k8s_refs, k8s_torchrun, netpol, rbac, schema, security, sources
 from kdist.validate.model import Finding, Options, Report
 from kdist.validate.objects import Sink
-from kdist.validate.yamldoc import Doc, YamlProblem, parse
+from kdist.validate.yamldoc import MAX_SECONDS, Doc, OverBudget, YamlProblem, check_deadline, parse
 
 SPEC_NAME = re.compile(r"^kdist\.ya?ml$")
 VALUES_NAME = re.compile(r"^(.*[-_.])?values\.ya?ml$")  # Helm values (helm-values.yaml, ...)
@@ -34,7 +36,7 @@ class Outcome:
 
 
 def validate(paths: list[str], options: Options,
-             stdin: Callable[[], bytes] | None = None) -> Report:
+             stdin: Callable[[int], bytes] | None = None) -> Report:
     """Validate every input; never raises for bad input (UsageError for bad options only)."""
     version = schema.resolve_version(options.kubernetes_version)
     major, minor = (int(x) for x in version.split("."))
@@ -86,11 +88,22 @@ def check_source(src: sources.Source, ctx: Context) -> Outcome:
     text, why = sources.decode(src)
     if why:
         return Outcome([sources.unreadable(src.name, why)])
+    deadline = time.monotonic() + MAX_SECONDS
     try:
-        docs = parse(text, src.name)
+        docs = parse(text, src.name, deadline)
     except YamlProblem as e:
-        sink.at("yaml-syntax", src.name, e.line, e.column, str(e))
+        rule = "input-budget" if isinstance(e, OverBudget) else "yaml-syntax"
+        sink.at(rule, src.name, e.line, e.column, str(e))
         return Outcome(sink.findings)
+    try:
+        return _check_docs(src, text, docs, ctx, sink, deadline)
+    except OverBudget as e:
+        sink.at("input-budget", src.name, e.line, e.column, str(e))
+        return Outcome(sink.findings)
+
+
+def _check_docs(src: sources.Source, text: str, docs: list[Doc], ctx: Context, sink: Sink,
+                deadline: float) -> Outcome:
     for doc in docs:
         for key, line, column in doc.duplicates:
             sink.at("yaml-duplicate-key", src.name, line, column, f"duplicate key {key!r}")
@@ -101,29 +114,38 @@ def check_source(src: sources.Source, ctx: Context) -> Outcome:
     if kind in ("values", "config") or (kind == "unknown" and src.recursed):
         return Outcome([], skipped=True)
     if kind == "spec":
-        return check_spec(src, text, ctx, sink)
+        return check_spec(src, text, ctx, sink, deadline)
     if kind == "compose":
         check_compose(docs, text, _project(src), ctx, sink)
         return Outcome(sink.findings)
-    return Outcome(sink.findings, check_k8s(docs, ctx, sink))
+    return Outcome(sink.findings, check_k8s(docs, ctx, sink, deadline))
 
 
 def _project(src: sources.Source) -> Path:
     return src.path.parent.resolve() if src.path is not None else Path.cwd()
 
 
-def check_k8s(docs: list[Doc], ctx: Context, sink: Sink) -> int:
+def check_k8s(docs: list[Doc], ctx: Context, sink: Sink, deadline: float = math.inf) -> int:
+    """Every Kubernetes check on the objects of one file; OverBudget past the deadline."""
     bundle = k8s.bundle_of(docs, sink)
-    k8s.check_schemas(bundle, ctx.schemas, sink)
-    k8s.check_duplicates(bundle, sink)
-    k8s.check_metadata(bundle, sink)
-    k8s_refs.check_selectors(bundle, sink)
-    k8s_refs.check_statefulsets(bundle, sink)
-    k8s_refs.check_services(bundle, sink)
-    k8s_refs.check_pdbs(bundle, sink)
-    k8s_torchrun.check_launches(bundle, k8s_torchrun.launches(bundle, sink), sink)
-    security.check_pods(bundle.pods, sink, ctx.version)
-    netpol.check_coverage(bundle, sink)
+    stages: list[Callable[[], None]] = [
+        lambda: k8s.check_schemas(bundle, ctx.schemas, sink),
+        lambda: k8s.check_duplicates(bundle, sink),
+        lambda: k8s.check_metadata(bundle, sink),
+        lambda: k8s_refs.check_selectors(bundle, sink),
+        lambda: k8s_refs.check_statefulsets(bundle, sink),
+        lambda: k8s_refs.check_services(bundle, sink),
+        lambda: k8s_refs.check_pdbs(bundle, sink),
+        lambda: k8s_torchrun.check_launches(bundle, k8s_torchrun.launches(bundle, sink), sink),
+        lambda: security.check_pods(bundle.pods, sink, ctx.version),
+        lambda: netpol.check_coverage(bundle, sink),
+        lambda: netpol.check_targets(bundle, sink),
+        lambda: rbac.check_roles(bundle, sink),
+        lambda: rbac.check_controller_patch(bundle, sink),
+    ]
+    for stage in stages:
+        check_deadline(deadline)
+        stage()
     return len(bundle.objects)
 
 
@@ -145,14 +167,15 @@ def check_compose(docs: list[Doc], text: str, project: Path, ctx: Context, sink:
     compose_torchrun.check_launches(services, compose_torchrun.launches(services, sink), sink)
 
 
-def check_spec(src: sources.Source, text: str, ctx: Context, sink: Sink) -> Outcome:
+def check_spec(src: sources.Source, text: str, ctx: Context, sink: Sink, deadline: float
+               ) -> Outcome:
     from kdist.validate import specs
 
     unit = specs.load(text, src.name, sink)
     if unit is None:
         return Outcome(sink.findings)
     rendered = Sink(ctx.options.disabled | unit.disabled)
-    objects = check_k8s(unit.k8s_docs, ctx, rendered)
+    objects = check_k8s(unit.k8s_docs, ctx, rendered, deadline)
     k8s_findings = specs.relocate(rendered.findings, text, src.name, "k8s")
     rendered.findings = []
     check_compose([unit.compose_doc], unit.compose_text, _project(src), ctx, rendered)

@@ -37,7 +37,7 @@ def bundle_of(docs: list[Doc], sink: Sink) -> Bundle:
 def _as_object(doc: Doc, root: Path, value: Any, sink: Sink) -> Obj | None:
     if not isinstance(value, dict):
         sink.add("k8s-object", doc, root, "expected a Kubernetes object (a mapping with "
-                 f"apiVersion and kind), got {_what(value)}")
+                 f"apiVersion and kind), got {what(value)}")
         return None
     missing = [k for k in ("apiVersion", "kind") if not isinstance(value.get(k), str)
                or not value.get(k)]
@@ -53,7 +53,7 @@ def _as_object(doc: Doc, root: Path, value: Any, sink: Sink) -> Obj | None:
     return obj
 
 
-def _what(value: Any) -> str:
+def what(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):

@@ -291,10 +291,12 @@ def _store_pods(bundle: Bundle, launch: Launch) -> list[PodT]:
 def _check_pdbs(bundle: Bundle, found: list[Launch], sink: Sink) -> None:
     for pdb in bundle.of_kind("PodDisruptionBudget"):
         selector = dig(pdb.data, "spec", "selector")
+        if not isinstance(selector, dict):
+            continue
+        selected = {id(p) for p in bundle.pods_for(pdb, selector)}
         for launch in found:
             nodes = launch.nodes
-            if (launch.nnodes is None or nodes is None or not isinstance(selector, dict)
-                    or not any(p is launch.pod for p in bundle.pods_for(pdb, selector))):
+            if launch.nnodes is None or nodes is None or id(launch.pod) not in selected:
                 continue
             _check_pdb(pdb, launch.pod.obj, nodes, launch.nnodes[0], sink)
 

@@ -118,3 +118,15 @@ def check_coverage(bundle: Bundle, sink: Sink) -> None:
             pod.obj.report(sink, "pod-network-policy", (), f"no NetworkPolicy in this file "
                            f"selects its pods for {' or '.join(missing).lower()}")
 
+
+
+def check_targets(bundle: Bundle, sink: Sink) -> None:
+    """kube-score networkpolicy-targets-pod: each NetworkPolicy selects a pod of the file."""
+    if not bundle.pods:
+        return  # a file of policies only: the pods are elsewhere
+    for policy in bundle.of_kind("NetworkPolicy"):
+        selector = dig(policy.data, "spec", "podSelector")
+        if not any(p.obj.same_namespace(policy) and selector_matches(selector, p.labels, p.implied)
+                   for p in bundle.pods):
+            policy.report(sink, "network-policy-targets-pod", ("spec", "podSelector"),
+                          "selects no pod template in this file")

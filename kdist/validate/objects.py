@@ -222,13 +222,18 @@ class Bundle:
 
     objects: list[Obj] = field(default_factory=list)
     pods: list[PodT] = field(default_factory=list)
+    _kinds: dict[str, list[Obj]] = field(default_factory=dict)  # built on first use
 
     def of_kind(self, kind: str) -> list[Obj]:
-        return [o for o in self.objects if o.kind == kind]
+        """Objects of a kind (index built once: large files stay linear, not quadratic)."""
+        if not self._kinds:
+            for o in self.objects:
+                self._kinds.setdefault(o.kind, []).append(o)
+        return self._kinds.get(kind, [])
 
     def find(self, kind: str, name: str, near: Obj) -> Obj | None:
-        for o in self.objects:
-            if o.kind == kind and o.name == name and o.same_namespace(near):
+        for o in self.of_kind(kind):
+            if o.name == name and o.same_namespace(near):
                 return o
         return None
 

@@ -17,7 +17,7 @@ from kdist.validate.model import Severity
 class Rule:
     id: str
     severity: Severity
-    group: str  # input, schema, distributed, pss, practice, compose
+    group: str  # input, schema, distributed, pss, practice, compose, rbac
     summary: str
     hint: str
     source: str = "kdist"
@@ -36,6 +36,10 @@ _ALL = [
     # ---- inputs and schemas ---------------------------------------------------------------
     _r("input-unreadable", E, "input", "A path is missing, unreadable, binary or not UTF-8 text.",
        "Check the path; kdist validate reads UTF-8 YAML files, directories, globs and -."),
+    _r("input-budget", E, "input",
+       "A file is above a budget: 4 MiB, 10 000 documents, 1 000 000 nodes after aliases, "
+       "100 levels of nesting, 10 s.",
+       "Split the file; replace alias chains with plain YAML."),
     _r("yaml-syntax", E, "input", "The file is not valid YAML.",
        "Fix the YAML syntax at the reported position."),
     _r("yaml-duplicate-key", E, "input", "A mapping has the same key twice.",
@@ -181,10 +185,45 @@ _ALL = [
     _r("compose-no-new-privileges", E, "compose", "The service may gain privileges (setuid).",
        "Add security_opt: [\"no-new-privileges:true\"]."),
     _r("compose-privileged", E, "compose", "The service is privileged.", "Remove privileged: true."),
+    _r("compose-cap-add", E, "compose",
+       "The service adds a capability (kdist's netem helper: NET_ADMIN only, excepted).",
+       "Remove cap_add; keep cap_drop: [ALL]."),
+    _r("compose-unconfined", E, "compose",
+       "security_opt turns off seccomp, AppArmor, SELinux labels or masked /proc paths.",
+       "Remove seccomp:unconfined / apparmor:unconfined / label:disable / "
+       "systempaths:unconfined."),
+    _r("compose-host-namespaces", E, "compose",
+       "The service shares a host namespace (network_mode, pid, ipc, uts, userns_mode, cgroup).",
+       "Remove the `host` setting; use a Compose network."),
+    _r("compose-ports-host-ip", E, "compose",
+       "A port is published on every interface (no host IP, 0.0.0.0 or ::).",
+       "Publish on 127.0.0.1 (\"127.0.0.1:29400:29400\"), or use expose between services."),
+    _r("compose-host-mount", E, "compose",
+       "A bind mount of the host's root, a system folder or a runtime socket (docker.sock).",
+       "Use a named volume or a project-relative folder (./data)."),
+    _r("compose-devices", E, "compose",
+       "The service maps a host memory, kernel or disk device (/dev/mem, /dev/sda, ...).",
+       "Remove the device; GPUs go through deploy.resources.reservations.devices."),
+    # ---- Kubernetes RBAC and NetworkPolicy ----------------------------------------------------
+    _r("rbac-wildcard", E, "rbac", "A Role or ClusterRole grants `*` verbs or resources.",
+       "List the verbs and resources the workload needs.",
+       "kube-linter wildcard-in-rules"),
+    _r("rbac-secrets", E, "rbac", "A Role or ClusterRole grants access to secrets.",
+       "Mount the secrets the pod needs instead of granting API access to them.",
+       "kube-linter access-to-secrets"),
+    _r("rbac-controller-patch", W, "rbac",
+       "Pods may patch or update their own controller or pods (a changed template runs any "
+       "image with the same service account).",
+       "Grant only the scale subresource (statefulsets/scale), or keep the token out of the "
+       "trainer container."),
+    _r("network-policy-targets-pod", E, "practice",
+       "A NetworkPolicy selects no pod of the file, so the pods it was meant for are unprotected.",
+       "Make spec.podSelector match the pod template labels.",
+       "kube-score networkpolicy-targets-pod"),
 ]
 
 RULES: dict[str, Rule] = {r.id: r for r in _ALL}
-NOT_DISABLEABLE = frozenset({"input-unreadable", "yaml-syntax", "spec"})
+NOT_DISABLEABLE = frozenset({"input-unreadable", "input-budget", "yaml-syntax", "spec"})
 
 
 def rule_ids() -> list[str]:

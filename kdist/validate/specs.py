@@ -44,6 +44,22 @@ def _spec_doc(text: str, file: str) -> Doc | None:
     return docs[0] if docs and isinstance(docs[0].data, dict) else None
 
 
+def _not_a_mapping(text: str, file: str, sink: Sink) -> bool:
+    """A spec that is a string, list or number: say so without showing it (it may be a secret
+    file linked as kdist.yaml)."""
+    from kdist.validate.k8s import what
+
+    try:
+        docs = parse(text, file)
+    except YamlProblem:
+        return False
+    if not docs or isinstance(docs[0].data, dict):
+        return False
+    sink.add("spec", docs[0], (), "expected a mapping with name, image, entrypoint and nodes, "
+             f"got {what(docs[0].data)} (not shown)")
+    return True
+
+
 def disabled_rules(doc: Doc | None, sink: Sink) -> frozenset[str]:
     """`validate.disable` of the spec; unknown ids are `spec` findings."""
     if doc is None or "validate" not in doc.data:
@@ -74,6 +90,8 @@ def load(text: str, file: str, sink: Sink) -> SpecUnit | None:
     from kdist.yamlio import dump
 
     doc = _spec_doc(text, file)
+    if doc is None and _not_a_mapping(text, file, sink):
+        return None
     disabled = disabled_rules(doc, sink)
     try:
         job = load_text(text, file)

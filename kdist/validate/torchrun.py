@@ -123,19 +123,59 @@ def _split(line: str) -> list[str] | None:
 
 
 _PUNCT = re.compile(r"^[;&|()<>]+$")
+# quotes, escapes and comments outside quotes; inside double quotes: escapes and the closing quote
+_OUTSIDE = re.compile(r"""\\.|['"]|(?:^|(?<=[\s;&|()<>]))#""", re.S)
+_IN_DOUBLE = re.compile(r'\\.|"', re.S)
+# a whole line whose quotes all close and that has no `#` (one C-speed match, the common case)
+_PLAIN = re.compile(r"""[^'"\\#]*(?:(?:'[^']*'|"[^"\\]*(?:\\.[^"\\]*)*"|\\.)[^'"\\#]*)*""",
+                    re.S)
+MAX_JOINED = 200
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
 
 
+def _quote_after(line: str, state: str) -> str:
+    """The quote still open after `line` ("", "'" or '"'), starting inside `state`."""
+    if not state and _PLAIN.fullmatch(line):
+        return ""
+    i = 0
+    while True:
+        if state == "'":  # no escapes inside single quotes
+            j = line.find("'", i)
+            if j < 0:
+                return state
+            state, i = "", j + 1
+            continue
+        m = (_IN_DOUBLE if state else _OUTSIDE).search(line, i)
+        if m is None:
+            return state
+        token, i = m[0], m.end()
+        if token == "#":
+            return ""  # a comment to the end of the line
+        if token[0] != "\\":
+            state = "" if state else token
+
+
 def _logical_lines(script: str) -> list[tuple[int, str]]:
-    """(first physical line, text) with backslash continuations joined."""
+    """(first physical line, text): backslash continuations and quoted newlines joined.
+
+    A quoted argument may contain newlines (`python3 -c '...'`, an argument with a newline); its
+    line goes on until the quote closes, at most MAX_JOINED physical lines.
+    """
     lines = script.split("\n")
     out = []
     start = 0
     while start < len(lines):
         end, text = start, lines[start]
-        while text.endswith("\\") and end + 1 < len(lines):
+        state = _quote_after(text, "")
+        while end + 1 < len(lines):
+            if state and end - start < MAX_JOINED:
+                text += "\n" + lines[end + 1]
+            elif not state and text.endswith("\\"):
+                text = text[:-1] + " " + lines[end + 1]
+            else:
+                break
             end += 1
-            text = text[:-1] + " " + lines[end]
+            state = _quote_after(lines[end], state)
         out.append((start, text))
         start = end + 1
     return out

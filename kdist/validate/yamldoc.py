@@ -7,6 +7,7 @@ at the exact line of a field without paying for positions on clean files.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,11 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 Path = tuple[str | int, ...]
-MAX_NODES = 1_000_000  # alias expansion bound ("billion laughs")
+# budgets per file; each ends in an input-budget finding instead of a hang or a MemoryError
+MAX_NODES = 1_000_000  # collection items after alias expansion, all documents together
+MAX_DOCUMENTS = 10_000
+MAX_DEPTH = 100  # nested collections (Kubernetes objects nest about 20 deep)
+MAX_SECONDS = 10.0  # reading and checking one file
 
 _STR = "tag:yaml.org,2002:str"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -30,6 +35,15 @@ class YamlProblem(Exception):
     def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
         super().__init__(message)
         self.line, self.column = line, column
+
+
+class OverBudget(YamlProblem):
+    """A file is larger, deeper, longer or slower than a budget allows (rule input-budget)."""
+
+
+def check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise OverBudget(f"checking the file took more than {MAX_SECONDS:g} s (budget)")
 
 
 @dataclass
@@ -77,10 +91,12 @@ def _child(node: Node, part: str | int) -> tuple[Node | None, Any]:
 
 
 class _Converter:
-    """Node tree -> plain data, JSON-like; records duplicate keys; bounds alias expansion."""
+    """Node tree -> plain data, JSON-like; records duplicate keys; keeps the file's budgets."""
 
-    def __init__(self) -> None:
-        self.count = 0  # items of collections converted so far (aliases count every time)
+    def __init__(self, deadline: float) -> None:
+        self.count = 0  # items of collections converted so far, all documents (aliases count
+        self.depth = 0  # every time they are used)
+        self.deadline = deadline
         self.duplicates: list[tuple[str, int, int]] = []
 
     def convert(self, node: Any) -> Any:  # a yaml Node; Any keeps this hot path cast-free
@@ -89,13 +105,23 @@ class _Converter:
             return node.value if node.tag == _STR else _scalar(node)
         self.count += len(node.value)
         if self.count > MAX_NODES:
-            raise YamlProblem(f"the document expands to more than {MAX_NODES} nodes "
-                              "(aliases referring to aliases?)", node.start_mark.line + 1)
-        if cls is SequenceNode:
-            return [self.convert(x) for x in node.value]
-        if cls is MappingNode:
-            return self.mapping(node)
-        raise YamlProblem(f"unsupported YAML node {cls.__name__}")  # pragma: no cover
+            raise OverBudget(f"the file expands to more than {MAX_NODES} nodes (budget; "
+                              "aliases referring to aliases?)", node.start_mark.line + 1)
+        if self.count & 0x3FFF < len(node.value):
+            check_deadline(self.deadline)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            m = node.start_mark
+            raise OverBudget(f"nested more than {MAX_DEPTH} levels deep (budget)",
+                              m.line + 1, m.column + 1)
+        try:
+            if cls is SequenceNode:
+                return [self.convert(x) for x in node.value]
+            if cls is MappingNode:
+                return self.mapping(node)
+            raise YamlProblem(f"unsupported YAML node {cls.__name__}")  # pragma: no cover
+        finally:
+            self.depth -= 1
 
     def mapping(self, node: Any, merged: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -158,16 +184,24 @@ def _problem(e: yaml.YAMLError) -> YamlProblem:
     return YamlProblem(f"invalid YAML: {problem}", mark.line + 1, mark.column + 1)
 
 
-def parse(text: str, file: str) -> list[Doc]:
-    """Every document of a YAML stream; empty documents are dropped. Raises YamlProblem."""
+def parse(text: str, file: str, deadline: float | None = None) -> list[Doc]:
+    """Every document of a YAML stream; empty documents are dropped. Raises YamlProblem.
+
+    `deadline` (time.monotonic) defaults to MAX_SECONDS from now.
+    """
     loader = _Loader(text)
     docs: list[Doc] = []
+    conv = _Converter(time.monotonic() + MAX_SECONDS if deadline is None else deadline)
+    seen = 0
     try:
         while loader.check_node():
+            seen += 1
+            if seen > MAX_DOCUMENTS:
+                raise OverBudget(f"more than {MAX_DOCUMENTS} YAML documents (budget)")
             node = loader.get_node()
             if node is None:  # pragma: no cover
                 continue
-            conv = _Converter()
+            conv.duplicates = []
             data = conv.convert(node)
             if data is not None:
                 docs.append(Doc(file, len(docs), data, node, conv.duplicates))
