@@ -122,6 +122,7 @@ class JobSpec:
     max_restarts: int = 3
     env: tuple[tuple[str, str], ...] = ()
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    workdir: str = ""  # where every node starts; "" = checkpoint.path (the shared volume)
     network_interface: str = ""
     network: Network | None = None  # simulation only: kdist run and compose, not Kubernetes
     run_as_user: int = 1000
