@@ -239,7 +239,6 @@ RULES: dict[type, dict[str, Rule]] = {
         "max_restarts": integer(0, 1000),
         "env": string_map(ENV_RE, "expected an environment variable name", reserved="PET_"),
         "checkpoint": section(s.Checkpoint),
-        "workdir": ABS_PATH,
         "network_interface": text(re.compile(r"^[\w.:-]{1,15}$"), "expected an interface name like eth0"),
         "network": section(s.Network),
         "run_as_user": integer(1, 2**31 - 1),

@@ -126,8 +126,9 @@ class LaunchPlan:
 
     @property
     def workdir(self) -> str:
-        """Where every node starts: `workdir`, or by default the shared checkpoint volume."""
-        return self.spec.workdir or self.spec.checkpoint.path
+        """Where every node starts: the shared checkpoint volume, so relative paths a trainer
+        writes (snapshot.pt, model_final.pth) are shared by all nodes and outlive the job."""
+        return self.spec.checkpoint.path
 
     @property
     def image_entrypoint(self) -> str:

@@ -51,7 +51,8 @@ class Rendezvous:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A volume shared by every node, mounted at `path` (KDIST_CHECKPOINT_DIR)."""
+    """A volume shared by every node, mounted at `path` (KDIST_CHECKPOINT_DIR): also every
+    node's working directory."""
 
     path: str = "/checkpoints"
     size: str = "10Gi"
@@ -122,7 +123,6 @@ class JobSpec:
     max_restarts: int = 3
     env: tuple[tuple[str, str], ...] = ()
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
-    workdir: str = ""  # where every node starts; "" = checkpoint.path (the shared volume)
     network_interface: str = ""
     network: Network | None = None  # simulation only: kdist run and compose, not Kubernetes
     run_as_user: int = 1000

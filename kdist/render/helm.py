@@ -56,7 +56,6 @@ def chart_values(spec: JobSpec) -> dict[str, Any]:
             "storageClass": ckpt.storage_class,
             "accessMode": ckpt.access_mode,
         },
-        "workdir": spec.workdir,
         "env": dict(spec.env),
         "networkInterface": spec.network_interface,
         "runAsUser": spec.run_as_user,

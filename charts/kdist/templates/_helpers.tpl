@@ -19,11 +19,6 @@ Object names come from .Values.name, never from the release name.
 {{- printf "%s-checkpoints" (include "kdist.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end }}
 
-{{/* Where every node starts (plan.workdir): workdir, or the checkpoint volume. */}}
-{{- define "kdist.workdir" -}}
-{{- .Values.workdir | default .Values.checkpoint.path -}}
-{{- end }}
-
 {{/* The entrypoint as a path in the image (plan.image_entrypoint): relative to /app. */}}
 {{- define "kdist.imageEntrypoint" -}}
 {{- if hasPrefix "/" .Values.entrypoint -}}
