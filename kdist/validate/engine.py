@@ -10,6 +10,7 @@ from pathlib import Path
 from kdist.validate import k8s, k8s_refs, k8s_torchrun, netpol, schema, security, sources
 from kdist.validate.model import Finding, Options, Report
 from kdist.validate.objects import Sink
+from kdist.validate.paths import check_paths
 from kdist.validate.yamldoc import Doc, YamlProblem, parse
 
 SPEC_NAME = re.compile(r"^kdist\.ya?ml$")
@@ -151,6 +152,7 @@ def check_spec(src: sources.Source, text: str, ctx: Context, sink: Sink) -> Outc
     unit = specs.load(text, src.name, sink)
     if unit is None:
         return Outcome(sink.findings)
+    check_paths(text, src.name, Path.cwd(), sink)
     rendered = Sink(ctx.options.disabled | unit.disabled)
     objects = check_k8s(unit.k8s_docs, ctx, rendered)
     k8s_findings = specs.relocate(rendered.findings, text, src.name, "k8s")
