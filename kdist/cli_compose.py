@@ -184,7 +184,11 @@ def down(spec_file: Path, volumes: bool) -> None:
     """Stop and remove the job's containers and network (checkpoints are kept by default)."""
     job = _open(spec_file)
     job.down(volumes=volumes)
-    kept = "" if volumes else f"; checkpoint volume {job.project.volume} kept (--volumes removes it)"
+    volume = job.project.volume
+    if job.volume_exists():
+        kept = f"; checkpoint volume {volume} kept, with the trainer's outputs (--volumes removes it)"
+    else:
+        kept = f"; checkpoint volume {volume} removed" if volumes else "; it had no checkpoint volume"
     click.echo(f"kdist: removed job {job.project.name}{kept}", err=True)
 
 

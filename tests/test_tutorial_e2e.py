@@ -95,6 +95,8 @@ def test_kdist_up_loses_a_node_and_every_rank_resumes(tutorial_job: Job, victim:
     down = j("down")
     assert down.returncode == 0 and f"checkpoint volume {j.name}_checkpoints kept" in down.stderr
     assert volume_files(f"{j.name}_checkpoints") == ["model_final.pth", "snapshot.pt"]
+    removed = j("down", "--volumes")
+    assert f"checkpoint volume {j.name}_checkpoints removed" in removed.stderr, removed.stderr
 
 
 def volume_files(volume: str) -> list[str]:
