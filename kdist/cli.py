@@ -79,19 +79,32 @@ def render(spec_file: Path, target: str, output: str, dev: bool, dev_port: int |
 
 
 @cli.command()
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="kdist.yaml")
+@click.argument("script", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-f", "--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              default="kdist.yaml", show_default=True, help="The spec file to write.")
 @click.option("--name", help="Job name (default: the folder's name, made DNS-safe).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path: Path, name: str | None, force: bool) -> None:
-    """Write a commented starter kdist.yaml."""
+def init(script: str | None, args: tuple[str, ...], path: Path, name: str | None,
+         force: bool) -> None:
+    """Write a commented kdist.yaml for SCRIPT (kdist init train.py -- ARGS).
+
+    Without SCRIPT: the one training script in this folder (a .py file that imports torch and
+    runs as __main__), or kdist's demo trainer in a clone of its repository.
+    """
     from kdist.fsio import write_all
-    from kdist.starter import starter_spec
+    from kdist.starter import pick_script, starter_spec
 
     if path.exists() and not force:
         raise KdistError(f"{path} exists; pass --force to overwrite it")
+    entrypoint = pick_script(Path.cwd(), script)
     text = resources.files("kdist").joinpath("templates/kdist.yaml").read_text(encoding="utf-8")
-    write_all({path: starter_spec(text, name or path.resolve().parent.name)})
-    click.echo(f"wrote {path}; next: kdist render --target compose -f {path}", err=True)
+    write_all({path: starter_spec(text, name or path.resolve().parent.name, entrypoint, args)})
+    what = f" for {entrypoint}" if entrypoint else ""
+    spec = "" if path == Path("kdist.yaml") else f" -f {path}"
+    click.echo(f"wrote {path}{what}; nodes start in the checkpoint volume, where relative paths "
+               f"the trainer writes (snapshots, final model) land; next: kdist run{spec}",
+               err=True)
 
 
 @cli.command()

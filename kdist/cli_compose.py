@@ -145,10 +145,16 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, de
     summary and exits 0 only when the job succeeded (nodes stopped by kdist kill/scale excepted);
     otherwise with the failing node's exit code and root cause.
     """
+    from kdist.workdir import check_file
+
     port = cli_dev.dev_port(dev, dev_port)
+    plan = load_plan(spec_file)
+    check_file(plan.spec, spec_file, Path.cwd())
     job = cli_dev.open_job(spec_file, port) if dev else _open(spec_file, rewrite=True)
     started = job.up(build=build, on_output=lambda line: click.echo(line, err=True))
     name = job.project.name
+    click.echo(f"kdist: nodes start in {plan.workdir} on volume {job.project.volume} (relative paths "
+               "the trainer writes land there; kdist down keeps it)", err=True)
     server = cli_dev.start(job, build) if dev else None
     if detach:
         running = sum(1 for n in started.nodes if n.running)
@@ -178,7 +184,11 @@ def down(spec_file: Path, volumes: bool) -> None:
     """Stop and remove the job's containers and network (checkpoints are kept by default)."""
     job = _open(spec_file)
     job.down(volumes=volumes)
-    kept = "" if volumes else f"; checkpoint volume {job.project.volume} kept (--volumes removes it)"
+    volume = job.project.volume
+    if job.volume_exists():
+        kept = f"; checkpoint volume {volume} kept, with the trainer's outputs (--volumes removes it)"
+    else:
+        kept = f"; checkpoint volume {volume} removed" if volumes else "; it had no checkpoint volume"
     click.echo(f"kdist: removed job {job.project.name}{kept}", err=True)
 
 

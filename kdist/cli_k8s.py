@@ -261,6 +261,10 @@ def apply(spec_file: Path, target: str, context: str | None, namespace: str | No
         _apply_objects(job, dry_run == "server", output, out)
         if plan.spec.k8s.queue:
             click.echo(QUEUE_NOTE, err=True)
+        if out is None and dry_run == "none":
+            click.echo(f"kdist: nodes start in {plan.workdir} on claim {plan.checkpoint_claim} "
+                       "(relative paths the trainer writes land there; kdist delete keeps it)",
+                       err=True)
         if wait:
             wait_for(job, timeout, out)
 

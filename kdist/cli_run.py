@@ -109,6 +109,7 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
     Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
     """
     from kdist.backends.local import RunOptions, parse_kill, parse_seconds
+    from kdist.workdir import check_file
 
     options = RunOptions(
         nodes=nodes,
@@ -117,6 +118,7 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
         run_dir=run_dir,
     )
     plan = load_plan(spec_file)
+    check_file(plan.spec, spec_file, Path.cwd(), local=True)
     plan = _fit_to_host(plan, nodes or plan.spec.nodes.count)
     _run(plan, options, current())
 

@@ -212,7 +212,8 @@ def diff(ctx: click.Context, spec_file: Path, compose_file: Path | None, k8s_fil
     """Compare the Compose and Kubernetes renderings of the job: what must match.
 
     The torchrun line (but for the rendezvous host), env, rendezvous port and store, /dev/shm,
-    GPUs, cpu, memory, the checkpoint mount and the number of nodes. Both come from a fresh
+    GPUs, cpu, memory, the checkpoint mount, the working directory, the uid, the read-only root,
+    the scratch mounts and the number of nodes. Both come from a fresh
     render of the spec unless --compose / --k8s name a (hand-altered) manifest. Exits 1 when
     any row differs, 0 otherwise.
     """

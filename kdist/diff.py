@@ -2,9 +2,10 @@
 
 Both sides are read from plain dicts (a compose file, the list of Kubernetes documents), so a
 hand-altered manifest compares as well as a fresh render. Per node: the torchrun line (the
-rendezvous endpoint host normalised away), env, /dev/shm, GPUs, cpu, memory and the checkpoint
-mount; per job: the number of nodes and the rendezvous port. Differences by design are listed in
-BY_DESIGN and not compared.
+rendezvous endpoint host normalised away), env, /dev/shm, GPUs, cpu, memory, the checkpoint
+mount, the working directory, the uid, the read-only root and the scratch mounts; per job: the
+number of nodes and the rendezvous port. Differences by design are listed in BY_DESIGN and not
+compared: none of them changes what a trainer can do.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from typing import Any
 from kdist.errors import KdistError
 from kdist.quantity import cpu_cores, docker_bytes, human_bytes, memory_bytes
 
-IGNORED_ENV = ("PET_LOCAL_ADDR", "HOME")
+IGNORED_ENV = ("PET_LOCAL_ADDR",)
 BY_DESIGN = (
     ("PET_LOCAL_ADDR", "compose: the service's hostname (node-<i>); Kubernetes: the pod IP"),
-    ("HOME", "Kubernetes sets HOME=/tmp (the root filesystem is read-only); compose keeps the "
-             "image's"),
     ("--rdzv-endpoint host", "compose: rdzv or node-0; Kubernetes: <name>-rdzv or "
                              "<name>-0.<name> (the port is compared)"),
     ("GPU ids", "compose pins distinct device_ids per node (one host); Kubernetes lets the device "
@@ -33,7 +32,8 @@ BY_DESIGN = (
 UNSET = "(unset)"
 DOCKER_SHM_DEFAULT = 64 * 2**20
 ENDPOINT_FLAGS = ("--rdzv-endpoint", "--rdzv_endpoint")
-ORDER = ("torchrun", "nodes", "rendezvous", "env", "shm", "gpus", "cpu", "memory", "checkpoint")
+ORDER = ("torchrun", "nodes", "rendezvous", "env", "shm", "gpus", "cpu", "memory", "checkpoint",
+         "workdir", "user", "root", "scratch")
 
 
 class DiffError(KdistError):
@@ -68,6 +68,10 @@ class Node:
     cpu: float | None = None
     memory: int | None = None
     checkpoint: list[str] = field(default_factory=list)
+    workdir: str = "(the image's)"
+    user: str = "(the image's)"
+    read_only: bool = False
+    scratch: list[str] = field(default_factory=list)  # tmpfs / emptyDir paths but /dev/shm
 
 
 @dataclass
@@ -231,6 +235,10 @@ def _compose_node(name: str, svc: dict[str, Any], lines: list[list[str]]) -> Nod
     limits = _mapping(resources.get("limits"), f"{name}.deploy.resources.limits")
     node = Node(name, lines=lines, env=_compose_env(svc.get("environment")),
                 gpus=_compose_gpus(resources), checkpoint=_compose_volumes(svc.get("volumes")))
+    node.workdir = str(svc.get("working_dir") or node.workdir)
+    node.user = str(svc.get("user") or node.user)
+    node.read_only = svc.get("read_only") is True
+    node.scratch = sorted(str(t).split(":")[0] for t in svc.get("tmpfs") or [])
     if svc.get("shm_size") is not None:
         node.shm = compose_bytes(svc["shm_size"])
     else:
@@ -320,7 +328,17 @@ def _k8s_node(sts: dict[str, Any], pod: dict[str, Any], container: dict[str, Any
             node.shm, node.shm_note = (k8s_bytes(limit), "") if limit else (0, " (no sizeLimit)")
         elif "persistentVolumeClaim" in volume:
             node.checkpoint.append(path)
+        elif "emptyDir" in volume:
+            node.scratch.append(path)
     node.checkpoint.sort()
+    node.scratch.sort()
+    node.workdir = str(container.get("workingDir") or node.workdir)
+    security = {**_mapping(pod.get("securityContext"), "pod securityContext"),
+                **_mapping(container.get("securityContext"), "container securityContext")}
+    if security.get("runAsUser") is not None:
+        group = security.get("runAsGroup", security["runAsUser"])
+        node.user = f"{security['runAsUser']}:{group}"
+    node.read_only = security.get("readOnlyRootFilesystem") is True
     if limits.get("cpu") is not None:
         node.cpu = k8s_cores(limits["cpu"])
     if limits.get("memory") is not None:
@@ -404,7 +422,16 @@ def _node_rows(node: Node, k8s: Node) -> list[Row]:
     rows.append(_row("memory", _size(node.memory), _size(k8s.memory)))
     rows.append(_row("checkpoint mount", ", ".join(node.checkpoint) or "(none)",
                      ", ".join(k8s.checkpoint) or "(none)"))
+    rows.append(_row("workdir", node.workdir, k8s.workdir))
+    rows.append(_row("user", node.user, k8s.user))
+    rows.append(_row("root filesystem", _writable(node.read_only), _writable(k8s.read_only)))
+    rows.append(_row("scratch mounts", ", ".join(node.scratch) or "(none)",
+                     ", ".join(k8s.scratch) or "(none)"))
     return rows
+
+
+def _writable(read_only: bool) -> str:
+    return "read-only" if read_only else "writable"
 
 
 def _nnodes_max(nnodes: str) -> int | None:

@@ -6,6 +6,7 @@ endpoint host differs between targets (invariant 1 in DESIGN.md).
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 from dataclasses import dataclass
 
@@ -14,6 +15,9 @@ from kdist.spec import JobSpec
 STORE_COMPONENT = "rdzv"
 NODE_COMPONENT = "node"
 CHECKPOINT_ENV = "KDIST_CHECKPOINT_DIR"
+# Where the project's code is in the image (trainers/Dockerfile's WORKDIR): a relative
+# entrypoint is resolved against it, since nodes start in the job's working directory.
+IMAGE_PROJECT_DIR = "/app"
 
 # Standalone c10d store: a TCPStore server in its own process that every node joins as a client,
 # so losing any node (node 0 included) does not take the store down.
@@ -120,6 +124,17 @@ class LaunchPlan:
     def checkpoint_claim(self) -> str:
         return f"{self.spec.name}-checkpoints"
 
+    @property
+    def workdir(self) -> str:
+        """Where every node starts: the shared checkpoint volume, so relative paths a trainer
+        writes (snapshot.pt, model_final.pth) are shared by all nodes and outlive the job."""
+        return self.spec.checkpoint.path
+
+    @property
+    def image_entrypoint(self) -> str:
+        """The entrypoint as a path in the image (an absolute one stays as it is)."""
+        return posixpath.normpath(posixpath.join(IMAGE_PROJECT_DIR, self.spec.entrypoint))
+
     def selector_job(self) -> dict[str, str]:
         """Matches every pod of this job (nodes and store)."""
         return {"app.kubernetes.io/name": "kdist", "app.kubernetes.io/instance": self.name}
@@ -163,7 +178,7 @@ class LaunchPlan:
             "--rdzv-id", s.name,
             "--rdzv-conf", self.rdzv_conf(is_host),
             "--max-restarts", str(s.max_restarts),
-            s.entrypoint,
+            self.image_entrypoint,
             *s.args,
         ]  # fmt: skip
 

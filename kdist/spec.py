@@ -51,7 +51,8 @@ class Rendezvous:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A volume shared by every node, mounted at `path` (KDIST_CHECKPOINT_DIR)."""
+    """A volume shared by every node, mounted at `path` (KDIST_CHECKPOINT_DIR): also every
+    node's working directory."""
 
     path: str = "/checkpoints"
     size: str = "10Gi"

@@ -1,10 +1,18 @@
-"""The starter spec written by `kdist init`."""
+"""The starter spec written by `kdist init`: kdist's commented template, for the user's script."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
+from kdist.errors import UsageError
 from kdist.load import MAX_NAME
+
+DEMO_ENTRYPOINT = "trainers/train.py"  # the template's own trainer (this repository's)
+ENTRYPOINT_LINE = re.compile(r"^entrypoint: \S+ .*\n(?:^ +#.*\n)*", re.M)
+ARGS_LINE = re.compile(r"^args: .*\n(?:^ +#.*\n)*", re.M)
+PLAIN = re.compile(r"^[\w./-]+$")
 
 
 def job_name(folder: str) -> str:
@@ -14,5 +22,61 @@ def job_name(folder: str) -> str:
     return name or "my-job"
 
 
-def starter_spec(template: str, name: str) -> str:
-    return template.replace("name: my-job ", f"name: {job_name(name)} ", 1)
+def training_scripts(folder: Path) -> list[str]:
+    """Python scripts in `folder` (not below it) that import torch and run as __main__."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "torch" in text and "__main__" in text:
+            found.append(path.name)
+    return found
+
+
+def pick_script(folder: Path, script: str | None) -> str | None:
+    """The entrypoint: `script` when it exists, the one training script in `folder`, or None
+    for the template's demo trainer when the folder has none but has that trainer."""
+    if script is not None:
+        if not (folder / script).is_file():
+            raise UsageError(f"{script}: no such file in {folder} (the entrypoint is relative to "
+                             "the project folder, where kdist runs)")
+        if not script.endswith(".py"):
+            raise UsageError(f"{script} is not a Python script; name the training script "
+                             "(-f names the spec file)")
+        return Path(script).as_posix()
+    found = training_scripts(folder)
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UsageError(f"several training scripts here ({', '.join(found)}); name one: "
+                         f"kdist init {found[0]}")
+    if (folder / DEMO_ENTRYPOINT).is_file():
+        return None
+    raise UsageError("no training script found here (a .py file that imports torch and runs "
+                     "as __main__); name it: kdist init path/to/train.py [-- ARGS]")
+
+
+def _yaml_word(word: str) -> str:
+    return word if PLAIN.match(word) and not word[0].isdigit() else json.dumps(word)
+
+
+def starter_spec(template: str, name: str, script: str | None = None,
+                 args: tuple[str, ...] = ()) -> str:
+    """The template with the job's name and, for a user's script, its entrypoint and args."""
+    text = template.replace("name: my-job ", f"name: {job_name(name)} ", 1)
+    if script is None:
+        return text
+    entry = (_commented(f"entrypoint: {_yaml_word(script)}", "the script torchrun starts, "
+                        "relative to the project folder")
+             + _commented("", "(where you run kdist; /app in the image); siblings import as usual"))
+    listed = ", ".join(_yaml_word(a) for a in args)
+    text = ENTRYPOINT_LINE.sub(lambda _: entry, text, count=1)
+    args_line = _commented(f"args: [{listed}]", "arguments for the script")
+    return ARGS_LINE.sub(lambda _: args_line, text, count=1)
+
+
+def _commented(line: str, comment: str) -> str:
+    """A line with its comment in the template's comment column."""
+    return f"{line:<28} # {comment}\n"

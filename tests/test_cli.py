@@ -85,6 +85,7 @@ def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(
     project = tmp_path / "My Project_2"
     project.mkdir()
     monkeypatch.chdir(project)
+    (project / "train.py").write_text("import torch\nif __name__ == '__main__':\n    pass\n")
     first = CliRunner().invoke(cli, ["init"])
     assert first.exit_code == 0, first.output
     job = load_file(project / "kdist.yaml")

@@ -347,6 +347,8 @@ def test_example_specs_use_the_default_image_tag() -> None:
 @pytest.mark.skipif(shutil.which("docker") is None, reason="the docker CLI is not installed")
 def test_unreachable_engine_with_the_real_docker_cli(tmp_path: Path) -> None:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+    (tmp_path / "trainers").mkdir()  # the spec's entrypoint, checked before the engine
+    (tmp_path / "trainers" / "train.py").write_text("")
     code = ("import sys; from kdist.cli import cli, main; from kdist.cli_compose import register; "
             "register(cli); main()")
     got = subprocess.run([sys.executable, "-c", code, "up", "-d", "-f",

@@ -89,8 +89,9 @@ def test_fresh_renders_match(spec: Path) -> None:
     assert [r.name for r in rows if not r.same] == []
     names = {r.name for r in rows}
     assert {"torchrun", "nodes", "rendezvous port", "shm", "gpus", "cpu", "memory",
-            "checkpoint mount", "env KDIST_CHECKPOINT_DIR"} <= names
-    assert not any(r.name in ("env HOME", "env PET_LOCAL_ADDR") for r in rows)
+            "checkpoint mount", "env KDIST_CHECKPOINT_DIR", "env HOME", "workdir", "user",
+            "root filesystem", "scratch mounts"} <= names
+    assert not any(r.name == "env PET_LOCAL_ADDR" for r in rows)
     result = invoke("-f", str(spec))
     assert result.exit_code == 0, result.output
     assert flagged(result) == [] and f"all {len(rows)} rows match" in result.stdout
@@ -174,13 +175,29 @@ def test_env_only_on_one_side(tmp_path: Path) -> None:
     assert "env EXTRA: compose: (unset) / k8s: x" in result.stdout
 
 
-def test_by_design_differences_are_not_reported(tmp_path: Path) -> None:
-    manifest = altered_k8s(tmp_path, MINIMAL, "value: /tmp\n", "value: /home/elsewhere\n")
-    result = invoke("-f", str(MINIMAL), "--k8s", str(manifest))
+def test_by_design_differences_are_not_reported() -> None:
+    result = invoke("-f", str(MINIMAL))
     assert result.exit_code == 0, result.output
     assert "Not compared (different by design):" in result.stdout
-    for what in ("PET_LOCAL_ADDR", "HOME", "--rdzv-endpoint host"):
+    for what in ("PET_LOCAL_ADDR", "--rdzv-endpoint host"):
         assert f"  {what}: " in result.stdout
+    assert "  HOME: " not in result.stdout
+
+
+def test_what_a_trainer_can_write_is_compared(tmp_path: Path) -> None:
+    """HOME, the working directory and the read-only root are rows, not "by design" notes."""
+    manifest = altered_k8s(tmp_path, MINIMAL, "value: /tmp\n", "value: /home/elsewhere\n")
+    result = invoke("-f", str(MINIMAL), "--k8s", str(manifest))
+    assert result.exit_code == 1
+    assert flagged(result) == ["env HOME"]
+    manifest = altered_k8s(tmp_path, MINIMAL, "readOnlyRootFilesystem: true",
+                           "readOnlyRootFilesystem: false")
+    result = invoke("-f", str(MINIMAL), "--k8s", str(manifest))
+    assert flagged(result) == ["root filesystem"]
+    assert "root filesystem: compose: read-only / k8s: writable" in result.stdout
+    manifest = altered_k8s(tmp_path, MINIMAL, "workingDir: /checkpoints", "workingDir: /app")
+    result = invoke("-f", str(MINIMAL), "--k8s", str(manifest))
+    assert flagged(result) == ["workdir"]
 
 
 def test_rendezvous_port_changed_in_the_service(tmp_path: Path) -> None:

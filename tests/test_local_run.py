@@ -288,7 +288,8 @@ def test_job_success_rules() -> None:
     assert not result(NodeResult(0, -9, killed=True)).succeeded
     assert not result(NodeResult(0, 0), NodeResult(1, -15, stopped=True)).succeeded
     assert result(NodeResult(0, 0)).summary() == (
-        "run r succeeded: 1 node, final step 10, 00:01 elapsed, logs in /r")
+        "run r succeeded: 1 node, final step 10, 00:01 elapsed, logs in /r, outputs (the working "
+        "directory) in /r/checkpoints")
 
 
 def test_when_kdist_stops_the_remaining_nodes() -> None:

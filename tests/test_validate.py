@@ -388,6 +388,11 @@ def test_default_path_is_kdist_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert invoke().exit_code == 2
     (tmp_path / "kdist.yaml").write_bytes(EXAMPLES[0].read_bytes())
     result = invoke("--disable", ",".join(RENDER_KNOWN))
+    assert result.exit_code == 1 and "spec-entrypoint" in result.output  # not in tmp_path
+    entrypoint = tmp_path / yaml.safe_load(EXAMPLES[0].read_text())["entrypoint"]
+    entrypoint.parent.mkdir(parents=True)
+    entrypoint.write_text("print('train')\n")
+    result = invoke("--disable", ",".join(RENDER_KNOWN))
     assert result.exit_code == 0 and "OK" in result.output
 
 

@@ -667,6 +667,11 @@ class ComposeJob:
         for state in (MARKS_FILE, DEV_TOKEN_FILE):
             (self.project.dir / state).unlink(missing_ok=True)
 
+    def volume_exists(self) -> bool:
+        """Whether the checkpoint volume (the job's working directory) is on the engine."""
+        got = run(["docker", "volume", "inspect", self.project.volume], timeout=INSPECT_TIMEOUT)
+        return got.returncode == 0
+
     def kill(self, node: str, signal: str = "SIGKILL") -> str:
         """Chaos: send `signal` to one running node (or the store); returns the service name."""
         service = self.resolve(node)

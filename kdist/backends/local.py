@@ -2,7 +2,9 @@
 
 The only module with side effects for this target. Every node is the plan's torchrun command
 line (only the rendezvous host/port are local) in its own session, with its own working folder
-under the run directory; the standalone c10d store, when the spec asks for one, runs first as
+under the run directory (its log, error file and private /tmp), all of them started in the
+job's one shared working directory (the run's `checkpoints` folder, the local stand-in for the
+checkpoint volume); the standalone c10d store, when the spec asks for one, runs first as
 its own process. Output is read by one thread per process, written to a log file per process
 and handed to a `Console` in arrival order; `KDIST_METRIC` lines also go to `metrics.jsonl`.
 
@@ -22,6 +24,7 @@ import queue
 import re
 import secrets
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -105,7 +108,8 @@ class RunResult:
         nodes = f"{len(self.nodes)} node{plural}" + (f" ({killed} killed)" if killed else "")
         step = "-" if self.final_step is None else str(self.final_step)
         return (f"run {self.run_id} {word}: {nodes}, final step {step}, "
-                f"{format_elapsed(self.elapsed)} elapsed, logs in {self.run_dir}")
+                f"{format_elapsed(self.elapsed)} elapsed, logs in {self.run_dir}, outputs "
+                f"(the working directory) in {self.run_dir / 'checkpoints'}")
 
 
 class RunFailed(KdistError):
@@ -196,7 +200,7 @@ def roomy_plan(plan: LaunchPlan, nodes: int, cores: int) -> LaunchPlan | None:
 
 
 def resolve_entrypoint(plan: LaunchPlan, cwd: Path) -> LaunchPlan:
-    """The plan with its entrypoint made absolute (nodes run in their own folders)."""
+    """The plan with its entrypoint made absolute (nodes start in the job's working directory)."""
     path = Path(plan.spec.entrypoint)
     full = path if path.is_absolute() else (cwd / path).resolve()
     if not full.is_file():
@@ -414,10 +418,15 @@ class LocalRun:
 
     # -- starting
 
+    @property
+    def workdir(self) -> Path:
+        """Every node's working directory: the run's stand-in for the checkpoint volume."""
+        return self.run_dir / "checkpoints"
+
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.plan.env(), RUN_ID_ENV: self.run_id}
         env.setdefault("LOGLEVEL", "INFO")  # torchrun's rendezvous/restart lines feed the status
-        env[CHECKPOINT_ENV] = str(self.run_dir / "checkpoints")
+        env[CHECKPOINT_ENV] = str(self.workdir)
         return env
 
     def start_store(self) -> None:
@@ -443,9 +452,13 @@ class LocalRun:
         net = self.net.node(index)
         cmd = [*net.prefix, sys.executable, "-m", "torch.distributed.run", *argv[1:]]
         node_dir = self.run_dir / f"node-{index}"
+        tmp = node_dir / "tmp"  # the pod's private /tmp emptyDir (HOME=/tmp there too)
+        tmp.mkdir(parents=True, exist_ok=True)
         env = {**self.base_env(), **dict(net.env), NODE_RANK_ENV: str(index),
-               "TORCHELASTIC_ERROR_FILE": str(node_dir / "error.json")}
-        proc = start_process(f"node-{index}", index, cmd, node_dir, env,
+               "TORCHELASTIC_ERROR_FILE": str(node_dir / "error.json"),
+               "HOME": str(tmp), "TMPDIR": str(tmp),
+               "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase())}
+        proc = start_process(f"node-{index}", index, cmd, self.workdir, env,
                              self.run_dir / f"node-{index}.log", self.lines)
         self.nodes.append(proc)
         self.status.node(index)

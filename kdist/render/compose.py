@@ -10,6 +10,7 @@ from kdist.render.compose_netem import netem_services
 
 NETWORK = "kdist"
 VOLUME = "checkpoints"
+TMP = "/tmp"  # a tmpfs where Kubernetes has an emptyDir; HOME points there as in the pods
 SCALE_PROFILE = "scale"  # nodes beyond `nodes.count`, started by `kdist scale`
 
 
@@ -32,11 +33,14 @@ def escape(value: str) -> str:
 
 
 def _hardening(plan: LaunchPlan) -> dict[str, Any]:
+    """As strict as the Kubernetes pods: same uid, read-only root, /tmp the only scratch space."""
     return {
         "user": f"{plan.spec.run_as_user}:{plan.spec.run_as_user}",
         "init": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
+        "read_only": True,
+        "tmpfs": [TMP],
         "networks": [NETWORK],
     }
 
@@ -48,6 +52,7 @@ def _store_service(plan: LaunchPlan) -> dict[str, Any]:
         "image": plan.spec.image,
         "hostname": STORE_COMPONENT,
         "command": [escape(a) for a in plan.store_argv()],
+        "environment": {"HOME": TMP},
         **_hardening(plan),
         "healthcheck": {
             "test": ["CMD", "python3", "-c", probe],
@@ -81,7 +86,9 @@ def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
     svc |= {
         "hostname": name,
         "command": ["sh", "-c", escape(plan.node_script(host, is_host=hosts_store))],
-        "environment": {k: escape(v) for k, v in {**plan.env(), "PET_LOCAL_ADDR": name}.items()},
+        "working_dir": plan.workdir,
+        "environment": {k: escape(v) for k, v in
+                        {**plan.env(), "HOME": TMP, "PET_LOCAL_ADDR": name}.items()},
         **_hardening(plan),
         "shm_size": compose_size(s.resources.shm),
         "stop_grace_period": "60s",  # > torchrun's 30 s worker shutdown

@@ -12,6 +12,7 @@ from pathlib import Path
 from kdist.validate import k8s, k8s_refs, k8s_torchrun, netpol, rbac, schema, security, sources
 from kdist.validate.model import Finding, Options, Report
 from kdist.validate.objects import Sink
+from kdist.validate.paths import check_paths
 from kdist.validate.yamldoc import MAX_SECONDS, Doc, OverBudget, YamlProblem, check_deadline, parse
 
 SPEC_NAME = re.compile(r"^kdist\.ya?ml$")
@@ -174,6 +175,7 @@ def check_spec(src: sources.Source, text: str, ctx: Context, sink: Sink, deadlin
     unit = specs.load(text, src.name, sink)
     if unit is None:
         return Outcome(sink.findings)
+    check_paths(text, src.name, Path.cwd(), sink)
     rendered = Sink(ctx.options.disabled | unit.disabled)
     objects = check_k8s(unit.k8s_docs, ctx, rendered, deadline)
     k8s_findings = specs.relocate(rendered.findings, text, src.name, "k8s")

@@ -19,6 +19,15 @@ Object names come from .Values.name, never from the release name.
 {{- printf "%s-checkpoints" (include "kdist.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end }}
 
+{{/* The entrypoint as a path in the image (plan.image_entrypoint): relative to /app. */}}
+{{- define "kdist.imageEntrypoint" -}}
+{{- if hasPrefix "/" .Values.entrypoint -}}
+{{- clean .Values.entrypoint -}}
+{{- else -}}
+{{- clean (printf "/app/%s" .Values.entrypoint) -}}
+{{- end -}}
+{{- end }}
+
 {{/* The namespace the objects go to, for NOTES.txt. */}}
 {{- define "kdist.namespace" -}}
 {{- .Values.namespace | default .Release.Namespace -}}
@@ -102,7 +111,7 @@ Call with (dict "root" $ "host" HOST "isHost" BOOL).
       "--rdzv-id" $v.name
       "--rdzv-conf" (include "kdist.rdzvConf" .)
       "--max-restarts" (toString (int $v.maxRestarts))
-      $v.entrypoint -}}
+      (include "kdist.imageEntrypoint" .root) -}}
 {{- range $v.args -}}
 {{- $argv = append $argv (toString .) -}}
 {{- end -}}
