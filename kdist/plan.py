@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from importlib import resources
 
 from kdist.spec import JobSpec
 
@@ -48,52 +49,43 @@ while True:
 """
 
 
-# A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself:
-# a failing torchrun is retried by restarting the container up to `max_restarts` times (counted
-# in $TMPDIR or /tmp, an emptyDir that outlives container restarts); then, or on success, the node records
-# the outcome on its StatefulSet and scales it to zero (FINISH_CODE), and idles until stopped.
+# A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself. The
+# trainer container holds no API token: its script waits for the store, runs torchrun, and a
+# failure (of either) is retried by restarting the container up to `max_restarts` times (counted
+# in $TMPDIR or /tmp, an emptyDir that outlives container restarts). Then, or on success, it
+# hands the exit code to the finish sidecar (kdist/node/finish.py) through the shared folder
+# $KDIST_FINISH_DIR (default FINISH_DIR) and idles until stopped. A pod whose sidecar found the
+# job finished already (DIR/finished) does not train.
+FINISH_DIR = "/var/run/kdist"
 FINISH_SCRIPT = """\
-child=$!
+finish="${{KDIST_FINISH_DIR:-{folder}}}"
+idle() {{ trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }}
+if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
 trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
-set +e
+{wait} &
+child=$!
 wait "$child"
 rc=$?
-set -e
+if [ "$rc" -eq 0 ]; then
+{torchrun}
+  child=$!
+  wait "$child"
+  rc=$?
+fi
 trap 'exit 0' TERM INT
 attempts="${{TMPDIR:-/tmp}}/kdist-attempts"
 attempt=$(( $(cat "$attempts" 2>/dev/null || echo 0) + 1 ))
 echo "$attempt" > "$attempts"
 if [ "$rc" -ne 0 ] && [ "$attempt" -le {retries} ]; then exit "$rc"; fi
-{finish} || echo "kdist: could not record the outcome; idling anyway" >&2
-while :; do sleep 3600 & wait $!; done
+echo "$rc" > "$finish/exit-code.tmp" && mv "$finish/exit-code.tmp" "$finish/exit-code"
+echo "kdist: exit code $rc after $attempt attempt(s); the finish sidecar takes over" >&2
+idle
 """
 
-# Records kdist.dev/outcome on the job's StatefulSet (unless a node already did) and scales it
-# to zero, with the pod's service account (a Role allows only this StatefulSet and its scale).
-FINISH_CODE = """\
-import json, os, ssl, sys, urllib.request
-rc, name = sys.argv[1], sys.argv[2]
-sa = os.environ.get("KDIST_SERVICEACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount") + "/"
-ns, token = (open(sa + f).read().strip() for f in ("namespace", "token"))
-host = os.environ["KUBERNETES_SERVICE_HOST"]
-host = f"[{host}]" if ":" in host else host
-port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-url = f"https://{host}:{port}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"
-tls = ssl.create_default_context(cafile=sa + "ca.crt")
-def call(path, body=None):
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"}
-    data = json.dumps(body).encode() if body else None
-    req = urllib.request.Request(url + path, data, headers, method="PATCH" if body else "GET")
-    with urllib.request.urlopen(req, context=tls, timeout=10) as response:
-        return json.load(response)
-outcome = "Succeeded" if rc == "0" else "Failed"
-if "kdist.dev/outcome" not in (call("")["metadata"].get("annotations") or {}):
-    notes = {"kdist.dev/outcome": outcome, "kdist.dev/exit-code": rc,
-             "kdist.dev/finished-by": os.environ.get("HOSTNAME", "")}
-    call("", {"metadata": {"annotations": notes}})
-call("/scale", {"spec": {"replicas": 0}})
-print(f"kdist: recorded {outcome} (exit code {rc}); scaled statefulset {name} to 0", flush=True)
-"""
+
+def finish_code() -> str:
+    """kdist/node/finish.py, the finish sidecar's program (run as `python3 -c`)."""
+    return resources.files("kdist.node").joinpath("finish.py").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -189,18 +181,20 @@ class LaunchPlan:
         One pod template serves every node, so with the store on node 0 a shell test on the
         pod's hostname picks the hosting command line (`is_host=true`) for `<name>-0` only.
         """
-        lines = ["set -e", shlex.join(self.wait_argv(host))]
         client = shlex.join(self.torchrun_argv(host))
         if self.standalone_store:
-            lines.append(f"{client} &")
+            lines = [f"  {client} &"]
         else:
             hosting = shlex.join(self.torchrun_argv(host, is_host=True))
-            lines += [f'if [ "$HOSTNAME" = "{self.name}-0" ]; then', f"  {hosting} &",
-                      "else", f"  {client} &", "fi"]
-        finish = shlex.join(["python3", "-c", FINISH_CODE, "$rc", self.name]).replace(
-            "'$rc'", '"$rc"')
-        epilogue = FINISH_SCRIPT.format(retries=self.spec.max_restarts, finish=finish)
-        return "\n".join(lines) + "\n" + epilogue
+            lines = [f'  if [ "$HOSTNAME" = "{self.name}-0" ]; then', f"    {hosting} &",
+                     "  else", f"    {client} &", "  fi"]
+        return FINISH_SCRIPT.format(folder=FINISH_DIR, wait=shlex.join(self.wait_argv(host)),
+                                    torchrun="\n".join(lines), retries=self.spec.max_restarts)
+
+    def finish_argv(self, folder: str = FINISH_DIR) -> list[str]:
+        """The finish sidecar (kdist/node/finish.py): NAME STORE NODES_MIN DIR."""
+        store = self.store_name if self.standalone_store else ""
+        return ["python3", "-c", finish_code(), self.name, store, str(self.spec.nodes.min), folder]
 
     def env(self) -> dict[str, str]:
         """Environment shared by every node on every target (before target-specific entries)."""

@@ -21,7 +21,7 @@ import yaml
 from conftest import FIXTURES, ROOT
 
 from kdist.load import load_file, load_text
-from kdist.plan import FINISH_CODE, STORE_CODE, WAIT_CODE, LaunchPlan
+from kdist.plan import STORE_CODE, WAIT_CODE, LaunchPlan, finish_code
 from kdist.render import helm, k8s
 from kdist.spec import JobSpec, Nodes
 from kdist.yamlio import dump
@@ -32,6 +32,7 @@ SPECS = sorted((FIXTURES / "features").glob("*/kdist.yaml")) + sorted(
     (ROOT / "trainers" / "examples").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "trainers" / "examples").glob("*.yaml"))
 HOOK = "helm.sh/hook"
+KEEP = "helm.sh/resource-policy"  # the chart's PVC only: helm must not delete checkpoints
 
 needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not on PATH: install Helm (tested "
                                 "with v4.1) to check the chart against the k8s renderer")
@@ -93,8 +94,21 @@ def without_hooks(docs: Any) -> list[dict[str, Any]]:
     return [d for d in docs if HOOK not in d["metadata"].get("annotations", {})]
 
 
+def without_keep(doc: dict[str, Any]) -> dict[str, Any]:
+    """The chart's PVC, less the annotation that only Helm reads (asserted here)."""
+    if doc["kind"] != "PersistentVolumeClaim":
+        return doc
+    meta = dict(doc["metadata"])
+    notes = dict(meta.pop("annotations"))
+    assert notes.pop(KEEP) == "keep"
+    if notes:
+        meta["annotations"] = notes
+    return {**doc, "metadata": meta}
+
+
 def assert_same_objects(chart: Any, kdist: Any) -> None:
-    got, want = by_kind_and_name(without_hooks(chart)), by_kind_and_name(kdist)
+    got = by_kind_and_name([without_keep(d) for d in without_hooks(chart)])
+    want = by_kind_and_name(kdist)
     assert sorted(got) == sorted(want)
     for key, doc in want.items():
         assert got[key] == doc, f"{key} differs:\n{dump(got[key])}\n!=\n{dump(doc)}"
@@ -174,10 +188,15 @@ def test_helm_values_hold_the_required_keys_and_what_differs_from_the_defaults()
 
 def test_chart_embeds_the_plan_snippets_verbatim() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
-    snippets = (("kdist.waitCode", WAIT_CODE), ("kdist.storeCode", STORE_CODE),
-                ("kdist.finishCode", FINISH_CODE))
+    snippets = (("kdist.waitCode", WAIT_CODE), ("kdist.storeCode", STORE_CODE))
     for name, code in snippets:
         assert f'{{{{- define "{name}" -}}}}\n{code}{{{{ end -}}}}' in helpers, name
+
+
+def test_chart_ships_the_finish_sidecar_byte_for_byte() -> None:
+    shipped = (CHART / "files" / "finish.py").read_bytes()
+    assert shipped == (ROOT / "kdist" / "node" / "finish.py").read_bytes()
+    assert shipped.decode() == finish_code()
 
 
 # ---- helm --------------------------------------------------------------------------------------
