@@ -26,6 +26,9 @@ quickstart:  ## README's Quickstart line by line in a fresh clone of HEAD (needs
 lint: venv
 	$(BIN)/ruff check kdist tests benchmarks trainers
 	$(BIN)/mypy kdist trainers/train.py trainers/smoke.py
+	$(BIN)/shellcheck scripts/*.sh
+	@if [ -x $(BIN)/actionlint ]; then $(BIN)/actionlint .github/workflows/*.yml; \
+	else echo "actionlint: SKIPPED, not installed (pip install -e '.[ci]'; its sdist fetches the binary from GitHub)"; fi
 
 golden: venv  ## regenerate golden files and committed manifests (review the diff!)
 	$(BIN)/pytest -q tests/test_golden.py tests/test_docs.py --update-golden

