@@ -50,11 +50,11 @@ bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (ab
 # kind: needs Docker and the kind binary; not runnable on machines without a registry (see README)
 KDIST ?= $(BIN)/kdist
 KIND_CLUSTER ?= kdist
-kind-up:  ## kind cluster (1 control plane, 2 workers) + shared checkpoint volume
+kind-up:  ## kind >= v0.25 cluster (1 control plane, 2 workers); default StorageClass serves ReadWriteMany
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh up
-kind-load:  ## load kdist-trainer:0.1.0 into the kind nodes (docker build it first)
+kind-load:  ## load kdist-trainer:0.1.0 into the kind nodes as an image archive (docker build it first)
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh load
-kind-e2e:  ## apply --wait, delete a pod mid-run, expect Succeeded, delete
+kind-e2e:  ## apply --wait, delete a pod mid-run, see a restart, expect Succeeded, delete
 	KDIST=$(KDIST) KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh e2e
 kind-down:
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh down
