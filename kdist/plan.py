@@ -16,37 +16,16 @@ STORE_COMPONENT = "rdzv"
 NODE_COMPONENT = "node"
 CHECKPOINT_ENV = "KDIST_CHECKPOINT_DIR"
 
-# Standalone c10d store: a TCPStore server in its own process that every node joins as a client,
-# so losing any node (node 0 included) does not take the store down.
-STORE_CODE = """\
-import datetime, signal, sys
-from torch.distributed import TCPStore
-port, timeout, bind = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3:] or ["0.0.0.0"])[0]
-store = TCPStore(bind, port, is_master=True, wait_for_workers=False,
-                 timeout=datetime.timedelta(seconds=timeout))
-print(f"kdist: rendezvous store listening on port {port}", flush=True)
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: sys.exit(0))
-signal.pause()
-"""
 
-# Before torchrun starts: wait until the store's DNS name resolves (and, for a standalone store,
-# its port accepts connections). Headless-Service records appear late on real clusters.
-WAIT_CODE = """\
-import socket, sys, time
-host, port, timeout, connect = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-deadline = time.monotonic() + timeout
-while True:
-    try:
-        socket.getaddrinfo(host, port)
-        if connect == "1":
-            socket.create_connection((host, port), timeout=2).close()
-        break
-    except OSError as e:
-        if time.monotonic() > deadline:
-            sys.exit(f"kdist: rendezvous store {host}:{port} not reachable after {timeout:.0f}s: {e}")
-        time.sleep(1)
-"""
+
+def program(name: str) -> str:
+    """The text of an in-pod program in kdist/node/ (run as `python3 -c TEXT`, so an image
+    needs python3 but not kdist); the Helm chart ships the same bytes under charts/kdist/files/."""
+    return resources.files("kdist.node").joinpath(name).read_text(encoding="utf-8")
+
+
+STORE_CODE = program("store.py")  # the standalone c10d store
+WAIT_CODE = program("wait.py")  # wait for the store before torchrun
 
 
 # A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself. The
@@ -84,8 +63,8 @@ idle
 
 
 def finish_code() -> str:
-    """kdist/node/finish.py, the finish sidecar's program (run as `python3 -c`)."""
-    return resources.files("kdist.node").joinpath("finish.py").read_text(encoding="utf-8")
+    """kdist/node/finish.py, the finish sidecar's program."""
+    return program("finish.py")
 
 
 @dataclass(frozen=True)

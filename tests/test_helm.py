@@ -21,7 +21,7 @@ import yaml
 from conftest import FIXTURES, ROOT
 
 from kdist.load import load_file, load_text
-from kdist.plan import STORE_CODE, WAIT_CODE, LaunchPlan, finish_code
+from kdist.plan import WAIT_CODE, LaunchPlan, program
 from kdist.render import helm, k8s
 from kdist.spec import JobSpec, Nodes
 from kdist.yamlio import dump
@@ -186,17 +186,13 @@ def test_helm_values_hold_the_required_keys_and_what_differs_from_the_defaults()
     assert helm.render(gpu_plan) == gpu  # deterministic
 
 
-def test_chart_embeds_the_plan_snippets_verbatim() -> None:
-    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
-    snippets = (("kdist.waitCode", WAIT_CODE), ("kdist.storeCode", STORE_CODE))
-    for name, code in snippets:
-        assert f'{{{{- define "{name}" -}}}}\n{code}{{{{ end -}}}}' in helpers, name
-
-
-def test_chart_ships_the_finish_sidecar_byte_for_byte() -> None:
-    shipped = (CHART / "files" / "finish.py").read_bytes()
-    assert shipped == (ROOT / "kdist" / "node" / "finish.py").read_bytes()
-    assert shipped.decode() == finish_code()
+@pytest.mark.parametrize("name", ["finish.py", "wait.py", "store.py"])
+def test_chart_ships_the_in_pod_programs_byte_for_byte(name: str) -> None:
+    shipped = (CHART / "files" / name).read_bytes()
+    assert shipped == (ROOT / "kdist" / "node" / name).read_bytes()
+    assert shipped.decode() == program(name)
+    assert sorted(p.name for p in (CHART / "files").iterdir()) == ["finish.py", "store.py",
+                                                                  "wait.py"]
 
 
 # ---- helm --------------------------------------------------------------------------------------

@@ -109,35 +109,15 @@ Call with (dict "root" $ "host" HOST "isHost" BOOL).
 {{- include "kdist.shjoin" $argv -}}
 {{- end }}
 
-{{/* plan.WAIT_CODE, verbatim: wait until the store's name resolves (and its port accepts). */}}
+{{/* files/wait.py (kdist/node/wait.py): wait until the store's name resolves (and its port accepts). */}}
 {{- define "kdist.waitCode" -}}
-import socket, sys, time
-host, port, timeout, connect = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-deadline = time.monotonic() + timeout
-while True:
-    try:
-        socket.getaddrinfo(host, port)
-        if connect == "1":
-            socket.create_connection((host, port), timeout=2).close()
-        break
-    except OSError as e:
-        if time.monotonic() > deadline:
-            sys.exit(f"kdist: rendezvous store {host}:{port} not reachable after {timeout:.0f}s: {e}")
-        time.sleep(1)
-{{ end -}}
+{{ .Files.Get "files/wait.py" }}
+{{- end }}
 
-{{/* plan.STORE_CODE, verbatim: the standalone c10d store (a TCPStore server). */}}
+{{/* files/store.py (kdist/node/store.py): the standalone c10d store (a TCPStore server). */}}
 {{- define "kdist.storeCode" -}}
-import datetime, signal, sys
-from torch.distributed import TCPStore
-port, timeout, bind = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3:] or ["0.0.0.0"])[0]
-store = TCPStore(bind, port, is_master=True, wait_for_workers=False,
-                 timeout=datetime.timedelta(seconds=timeout))
-print(f"kdist: rendezvous store listening on port {port}", flush=True)
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: sys.exit(0))
-signal.pause()
-{{ end -}}
+{{ .Files.Get "files/store.py" }}
+{{- end }}
 
 {{/* The store's address as the nodes see it: the store Service, or node 0's DNS name. */}}
 {{- define "kdist.storeHost" -}}
