@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from kdist.k8s_status import job_status
-from kdist.load import load_text
+from kdist.load import load_file, load_text
 from kdist.plan import FINISH_DIR, LaunchPlan
 from kdist.render import k8s
 
@@ -252,6 +252,44 @@ def test_role_grants_only_the_outcome_record_and_the_scale_subresources() -> Non
         (["statefulsets/scale"], ["job"], ["patch"]),
         (["deployments/scale"], ["job-rdzv"], ["patch"]),
     ]
+
+
+def test_every_container_keeps_pod_security_restricted() -> None:
+    plan = make_plan(store="standalone")
+    for doc in k8s.render(plan):
+        if doc["kind"] in ("StatefulSet", "Deployment"):
+            pod = doc["spec"]["template"]["spec"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                assert c["securityContext"] == k8s._container_security(plan), c["name"]
+
+
+def test_store_is_probed_budgeted_stopped_and_kept_off_gpu_nodes() -> None:
+    """gpu-nccl: the nodes' GPU tolerations and node selector stay off the store pod."""
+    plan = LaunchPlan(load_file(Path(__file__).parent.parent / "trainers" / "examples" /
+                                "gpu-nccl.yaml"))
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s.render(plan)}
+    store = docs[("Deployment", "cifar-gpu-rdzv")]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in store and "tolerations" not in store
+    (term,) = store["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["preference"]["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}]
+    (c,) = store["containers"]
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
+    assert (c["resources"]["requests"]["cpu"], c["resources"]["limits"]["cpu"]) == ("250m", "2")
+    budget = docs[("PodDisruptionBudget", "cifar-gpu-rdzv")]["spec"]
+    assert budget == {"minAvailable": 1, "selector": {"matchLabels": plan.selector("rdzv")}}
+    node = docs[("StatefulSet", "cifar-gpu")]["spec"]
+    assert node["updateStrategy"] == {"type": "OnDelete"}
+    assert "nodeSelector" not in node["template"]["spec"]  # the nvidia.com/gpu request suffices
+    assert node["template"]["spec"]["tolerations"]
+
+
+def test_dns_egress_allows_node_local_resolvers() -> None:
+    policy = next(d for d in k8s.render(make_plan()) if d["kind"] == "NetworkPolicy")
+    dns = next(r for r in policy["spec"]["egress"] if {"protocol": "UDP", "port": 53} in
+               r.get("ports", []))
+    assert [p["ipBlock"]["cidr"] for p in dns["to"] if "ipBlock" in p] == [
+        "169.254.20.10/32", "169.254.169.254/32"]
 
 
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
