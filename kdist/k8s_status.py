@@ -62,6 +62,14 @@ class PodRow:
 
 
 @dataclass(frozen=True)
+class LeftNode:
+    """A node that ran out of retries and left the job (`kdist.dev/left-<pod>`)."""
+
+    pod: str
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
 class K8sJobStatus:
     name: str
     namespace: str
@@ -73,11 +81,11 @@ class K8sJobStatus:
     store: tuple[PodRow, ...] = ()
     exit_code: int | None = None  # from kdist.dev/exit-code when finished
     finished_by: str = ""  # the pod that reported the outcome
-    left: tuple[tuple[str, str], ...] = ()  # (pod, exit code) of nodes that left the job
+    left: tuple[LeftNode, ...] = ()
 
     @property
     def running(self) -> int:
-        gone = {pod for pod, _ in self.left}
+        gone = {n.pod for n in self.left}
         return sum(1 for n in self.nodes if n.running and n.name not in gone)
 
     @property
@@ -101,7 +109,7 @@ class K8sJobStatus:
                   + (f" (last exit {n.last_exit_code})" if n.last_exit_code is not None else "")
                   for n in self.nodes if n.running and n.restarts]
         notes += [f"store {s.name} {s.reason or s.state}" for s in self.store if not s.running]
-        notes += [f"{pod} left the job (exit {code})" for pod, code in self.left]
+        notes += [f"{n.pod} left the job (exit {n.exit_code})" for n in self.left]
         return f"{self.phase}: {counts}" + (f"; {', '.join(notes)}" if notes else "")
 
 
@@ -185,8 +193,8 @@ def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
     annotations = (statefulset.get("metadata") or {}).get("annotations") or {}
     replicas = _int((statefulset.get("spec") or {}).get("replicas"))
     replicas = 1 if replicas is None else replicas  # the API's default
-    left = tuple(sorted((k[len(LEFT_PREFIX):], str(v)) for k, v in annotations.items()
-                        if k.startswith(LEFT_PREFIX)))
+    left = tuple(LeftNode(k[len(LEFT_PREFIX):], _int(v)) for k, v in sorted(annotations.items())
+                 if k.startswith(LEFT_PREFIX))
     status = replace(status, left=left)
     outcome = annotations.get(OUTCOME_ANNOTATION)
     if outcome in OUTCOMES:

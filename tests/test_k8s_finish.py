@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from kdist.k8s_status import job_status
+from kdist.k8s_status import LeftNode, job_status
 from kdist.load import load_file, load_text
 from kdist.plan import FINISH_DIR, LaunchPlan
 from kdist.render import k8s
@@ -355,7 +355,7 @@ def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path
     pods = [{"metadata": {"name": n, "labels": {"app.kubernetes.io/component": "node"}},
              "status": running} for n in ("job-0", "job-1")]
     status = job_status("job", "team", 1, 2, api.cluster.sts(), pods)  # kdist status
-    assert (status.phase, status.running, status.left) == ("Running", 1, (("job-1", "3"),))
+    assert (status.phase, status.running, status.left) == ("Running", 1, (LeftNode("job-1", 3),))
     assert status.summary().endswith("; job-1 left the job (exit 3)")
 
     second = Pod(tmp_path, api, plan, "job-0")
