@@ -53,6 +53,7 @@ class Cluster:
     replicas: int
     annotations: dict[str, str] = field(default_factory=dict)
     store_replicas: int = 1
+    unavailable: int = 0  # answer this many requests with 503 first
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -83,9 +84,18 @@ class FakeApi(BaseHTTPRequestHandler):
                                       "type": self.headers.get("Content-Type")})
         return body
 
+    def _unavailable(self) -> bool:
+        if self.cluster.unavailable <= 0:
+            return False
+        self.cluster.unavailable -= 1
+        self._reply(503, {"kind": "Status", "code": 503})
+        return True
+
     def do_GET(self) -> None:
         with self.cluster.lock:
             self._record()
+            if self._unavailable():
+                return
             if self.path == STS:
                 self._reply(200, self.cluster.sts())
             else:
@@ -95,6 +105,8 @@ class FakeApi(BaseHTTPRequestHandler):
         """A JSON merge patch (RFC 7386) of annotations or of a scale's replicas."""
         with self.cluster.lock:
             body, c = self._record(), self.cluster
+            if self._unavailable():
+                return
             if self.path == STS:
                 for key, value in body["metadata"]["annotations"].items():
                     if value is None:
@@ -373,6 +385,19 @@ def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path
                                        ("PATCH", STS), ("PATCH", SCALE)]
     first.stop()
     second.stop()
+
+
+def test_the_sidecar_retries_an_unavailable_api(tmp_path: Path, api: Env) -> None:
+    pod = Pod(tmp_path, api, make_plan(), "job-0")
+    pod.start_sidecar()
+    api.cluster.unavailable = 2  # the outcome's GET and its first retry
+    trainer = pod.trainer(rc=0)
+    log = pod.sidecar_says("to 0")
+    assert log.count("HTTP Error 503") == 2
+    idles(trainer, pod)
+    assert api.cluster.calls()[1:] == [("GET", STS)] * 3 + [("PATCH", STS), ("PATCH", SCALE)]
+    assert api.cluster.annotations["kdist.dev/outcome"] == "Succeeded"
+    pod.stop()
 
 
 def test_a_fixed_size_job_fails_when_one_node_runs_out_of_retries(tmp_path: Path,

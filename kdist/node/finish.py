@@ -49,22 +49,24 @@ class Api:
         self.tls = ssl.create_default_context(cafile=str(sa / "ca.crt"))
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """GET, or a merge patch with `body`; retried a few times on network errors."""
-        for attempt in range(TRIES):
-            headers = {"Authorization": f"Bearer {self.token.read_text().strip()}",
-                       "Content-Type": "application/merge-patch+json"}
-            data = json.dumps(body).encode() if body is not None else None
-            request = urllib.request.Request(self.base + path, data, headers,
-                                             method="GET" if body is None else "PATCH")
+        """GET, or a merge patch with `body`; retried a few times on errors (HTTP included)."""
+        for _ in range(TRIES - 1):
             try:
-                with urllib.request.urlopen(request, context=self.tls, timeout=10) as response:
-                    result: dict[str, Any] = json.load(response)
-                    return result
-            except OSError:
-                if attempt == TRIES - 1:
-                    raise
+                return self.once(path, body)
+            except OSError as e:
+                print(f"kdist: {path}: {e}; retrying", file=sys.stderr, flush=True)
                 time.sleep(2)
-        raise AssertionError("unreachable")
+        return self.once(path, body)
+
+    def once(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token.read_text().strip()}",
+                   "Content-Type": "application/merge-patch+json"}
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data, headers,
+                                         method="GET" if body is None else "PATCH")
+        with urllib.request.urlopen(request, context=self.tls, timeout=10) as response:
+            result: dict[str, Any] = json.load(response)
+            return result
 
 
 def notes_of(obj: dict[str, Any]) -> dict[str, str]:
