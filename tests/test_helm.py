@@ -323,3 +323,11 @@ def test_chart_fails_on_cross_field_mistakes() -> None:
     result = helm_run("template", "job", str(CHART), "-f", "-", values="nodes: {min: 2, max: 3, count: 5}\n")
     assert result.returncode != 0
     assert "nodes.count (5) must be within nodes.min:nodes.max (2:3)" in result.stderr
+
+
+@pytest.mark.helm
+@needs_helm
+def test_chart_refuses_clusters_without_native_sidecars() -> None:
+    result = helm_run("template", "job", str(CHART), "--kube-version", "1.28.5")
+    assert result.returncode != 0
+    assert "chart requires kubeVersion: >=1.29.0-0" in result.stderr, result.stderr
