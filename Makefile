@@ -26,6 +26,9 @@ quickstart:  ## README's Quickstart line by line in a fresh clone of HEAD (needs
 lint: venv
 	$(BIN)/ruff check kdist tests benchmarks trainers
 	$(BIN)/mypy kdist trainers/train.py trainers/smoke.py
+	$(BIN)/shellcheck scripts/*.sh
+	@if [ -x $(BIN)/actionlint ]; then $(BIN)/actionlint .github/workflows/*.yml; \
+	else echo "actionlint: SKIPPED, not installed (pip install -e '.[ci]'; its sdist fetches the binary from GitHub)"; fi
 
 golden: venv  ## regenerate golden files and committed manifests (review the diff!)
 	$(BIN)/pytest -q tests/test_golden.py tests/test_docs.py --update-golden
@@ -47,11 +50,11 @@ bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (ab
 # kind: needs Docker and the kind binary; not runnable on machines without a registry (see README)
 KDIST ?= $(BIN)/kdist
 KIND_CLUSTER ?= kdist
-kind-up:  ## kind cluster (1 control plane, 2 workers) + shared checkpoint volume
+kind-up:  ## kind >= v0.25 cluster (1 control plane, 2 workers); default StorageClass serves ReadWriteMany
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh up
-kind-load:  ## load kdist-trainer:0.1.0 into the kind nodes (docker build it first)
+kind-load:  ## load kdist-trainer:0.1.0 into the kind nodes as an image archive (docker build it first)
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh load
-kind-e2e:  ## apply --wait, delete a pod mid-run, expect Succeeded, delete
+kind-e2e:  ## apply --wait, delete a pod mid-run, see a restart, expect Succeeded, delete
 	KDIST=$(KDIST) KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh e2e
 kind-down:
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh down

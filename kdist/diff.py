@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdist.errors import KdistError
+from kdist.plan import FINISH_DIR
 from kdist.quantity import cpu_cores, docker_bytes, human_bytes, memory_bytes
 
 IGNORED_ENV = ("PET_LOCAL_ADDR",)
@@ -328,7 +329,7 @@ def _k8s_node(sts: dict[str, Any], pod: dict[str, Any], container: dict[str, Any
             node.shm, node.shm_note = (k8s_bytes(limit), "") if limit else (0, " (no sizeLimit)")
         elif "persistentVolumeClaim" in volume:
             node.checkpoint.append(path)
-        elif "emptyDir" in volume:
+        elif "emptyDir" in volume and path != FINISH_DIR:  # kdist's hand-off to its finish sidecar
             node.scratch.append(path)
     node.checkpoint.sort()
     node.scratch.sort()

@@ -7,6 +7,8 @@ The phase, in order of precedence:
 - Pending: fewer than nodes.min node containers are running (per-pod reasons say why:
   Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...).
 - Running: otherwise. Restarting nodes (restartCount, last exit code) show in their rows.
+A node out of retries leaves the job: its finish sidecar records `kdist.dev/left-<pod>` (the
+exit code) on the StatefulSet, and it no longer counts as running.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 OUTCOME_ANNOTATION = "kdist.dev/outcome"
 EXIT_CODE_ANNOTATION = "kdist.dev/exit-code"
 FINISHED_BY_ANNOTATION = "kdist.dev/finished-by"
+LEFT_PREFIX = "kdist.dev/left-"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 OUTCOMES = ("Succeeded", "Failed")
 PHASES = ("NotFound", "Pending", "Running", "Succeeded", "Failed")
@@ -59,6 +62,14 @@ class PodRow:
 
 
 @dataclass(frozen=True)
+class LeftNode:
+    """A node that ran out of retries and left the job (`kdist.dev/left-<pod>`)."""
+
+    pod: str
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
 class K8sJobStatus:
     name: str
     namespace: str
@@ -70,10 +81,12 @@ class K8sJobStatus:
     store: tuple[PodRow, ...] = ()
     exit_code: int | None = None  # from kdist.dev/exit-code when finished
     finished_by: str = ""  # the pod that reported the outcome
+    left: tuple[LeftNode, ...] = ()
 
     @property
     def running(self) -> int:
-        return sum(1 for n in self.nodes if n.running)
+        gone = {n.pod for n in self.left}
+        return sum(1 for n in self.nodes if n.running and n.name not in gone)
 
     @property
     def finished(self) -> bool:
@@ -96,6 +109,7 @@ class K8sJobStatus:
                   + (f" (last exit {n.last_exit_code})" if n.last_exit_code is not None else "")
                   for n in self.nodes if n.running and n.restarts]
         notes += [f"store {s.name} {s.reason or s.state}" for s in self.store if not s.running]
+        notes += [f"{n.pod} left the job (exit {n.exit_code})" for n in self.left]
         return f"{self.phase}: {counts}" + (f"; {', '.join(notes)}" if notes else "")
 
 
@@ -179,10 +193,13 @@ def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
     annotations = (statefulset.get("metadata") or {}).get("annotations") or {}
     replicas = _int((statefulset.get("spec") or {}).get("replicas"))
     replicas = 1 if replicas is None else replicas  # the API's default
+    left = tuple(LeftNode(k[len(LEFT_PREFIX):], _int(v)) for k, v in sorted(annotations.items())
+                 if k.startswith(LEFT_PREFIX))
+    status = replace(status, left=left)
     outcome = annotations.get(OUTCOME_ANNOTATION)
     if outcome in OUTCOMES:
         return replace(status, phase=str(outcome), replicas=replicas,
                        exit_code=_int(annotations.get(EXIT_CODE_ANNOTATION)),
                        finished_by=str(annotations.get(FINISHED_BY_ANNOTATION) or ""))
-    running = sum(1 for n in nodes if n.running)
-    return replace(status, phase="Pending" if running < nodes_min else "Running", replicas=replicas)
+    return replace(status, phase="Pending" if status.running < nodes_min else "Running",
+                   replicas=replicas)

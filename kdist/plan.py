@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 from dataclasses import dataclass
+from importlib import resources
 
 from kdist.spec import JobSpec
 
@@ -19,85 +20,55 @@ CHECKPOINT_ENV = "KDIST_CHECKPOINT_DIR"
 # entrypoint is resolved against it, since nodes start in the job's working directory.
 IMAGE_PROJECT_DIR = "/app"
 
-# Standalone c10d store: a TCPStore server in its own process that every node joins as a client,
-# so losing any node (node 0 included) does not take the store down.
-STORE_CODE = """\
-import datetime, signal, sys
-from torch.distributed import TCPStore
-port, timeout, bind = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3:] or ["0.0.0.0"])[0]
-store = TCPStore(bind, port, is_master=True, wait_for_workers=False,
-                 timeout=datetime.timedelta(seconds=timeout))
-print(f"kdist: rendezvous store listening on port {port}", flush=True)
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: sys.exit(0))
-signal.pause()
-"""
-
-# Before torchrun starts: wait until the store's DNS name resolves (and, for a standalone store,
-# its port accepts connections). Headless-Service records appear late on real clusters.
-WAIT_CODE = """\
-import socket, sys, time
-host, port, timeout, connect = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-deadline = time.monotonic() + timeout
-while True:
-    try:
-        socket.getaddrinfo(host, port)
-        if connect == "1":
-            socket.create_connection((host, port), timeout=2).close()
-        break
-    except OSError as e:
-        if time.monotonic() > deadline:
-            sys.exit(f"kdist: rendezvous store {host}:{port} not reachable after {timeout:.0f}s: {e}")
-        time.sleep(1)
-"""
 
 
-# A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself:
-# a failing torchrun is retried by restarting the container up to `max_restarts` times (counted
-# in $TMPDIR or /tmp, an emptyDir that outlives container restarts); then, or on success, the node records
-# the outcome on its StatefulSet and scales it to zero (FINISH_CODE), and idles until stopped.
+def program(name: str) -> str:
+    """The text of an in-pod program in kdist/node/ (run as `python3 -c TEXT`, so an image
+    needs python3 but not kdist); the Helm chart ships the same bytes under charts/kdist/files/."""
+    return resources.files("kdist.node").joinpath(name).read_text(encoding="utf-8")
+
+
+STORE_CODE = program("store.py")  # the standalone c10d store
+WAIT_CODE = program("wait.py")  # wait for the store before torchrun
+
+
+# A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself. The
+# trainer container holds no API token: its script waits for the store, runs torchrun, and a
+# failure (of either) is retried by restarting the container up to `max_restarts` times (counted
+# in $TMPDIR or /tmp, an emptyDir that outlives container restarts). Then, or on success, it
+# hands the exit code to the finish sidecar (kdist/node/finish.py) through the shared folder
+# $KDIST_FINISH_DIR (default FINISH_DIR) and idles until stopped. A pod whose sidecar found the
+# job finished already (DIR/finished) does not train.
+FINISH_DIR = "/var/run/kdist"
 FINISH_SCRIPT = """\
-child=$!
+finish="${{KDIST_FINISH_DIR:-{folder}}}"
+idle() {{ trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }}
+if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
 trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
-set +e
+{wait} &
+child=$!
 wait "$child"
 rc=$?
-set -e
+if [ "$rc" -eq 0 ]; then
+{torchrun}
+  child=$!
+  wait "$child"
+  rc=$?
+fi
 trap 'exit 0' TERM INT
 attempts="${{TMPDIR:-/tmp}}/kdist-attempts"
 attempt=$(( $(cat "$attempts" 2>/dev/null || echo 0) + 1 ))
 echo "$attempt" > "$attempts"
 if [ "$rc" -ne 0 ] && [ "$attempt" -le {retries} ]; then exit "$rc"; fi
-{finish} || echo "kdist: could not record the outcome; idling anyway" >&2
-while :; do sleep 3600 & wait $!; done
+echo "$rc" > "$finish/exit-code.tmp" && mv "$finish/exit-code.tmp" "$finish/exit-code"
+echo "kdist: exit code $rc after $attempt attempt(s); the finish sidecar takes over" >&2
+idle
 """
 
-# Records kdist.dev/outcome on the job's StatefulSet (unless a node already did) and scales it
-# to zero, with the pod's service account (a Role allows only this StatefulSet and its scale).
-FINISH_CODE = """\
-import json, os, ssl, sys, urllib.request
-rc, name = sys.argv[1], sys.argv[2]
-sa = os.environ.get("KDIST_SERVICEACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount") + "/"
-ns, token = (open(sa + f).read().strip() for f in ("namespace", "token"))
-host = os.environ["KUBERNETES_SERVICE_HOST"]
-host = f"[{host}]" if ":" in host else host
-port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-url = f"https://{host}:{port}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"
-tls = ssl.create_default_context(cafile=sa + "ca.crt")
-def call(path, body=None):
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"}
-    data = json.dumps(body).encode() if body else None
-    req = urllib.request.Request(url + path, data, headers, method="PATCH" if body else "GET")
-    with urllib.request.urlopen(req, context=tls, timeout=10) as response:
-        return json.load(response)
-outcome = "Succeeded" if rc == "0" else "Failed"
-if "kdist.dev/outcome" not in (call("")["metadata"].get("annotations") or {}):
-    notes = {"kdist.dev/outcome": outcome, "kdist.dev/exit-code": rc,
-             "kdist.dev/finished-by": os.environ.get("HOSTNAME", "")}
-    call("", {"metadata": {"annotations": notes}})
-call("/scale", {"spec": {"replicas": 0}})
-print(f"kdist: recorded {outcome} (exit code {rc}); scaled statefulset {name} to 0", flush=True)
-"""
+
+def finish_code() -> str:
+    """kdist/node/finish.py, the finish sidecar's program."""
+    return program("finish.py")
 
 
 @dataclass(frozen=True)
@@ -204,18 +175,20 @@ class LaunchPlan:
         One pod template serves every node, so with the store on node 0 a shell test on the
         pod's hostname picks the hosting command line (`is_host=true`) for `<name>-0` only.
         """
-        lines = ["set -e", shlex.join(self.wait_argv(host))]
         client = shlex.join(self.torchrun_argv(host))
         if self.standalone_store:
-            lines.append(f"{client} &")
+            lines = [f"  {client} &"]
         else:
             hosting = shlex.join(self.torchrun_argv(host, is_host=True))
-            lines += [f'if [ "$HOSTNAME" = "{self.name}-0" ]; then', f"  {hosting} &",
-                      "else", f"  {client} &", "fi"]
-        finish = shlex.join(["python3", "-c", FINISH_CODE, "$rc", self.name]).replace(
-            "'$rc'", '"$rc"')
-        epilogue = FINISH_SCRIPT.format(retries=self.spec.max_restarts, finish=finish)
-        return "\n".join(lines) + "\n" + epilogue
+            lines = [f'  if [ "$HOSTNAME" = "{self.name}-0" ]; then', f"    {hosting} &",
+                     "  else", f"    {client} &", "  fi"]
+        return FINISH_SCRIPT.format(folder=FINISH_DIR, wait=shlex.join(self.wait_argv(host)),
+                                    torchrun="\n".join(lines), retries=self.spec.max_restarts)
+
+    def finish_argv(self, folder: str = FINISH_DIR) -> list[str]:
+        """The finish sidecar (kdist/node/finish.py): NAME STORE NODES_MIN DIR."""
+        store = self.store_name if self.standalone_store else ""
+        return ["python3", "-c", finish_code(), self.name, store, str(self.spec.nodes.min), folder]
 
     def env(self) -> dict[str, str]:
         """Environment shared by every node on every target (before target-specific entries)."""

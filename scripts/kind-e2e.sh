@@ -6,16 +6,19 @@
 # that has them (.github/workflows/kind-e2e.yml, `make kind-e2e`). The Kubernetes client itself is
 # tested without a cluster, at the HTTP boundary (tests/test_kube_client.py, test_k8s_backend.py).
 #
-#   scripts/kind-e2e.sh up        # kind cluster (manifests/kind/cluster.yaml) + the shared RWX volume
+#   scripts/kind-e2e.sh up        # kind cluster (manifests/kind/cluster.yaml); its default
+#                                 # StorageClass made ReadWriteMany-capable (shared_storage)
 #   scripts/kind-e2e.sh build     # docker build -f trainers/Dockerfile -t kdist-trainer:0.1.0 .
-#   scripts/kind-e2e.sh load      # kind load docker-image into the cluster's nodes
-#   scripts/kind-e2e.sh e2e       # apply --wait; delete a node pod mid-run; Succeeded; delete --volumes
+#   scripts/kind-e2e.sh load      # docker save + kind load image-archive into the cluster's nodes
+#   scripts/kind-e2e.sh e2e       # apply --wait; delete a node pod mid-run; a restart is seen;
+#                                 # Succeeded; delete --volumes
 #   scripts/kind-e2e.sh diagnose  # objects, events and logs of the test job (CI: on failure)
 #   scripts/kind-e2e.sh down      # delete the cluster
 #   scripts/kind-e2e.sh all       # up build load e2e
 #
 # Environment: KDIST (kdist), KIND_CLUSTER (kdist), IMAGE (kdist-trainer:0.1.0), E2E_TIMEOUT
-# (seconds, 1200), E2E_STEPS (training steps, 600).
+# (seconds, 1200), E2E_STEPS (training steps, 600), E2E_STEP_SLEEP (seconds per step, 0.2: the
+# job must outlast the chaos step).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +28,7 @@ CONTEXT=kind-$CLUSTER
 IMAGE=${IMAGE:-kdist-trainer:0.1.0}
 TIMEOUT=${E2E_TIMEOUT:-1200}
 STEPS=${E2E_STEPS:-600}
+STEP_SLEEP=${E2E_STEP_SLEEP:-0.2}
 SHARED=/tmp/kdist-kind-shared  # = the extraMounts hostPath in manifests/kind/cluster.yaml
 JOB=kdist-e2e
 WORK=.kdist/kind-e2e
@@ -40,6 +44,9 @@ up() {
   need docker "https://docs.docker.com/engine/install/"
   need kind "https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
   need kubectl "https://kubernetes.io/docs/tasks/tools/"
+  case "$(kind version)" in
+    *" v0.1"[0-9].* | *" v0.2"[0-4].*) die "$(kind version): kind before v0.25 stalls DNS under NetworkPolicies (kubernetes-sigs/kind#3713); use v0.25 or later" ;;
+  esac
   mkdir -p "$SHARED"
   chmod 0777 "$SHARED"  # the trainer runs as uid 1000; hostPath volumes get no fsGroup
   if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
@@ -48,39 +55,20 @@ up() {
     say "creating kind cluster $CLUSTER (1 control plane, 2 workers)"
     kind create cluster --name "$CLUSTER" --config manifests/kind/cluster.yaml --wait 180s
   fi
-  shared_volume
+  shared_storage
 }
 
-# A ReadWriteMany volume both workers see: a hostPath PV on the folder kind mounts into each.
-shared_volume() {
-  for node in $(kind get nodes --name "$CLUSTER"); do
-    docker exec "$node" sh -c 'if [ -d /kdist-shared ]; then mkdir -p /kdist-shared/checkpoints && chmod 0777 /kdist-shared/checkpoints; fi'
-  done
-  kc apply -f - <<'EOF'
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: kdist-shared
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: Immediate
-reclaimPolicy: Retain
----
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: kdist-shared-checkpoints
-spec:
-  storageClassName: kdist-shared
-  capacity: {storage: 1Gi}
-  accessModes: [ReadWriteMany]
-  persistentVolumeReclaimPolicy: Retain
-  hostPath: {path: /kdist-shared/checkpoints, type: Directory}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-        - matchExpressions:
-            - {key: node-role.kubernetes.io/control-plane, operator: DoesNotExist}
-EOF
+# ReadWriteMany on kind's default StorageClass (`standard`, rancher.io/local-path): every kind
+# node mounts the same host folder at /kdist-shared (manifests/kind/cluster.yaml), and the
+# provisioner's sharedFileSystemPath mode puts every volume there, for every access mode. So the
+# claim of any spec without `checkpoint.storage_class` (the `kdist init` spec, the CPU examples)
+# binds with no extra objects.
+shared_storage() {
+  say "kind's default StorageClass: volumes on the shared folder (ReadWriteMany)"
+  kc -n local-path-storage patch configmap local-path-config --type merge \
+    -p '{"data":{"config.json":"{\"nodePathMap\":[],\"sharedFileSystemPath\":\"/kdist-shared\"}"}}'
+  kc -n local-path-storage rollout restart deployment/local-path-provisioner
+  kc -n local-path-storage rollout status deployment/local-path-provisioner --timeout=120s
 }
 
 build() {
@@ -93,7 +81,11 @@ load() {
   need kind
   docker image inspect "$IMAGE" >/dev/null 2>&1 || die "image $IMAGE is missing: run '$0 build' first"
   say "loading $IMAGE into kind cluster $CLUSTER"
-  kind load docker-image "$IMAGE" --name "$CLUSTER"
+  mkdir -p "$WORK"
+  # an archive, not `kind load docker-image`: that fails with Docker's containerd image store
+  docker save -o "$WORK/image.tar" "$IMAGE"
+  kind load image-archive "$WORK/image.tar" --name "$CLUSTER"
+  rm -f "$WORK/image.tar"
 }
 
 write_spec() {
@@ -103,34 +95,33 @@ write_spec() {
 name: $JOB
 image: $IMAGE
 entrypoint: trainers/train.py
-args: [--synthetic, --max-steps, "$STEPS", --checkpoint-every, "25", --batch-size, "32"]
+args: [--synthetic, --max-steps, "$STEPS", --checkpoint-every, "25", --batch-size, "32",
+       --step-sleep, "$STEP_SLEEP"]
 nodes: "2:3"
 max_restarts: 3
 resources: {cpu: "1", memory: 1536Mi, shm: 256Mi}
-checkpoint: {path: /checkpoints, size: 1Gi, storage_class: kdist-shared}
+checkpoint: {path: /checkpoints, size: 1Gi}  # kind's default class (shared_storage)
 EOF
 }
 
-# A fresh start: no leftover job, an Available PV and no checkpoints from an earlier run.
+# A fresh start: no leftover job and no checkpoints from an earlier run.
 reset() {
   "$KDIST" delete --target k8s -f "$SPEC" --context "$CONTEXT" --volumes
   kc wait --for=delete pod -l "$SELECTOR" --timeout=180s 2>/dev/null || true
   kc wait --for=delete "pvc/$JOB-checkpoints" --timeout=120s 2>/dev/null || true
-  kc delete pv kdist-shared-checkpoints --ignore-not-found --wait=true
-  for node in $(kind get nodes --name "$CLUSTER"); do
-    docker exec "$node" sh -c 'if [ -d /kdist-shared/checkpoints ]; then rm -rf /kdist-shared/checkpoints/* /kdist-shared/checkpoints/.[!.]*; fi' || true
-  done
-  shared_volume
 }
 
-# Wait until the trainer has written a checkpoint at step >= 50 (rank 0 prints KDIST_METRIC lines).
-wait_for_checkpoint() {
-  local deadline=$((SECONDS + 900))
-  until kc logs -l "$SELECTOR,app.kubernetes.io/component=node" --tail=-1 -c node 2>/dev/null \
-      | grep -Eq '"event":"checkpoint","step":([5-9][0-9]|[1-9][0-9]{2,})'; do
-    [ "$SECONDS" -lt "$deadline" ] || die "no checkpoint at step >= 50 within 900s"
+# Wait until the node pods' logs match an extended regex (rank 0 prints KDIST_METRIC lines).
+# The logs are read into a variable first: `kubectl logs | grep -q` under pipefail fails
+# whenever grep exits early (kubectl gets SIGPIPE, 141).
+wait_for_log() {
+  local pattern=$1 what=$2 deadline=$((SECONDS + 900)) logs outcome
+  while :; do
+    logs=$(kc logs -l "$SELECTOR,app.kubernetes.io/component=node" --tail=-1 -c node 2>/dev/null || true)
+    if grep -Eq "$pattern" <<<"$logs"; then return 0; fi
+    [ "$SECONDS" -lt "$deadline" ] || die "no $what within 900s"
     outcome=$(kc get statefulset "$JOB" -o jsonpath='{.metadata.annotations.kdist\.dev/outcome}' 2>/dev/null || true)
-    [ -z "$outcome" ] || die "the job finished ($outcome) before a checkpoint was seen"
+    [ -z "$outcome" ] || die "the job finished ($outcome) before $what was seen"
     sleep 5
   done
 }
@@ -147,9 +138,11 @@ e2e() {
   "$KDIST" apply --target k8s -f "$SPEC" --context "$CONTEXT" --wait --timeout "$TIMEOUT" &
   waiter=$!
   trap 'kill "$waiter" 2>/dev/null || true' EXIT
-  wait_for_checkpoint
+  wait_for_log '"event":"checkpoint","step":([5-9][0-9]|[1-9][0-9]{2,})' "checkpoint at step >= 50"
   say "chaos: deleting pod $JOB-1 mid-run"
-  kc delete pod "$JOB-1" --wait=false
+  kc delete pod "$JOB-1" --wait=false --ignore-not-found
+  # torchrun restarted the workers: a start metric with restart > 0, resumed from a checkpoint
+  wait_for_log '"event":"start","restart":[1-9][0-9]*,"resumed_step":[1-9]' "restart (start metric with restart > 0)"
   local rc=0
   wait "$waiter" || rc=$?
   trap - EXIT

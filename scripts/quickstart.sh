@@ -17,7 +17,7 @@ BEGIN_MARK='<!-- quickstart:begin -->'
 END_MARK='<!-- quickstart:end -->'
 repo=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 case "${1:-}" in
-  "") mode=head ;;
+  "") mode="head" ;;
   --worktree) mode=worktree ;;
   --list) mode=list ;;
   *) echo "usage: $0 [--worktree | --list]" >&2; exit 2 ;;

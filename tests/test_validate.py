@@ -36,7 +36,7 @@ NO_DOCKER = Options()
 # kdist's own k8s render binds get/patch on its StatefulSet to the node pods' service account
 # (rbac-controller-patch, a warning) until the trainer container loses its token; drop the
 # allowance then. CLEAN is how kdist's own output must validate meanwhile.
-RENDER_KNOWN = frozenset({"rbac-controller-patch"})
+RENDER_KNOWN: frozenset[str] = frozenset()
 CLEAN = Options(disabled=RENDER_KNOWN)
 DOCKER_CLEAN = Options(disabled=RENDER_KNOWN, compose_runner=docker_mod.runner)
 

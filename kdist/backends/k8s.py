@@ -5,7 +5,7 @@ Every function returns data or raises a KdistError subclass; nothing here prints
 (kdist/cli_k8s.py turns the data into output).
 
 A finished job stops itself: the node whose torchrun exited writes `kdist.dev/outcome` on the
-StatefulSet and scales it to 0 (see kdist.plan.FINISH_CODE); kdist.k8s_status reads it back.
+StatefulSet and scales it to 0 (see kdist/node/finish.py); kdist.k8s_status reads it back.
 """
 
 from __future__ import annotations

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
+from kdist.plan import FINISH_DIR, NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
 
 PORT_NAME = "c10d"
 FINISH_COMPONENT = "finish"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# GKE answers DNS from NodeLocal DNSCache or the metadata server, on the node's host network.
+HOST_RESOLVERS = ("169.254.20.10/32", "169.254.169.254/32")
+GPU_NODE_LABEL = "nvidia.com/gpu.present"  # set by the NVIDIA GPU Operator / NFD
 
 
 def _meta(plan: LaunchPlan, name: str, component: str, **extra: Any) -> dict[str, Any]:
@@ -26,18 +29,20 @@ def _obj(kind: str, api: str, metadata: dict[str, Any], spec: dict[str, Any]) ->
 
 def network_policy(plan: LaunchPlan) -> dict[str, Any]:
     """The job's pods may talk to each other on any port (collectives pick random ports after
-    rendezvous) and resolve DNS; nothing else gets in or out."""
+    rendezvous) and resolve DNS (kube-dns, or a resolver on the node: HOST_RESOLVERS); nothing
+    else gets in or out."""
     job = {"podSelector": {"matchLabels": plan.selector_job()}}
     dns = {
         "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}},
+               *({"ipBlock": {"cidr": cidr}} for cidr in HOST_RESOLVERS)],
         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
     }
     return _obj("NetworkPolicy", "networking.k8s.io/v1", _meta(plan, plan.name, "job"), {
         "podSelector": {"matchLabels": plan.selector_job()},
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [{"from": [job]}],
-        # HTTPS to the API server (443, or 6443 on kubeadm/kind), so a finished job stops itself
+        # HTTPS to the API server (443, or 6443 on kubeadm/kind): the finish sidecar
         "egress": [{"to": [job]}, dns, {"ports": [{"protocol": "TCP", "port": 443},
                                                   {"protocol": "TCP", "port": 6443}]}],
     })
@@ -68,15 +73,20 @@ def _service(plan: LaunchPlan, name: str, component: str, headless: bool) -> dic
 
 
 def finish_access(plan: LaunchPlan) -> list[dict[str, Any]]:
-    """ServiceAccount (unless the spec names one), and a Role that allows only reading and
-    scaling this job's own StatefulSet: how a finished job records its outcome and stops."""
+    """ServiceAccount (unless the spec names one), and the finish sidecar's Role: read and
+    annotate this job's own StatefulSet (its outcome record) and scale it and the store to zero,
+    by resourceNames. Only the sidecar holds the account's token."""
     docs = []
     account = plan.spec.k8s.service_account or plan.name
     if not plan.spec.k8s.service_account:
         docs.append({"apiVersion": "v1", "kind": "ServiceAccount",
                      "metadata": _meta(plan, account, FINISH_COMPONENT)})
-    rules = [{"apiGroups": ["apps"], "resources": [resource], "resourceNames": [plan.name],
-              "verbs": ["get", "patch"]} for resource in ("statefulsets", "statefulsets/scale")]
+    grants = [("statefulsets", plan.name, ["get", "patch"]),
+              ("statefulsets/scale", plan.name, ["patch"])]
+    if plan.standalone_store:
+        grants.append(("deployments/scale", plan.store_name, ["patch"]))
+    rules = [{"apiGroups": ["apps"], "resources": [resource], "resourceNames": [name],
+              "verbs": verbs} for resource, name, verbs in grants]
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": _meta(plan, plan.finish_role, FINISH_COMPONENT), "rules": rules}
     subject: dict[str, Any] = {"kind": "ServiceAccount", "name": account}
@@ -90,10 +100,13 @@ def finish_access(plan: LaunchPlan) -> list[dict[str, Any]]:
     return [*docs, role, binding]
 
 
-def disruption_budget(plan: LaunchPlan) -> dict[str, Any]:
-    return _obj("PodDisruptionBudget", "policy/v1", _meta(plan, plan.name, NODE_COMPONENT), {
-        "minAvailable": plan.spec.nodes.min,
-        "selector": {"matchLabels": plan.selector(NODE_COMPONENT)},
+def disruption_budget(plan: LaunchPlan, component: str = NODE_COMPONENT) -> dict[str, Any]:
+    """Drains keep nodes.min nodes, and the standalone store, running."""
+    store = component == STORE_COMPONENT
+    return _obj("PodDisruptionBudget", "policy/v1",
+                _meta(plan, plan.store_name if store else plan.name, component), {
+        "minAvailable": 1 if store else plan.spec.nodes.min,
+        "selector": {"matchLabels": plan.selector(component)},
     })
 
 
@@ -103,12 +116,13 @@ def render(plan: LaunchPlan) -> list[dict[str, Any]]:
             _service(plan, plan.name, NODE_COMPONENT, headless=True)]
     if plan.standalone_store:
         docs += [_service(plan, plan.store_name, STORE_COMPONENT, headless=False),
-                 store_deployment(plan)]
+                 store_deployment(plan), disruption_budget(plan, STORE_COMPONENT)]
     docs += [disruption_budget(plan), statefulset(plan)]
     return docs
 
 
-SHM, CKPT, TMP = "dshm", "checkpoints", "tmp"
+SHM, CKPT, TMP, FINISH, TOKEN = "dshm", "checkpoints", "tmp", "finish", "kdist-token"
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def _container_security(plan: LaunchPlan) -> dict[str, Any]:
@@ -165,30 +179,78 @@ def _node_container(plan: LaunchPlan) -> dict[str, Any]:
             {"name": SHM, "mountPath": "/dev/shm"},
             {"name": CKPT, "mountPath": s.checkpoint.path},
             {"name": TMP, "mountPath": "/tmp"},
+            {"name": FINISH, "mountPath": FINISH_DIR},
         ],
     }
 
 
+def _finish_container(plan: LaunchPlan) -> dict[str, Any]:
+    """The native sidecar (Kubernetes >= 1.29) that records the outcome: the only container
+    with an API token. Its startupProbe holds the trainer back until it checked the job."""
+    amounts = {"cpu": "100m", "memory": "64Mi"}
+    return {
+        "name": FINISH_COMPONENT,
+        "image": plan.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "restartPolicy": "Always",
+        "command": plan.finish_argv(),
+        "startupProbe": {"exec": {"command": ["sh", "-c", f"test -e {FINISH_DIR}/ready"]},
+                         "periodSeconds": 1, "failureThreshold": 120},
+        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "securityContext": _container_security(plan),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": FINISH, "mountPath": FINISH_DIR},
+            {"name": TOKEN, "mountPath": TOKEN_PATH, "readOnly": True},
+        ],
+    }
+
+
+def _token_volume() -> dict[str, Any]:
+    """What the kubelet would automount (a rotating token, the cluster CA, the namespace), as a
+    volume that only the finish sidecar mounts."""
+    namespace = {"path": "namespace",
+                 "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
+    return {"name": TOKEN, "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [namespace]}},
+    ]}}
+
+
+def _store_affinity() -> dict[str, Any]:
+    """Prefer nodes without GPUs; harmless where no node carries GPU_NODE_LABEL."""
+    avoid = {"key": GPU_NODE_LABEL, "operator": "NotIn", "values": ["true"]}
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "preference": {"matchExpressions": [avoid]}}]}}
+
+
 def _pod_spec(plan: LaunchPlan, containers: list[dict[str, Any]], node: bool) -> dict[str, Any]:
-    """Node pods get the token of the finishing ServiceAccount; the store pod gets none."""
+    """No container gets an automounted token. Node pods run as the finishing ServiceAccount
+    (for the sidecar's projected token) and get the spec's scheduling; the store pod avoids
+    GPU nodes instead."""
     k = plan.spec.k8s
-    spec: dict[str, Any] = {"automountServiceAccountToken": node}
+    spec: dict[str, Any] = {"automountServiceAccountToken": False}
     if node:
         spec["serviceAccountName"] = k.service_account or plan.name
     if k.priority_class:
         spec["priorityClassName"] = k.priority_class
-    if k.node_selector:
+    if node and k.node_selector:
         spec["nodeSelector"] = dict(k.node_selector)
-    if k.tolerations:
+    if node and k.tolerations:
         spec["tolerations"] = [{f: v for f in ("key", "operator", "value", "effect")
                                 if (v := getattr(t, f))} for t in k.tolerations]
+    if not node:
+        spec["affinity"] = _store_affinity()
     if k.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in k.image_pull_secrets]
     spec |= {
         "securityContext": _pod_security(plan),
         "terminationGracePeriodSeconds": 60,  # > torchrun's 30 s worker shutdown
-        "containers": containers,
     }
+    if node:
+        spec["initContainers"] = [_finish_container(plan)]
+    spec["containers"] = containers
     return spec
 
 
@@ -202,6 +264,8 @@ def statefulset(plan: LaunchPlan) -> dict[str, Any]:
         {"name": SHM, "emptyDir": {"medium": "Memory", "sizeLimit": s.resources.shm}},
         {"name": CKPT, "persistentVolumeClaim": {"claimName": plan.checkpoint_claim}},
         {"name": TMP, "emptyDir": {}},
+        {"name": FINISH, "emptyDir": {}},
+        _token_volume(),
     ]
     meta = _meta(plan, plan.name, NODE_COMPONENT)
     meta["labels"] = labels
@@ -209,15 +273,19 @@ def statefulset(plan: LaunchPlan) -> dict[str, Any]:
         "serviceName": plan.name,
         "replicas": s.nodes.count,
         "podManagementPolicy": "Parallel",
+        # a changed template must not roll pods one by one into a running DDP group: new pods
+        # take it when the job is deleted and applied again
+        "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": plan.selector(NODE_COMPONENT)},
         "template": {"metadata": {"labels": labels}, "spec": pod},
     })
 
 
 def store_deployment(plan: LaunchPlan) -> dict[str, Any]:
-    """The standalone c10d store: one small pod every node joins as a client."""
+    """The standalone c10d store: one small pod every node joins as a client. The startupProbe
+    covers a slow torch import, which a CPU limit well above the request does not starve; the
+    finish sidecar scales it to zero."""
     s = plan.spec
-    amounts = {"cpu": "250m", "memory": "512Mi"}
     container = {
         "name": STORE_COMPONENT,
         "image": s.image,
@@ -226,8 +294,10 @@ def store_deployment(plan: LaunchPlan) -> dict[str, Any]:
         "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": PORT_NAME, "containerPort": s.rendezvous.port, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 2},
+        "startupProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 2,
+                         "failureThreshold": 150},
         "livenessProbe": {"tcpSocket": {"port": PORT_NAME}, "periodSeconds": 10},
-        "resources": {"requests": dict(amounts), "limits": dict(amounts)},
+        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
         "securityContext": _container_security(plan),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": TMP, "mountPath": "/tmp"}],

@@ -57,9 +57,19 @@ def _has_token(bundle: Bundle, pod: PodT, account: str) -> bool:
     """automountServiceAccountToken of the pod, else of its ServiceAccount, else true."""
     own = pod.spec.get("automountServiceAccountToken")
     if isinstance(own, bool):
-        return own
+        return own or _projected_token(pod)
     sa = bundle.find("ServiceAccount", account, pod.obj)
-    return sa is None or sa.data.get("automountServiceAccountToken") is not False
+    automount = sa is None or sa.data.get("automountServiceAccountToken") is not False
+    return automount or _projected_token(pod)
+
+
+def _projected_token(pod: PodT) -> bool:
+    """A main container mounts a projected serviceAccountToken (a native sidecar may hold it)."""
+    volumes = {dig(v, "name") for v in items(pod.spec.get("volumes"))
+               if any("serviceAccountToken" in source for source in items(dig(v, "projected", "sources")))}
+    mounts = (dig(m, "name") for c in items(pod.spec.get("containers"))
+              for m in items(dig(c, "volumeMounts")))
+    return any(name in volumes for name in mounts)
 
 
 def check_controller_patch(bundle: Bundle, sink: Sink) -> None:

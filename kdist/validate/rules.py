@@ -217,7 +217,7 @@ _ALL = [
     _r("rbac-secrets", E, "rbac", "A Role or ClusterRole grants access to secrets.",
        "Mount the secrets the pod needs instead of granting API access to them.",
        "kube-linter access-to-secrets"),
-    _r("rbac-controller-patch", W, "rbac",
+    _r("rbac-controller-patch", E, "rbac",
        "Pods may patch or update their own controller or pods (a changed template runs any "
        "image with the same service account).",
        "Grant only the scale subresource (statefulsets/scale), or keep the token out of the "

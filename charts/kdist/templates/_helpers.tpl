@@ -118,35 +118,15 @@ Call with (dict "root" $ "host" HOST "isHost" BOOL).
 {{- include "kdist.shjoin" $argv -}}
 {{- end }}
 
-{{/* plan.WAIT_CODE, verbatim: wait until the store's name resolves (and its port accepts). */}}
+{{/* files/wait.py (kdist/node/wait.py): wait until the store's name resolves (and its port accepts). */}}
 {{- define "kdist.waitCode" -}}
-import socket, sys, time
-host, port, timeout, connect = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-deadline = time.monotonic() + timeout
-while True:
-    try:
-        socket.getaddrinfo(host, port)
-        if connect == "1":
-            socket.create_connection((host, port), timeout=2).close()
-        break
-    except OSError as e:
-        if time.monotonic() > deadline:
-            sys.exit(f"kdist: rendezvous store {host}:{port} not reachable after {timeout:.0f}s: {e}")
-        time.sleep(1)
-{{ end -}}
+{{ .Files.Get "files/wait.py" }}
+{{- end }}
 
-{{/* plan.STORE_CODE, verbatim: the standalone c10d store (a TCPStore server). */}}
+{{/* files/store.py (kdist/node/store.py): the standalone c10d store (a TCPStore server). */}}
 {{- define "kdist.storeCode" -}}
-import datetime, signal, sys
-from torch.distributed import TCPStore
-port, timeout, bind = int(sys.argv[1]), int(sys.argv[2]), (sys.argv[3:] or ["0.0.0.0"])[0]
-store = TCPStore(bind, port, is_master=True, wait_for_workers=False,
-                 timeout=datetime.timedelta(seconds=timeout))
-print(f"kdist: rendezvous store listening on port {port}", flush=True)
-for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: sys.exit(0))
-signal.pause()
-{{ end -}}
+{{ .Files.Get "files/store.py" }}
+{{- end }}
 
 {{/* The store's address as the nodes see it: the store Service, or node 0's DNS name. */}}
 {{- define "kdist.storeHost" -}}
@@ -167,63 +147,53 @@ Call with (dict "root" $ "connect" "1"|"0").
 {{- end }}
 
 {{/*
-The node container's POSIX sh script (plan.k8s_node_script): wait for the store, run torchrun,
-then finish (plan.FINISH_SCRIPT). With the store on node 0, node 0's torchrun hosts it.
+The node container's POSIX sh script (plan.k8s_node_script, plan.FINISH_SCRIPT): wait for the
+store, run torchrun, hand the exit code to the finish sidecar. With the store on node 0, node
+0's torchrun hosts it.
 */}}
 {{- define "kdist.nodeScript" -}}
 {{- $standalone := eq .Values.rendezvous.store "standalone" -}}
 {{- $host := include "kdist.storeHost" . -}}
-set -e
-{{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone)) | fromJsonArray) }}
-{{- if $standalone }}
-{{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }} &
-{{- else }}
-if [ "$HOSTNAME" = "{{ include "kdist.fullname" . }}-0" ]; then
-  {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" true) }} &
-else
-  {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }} &
-fi
-{{- end }}
-child=$!
+finish="${KDIST_FINISH_DIR:-/var/run/kdist}"
+idle() { trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }
+if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
 trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
-set +e
+{{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone)) | fromJsonArray) }} &
+child=$!
 wait "$child"
 rc=$?
-set -e
+if [ "$rc" -eq 0 ]; then
+{{- if $standalone }}
+  {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }} &
+{{- else }}
+  if [ "$HOSTNAME" = "{{ include "kdist.fullname" . }}-0" ]; then
+    {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" true) }} &
+  else
+    {{ include "kdist.torchrun" (dict "root" . "host" $host "isHost" false) }} &
+  fi
+{{- end }}
+  child=$!
+  wait "$child"
+  rc=$?
+fi
 trap 'exit 0' TERM INT
 attempts="${TMPDIR:-/tmp}/kdist-attempts"
 attempt=$(( $(cat "$attempts" 2>/dev/null || echo 0) + 1 ))
 echo "$attempt" > "$attempts"
 if [ "$rc" -ne 0 ] && [ "$attempt" -le {{ int .Values.maxRestarts }} ]; then exit "$rc"; fi
-{{ include "kdist.shjoin" (list "python3" "-c" (include "kdist.finishCode" .)) }} "$rc" {{ include "kdist.shquote" (include "kdist.fullname" .) }} || echo "kdist: could not record the outcome; idling anyway" >&2
-while :; do sleep 3600 & wait $!; done
+echo "$rc" > "$finish/exit-code.tmp" && mv "$finish/exit-code.tmp" "$finish/exit-code"
+echo "kdist: exit code $rc after $attempt attempt(s); the finish sidecar takes over" >&2
+idle
 {{ end -}}
 
-{{/* plan.FINISH_CODE, verbatim: record the outcome on the StatefulSet and scale it to zero. */}}
-{{- define "kdist.finishCode" -}}
-import json, os, ssl, sys, urllib.request
-rc, name = sys.argv[1], sys.argv[2]
-sa = os.environ.get("KDIST_SERVICEACCOUNT_DIR", "/var/run/secrets/kubernetes.io/serviceaccount") + "/"
-ns, token = (open(sa + f).read().strip() for f in ("namespace", "token"))
-host = os.environ["KUBERNETES_SERVICE_HOST"]
-host = f"[{host}]" if ":" in host else host
-port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-url = f"https://{host}:{port}/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"
-tls = ssl.create_default_context(cafile=sa + "ca.crt")
-def call(path, body=None):
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json"}
-    data = json.dumps(body).encode() if body else None
-    req = urllib.request.Request(url + path, data, headers, method="PATCH" if body else "GET")
-    with urllib.request.urlopen(req, context=tls, timeout=10) as response:
-        return json.load(response)
-outcome = "Succeeded" if rc == "0" else "Failed"
-if "kdist.dev/outcome" not in (call("")["metadata"].get("annotations") or {}):
-    notes = {"kdist.dev/outcome": outcome, "kdist.dev/exit-code": rc,
-             "kdist.dev/finished-by": os.environ.get("HOSTNAME", "")}
-    call("", {"metadata": {"annotations": notes}})
-call("/scale", {"spec": {"replicas": 0}})
-print(f"kdist: recorded {outcome} (exit code {rc}); scaled statefulset {name} to 0", flush=True)
-{{ end -}}
+{{/*
+The finish sidecar's command (plan.finish_argv): files/finish.py, the same bytes as
+kdist/node/finish.py (tests/test_helm.py compares them), and NAME STORE NODES_MIN DIR.
+*/}}
+{{- define "kdist.finishArgv" -}}
+{{- $store := ternary (include "kdist.storeName" .) "" (eq .Values.rendezvous.store "standalone") -}}
+{{- toJson (list "python3" "-c" (.Files.Get "files/finish.py") (include "kdist.fullname" .) $store (toString (int .Values.nodes.min)) "/var/run/kdist") -}}
+{{- end }}
 
 {{/* Environment of a node container (k8s._env): PET_LOCAL_ADDR, then plan.env() sorted, HOME. */}}
 {{- define "kdist.nodeEnv" -}}
@@ -285,24 +255,38 @@ seccompProfile:
 {{- end }}
 
 {{/*
-Scheduling fields shared by the node and store pods (k8s._pod_spec). Node pods get the token of
-the finishing ServiceAccount; the store pod gets none. Call with (dict "root" $ "node" BOOL).
+Scheduling fields shared by the node and store pods (k8s._pod_spec). No container gets an
+automounted token: node pods run as the finishing ServiceAccount (for the finish sidecar's
+projected token) with the values' scheduling; the store pod prefers nodes without GPUs.
+Call with (dict "root" $ "node" BOOL).
 */}}
 {{- define "kdist.podScheduling" -}}
 {{- $node := .node -}}
 {{- with .root -}}
-automountServiceAccountToken: {{ $node }}
+automountServiceAccountToken: false
 {{- if $node }}
 serviceAccountName: {{ include "kdist.serviceAccount" . | quote }}
 {{- end }}
 {{- with .Values.priorityClass }}
 priorityClassName: {{ . | quote }}
 {{- end }}
-{{- with .Values.nodeSelector }}
+{{- if not $node }}
+affinity:
+  nodeAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      preference:
+        matchExpressions:
+        - key: nvidia.com/gpu.present
+          operator: NotIn
+          values:
+          - "true"
+{{- end }}
+{{- with (ternary .Values.nodeSelector dict $node) }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.tolerations }}
+{{- with (ternary .Values.tolerations list $node) }}
 tolerations:
 {{- range . }}
 - {{- with .key }}

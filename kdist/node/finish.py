@@ -1,0 +1,161 @@
+"""The finish sidecar of a Kubernetes node pod: the only container that holds an API token.
+
+kdist/render/k8s.py runs this file's text as `python3 -c TEXT NAME STORE NODES_MIN DIR` in a
+native sidecar; the Helm chart ships the same bytes as charts/kdist/files/finish.py. STORE is
+the standalone store's Deployment, or "" without one. DIR is an emptyDir shared with the
+trainer container, whose script (kdist/plan.py) writes DIR/exit-code when its torchrun ends for
+good (success, or retries used up). Then:
+
+- exit code 0: record kdist.dev/outcome Succeeded on the job's StatefulSet (unless a node did)
+  and scale the StatefulSet and the store to zero;
+- otherwise this node leaves the job: record kdist.dev/left-<pod> on the StatefulSet. The job
+  is Failed, and stopped, only when fewer than NODES_MIN nodes can continue.
+
+At start (before DIR/ready lets the kubelet start the trainer), a pod of a job that already has
+an outcome (re-applied, or a `helm upgrade`) writes DIR/finished, so the trainer does not train
+again, and stops the job again; a new pod of a node that had left clears its left record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+OUTCOME = "kdist.dev/outcome"
+LEFT = "kdist.dev/left-"
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+TRIES = 5
+
+
+class Api:
+    """The apps/v1 API of the pod's namespace, with the projected token (re-read each call:
+    the kubelet rotates it)."""
+
+    def __init__(self) -> None:
+        sa = Path(os.environ.get("KDIST_SERVICEACCOUNT_DIR", TOKEN_DIR))
+        self.token = sa / "token"
+        namespace = (sa / "namespace").read_text().strip()
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        host = f"[{host}]" if ":" in host else host
+        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        self.base = f"https://{host}:{port}/apis/apps/v1/namespaces/{namespace}/"
+        self.tls = ssl.create_default_context(cafile=str(sa / "ca.crt"))
+
+    def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET, or a merge patch with `body`; retried a few times on errors (HTTP included)."""
+        for _ in range(TRIES - 1):
+            try:
+                return self.once(path, body)
+            except OSError as e:
+                print(f"kdist: {path}: {e}; retrying", file=sys.stderr, flush=True)
+                time.sleep(2)
+        return self.once(path, body)
+
+    def once(self, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token.read_text().strip()}",
+                   "Content-Type": "application/merge-patch+json"}
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data, headers,
+                                         method="GET" if body is None else "PATCH")
+        with urllib.request.urlopen(request, context=self.tls, timeout=10) as response:
+            result: dict[str, Any] = json.load(response)
+            return result
+
+
+def notes_of(obj: dict[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def ordinal(name: str, pod: str) -> int:
+    """The StatefulSet ordinal of `pod` (<name>-N); -1 when it is not one."""
+    prefix, _, number = pod.rpartition("-")
+    return int(number) if prefix == name and number.isdigit() else -1
+
+
+def stop(api: Api, name: str, store: str) -> None:
+    api.call(f"statefulsets/{name}/scale", {"spec": {"replicas": 0}})
+    if store:
+        api.call(f"deployments/{store}/scale", {"spec": {"replicas": 0}})
+    print(f"kdist: scaled statefulset {name}" + (f" and deployment {store}" if store else "")
+          + " to 0", flush=True)
+
+
+def record(api: Api, name: str, outcome: str, rc: int, pod: str) -> None:
+    """Write the outcome on the StatefulSet, unless a node already did."""
+    if OUTCOME in notes_of(api.call(f"statefulsets/{name}")):
+        return
+    notes = {OUTCOME: outcome, "kdist.dev/exit-code": str(rc), "kdist.dev/finished-by": pod}
+    api.call(f"statefulsets/{name}", {"metadata": {"annotations": notes}})
+    print(f"kdist: recorded {outcome} (exit code {rc})", flush=True)
+
+
+def start(api: Api, name: str, store: str, pod: str, folder: Path) -> None:
+    notes = notes_of(api.call(f"statefulsets/{name}"))
+    if OUTCOME in notes:
+        (folder / "finished").write_text(notes[OUTCOME])
+        print(f"kdist: job {name} already finished ({notes[OUTCOME]}); not training again. "
+              "Delete it (kdist delete) to train again.", flush=True)
+        stop(api, name, store)
+    elif LEFT + pod in notes:
+        api.call(f"statefulsets/{name}", {"metadata": {"annotations": {LEFT + pod: None}}})
+        print(f"kdist: {pod} rejoins the job", flush=True)
+
+
+def leave(api: Api, name: str, pod: str, rc: int, nodes_min: int) -> bool:
+    """Record that `pod` left the job; True when at least `nodes_min` nodes can continue."""
+    sts = api.call(f"statefulsets/{name}", {"metadata": {"annotations": {LEFT + pod: str(rc)}}})
+    replicas = int((sts.get("spec") or {}).get("replicas", 1))
+    left = [k for k in notes_of(sts)
+            if k.startswith(LEFT) and ordinal(name, k[len(LEFT):]) < replicas]
+    able = replicas - len(left)
+    print(f"kdist: {pod} left the job (exit code {rc}); {able} of {replicas} nodes can "
+          f"continue (min {nodes_min})", flush=True)
+    return able >= nodes_min
+
+
+def finish(api: Api, name: str, store: str, pod: str, nodes_min: int, rc: int) -> None:
+    if rc != 0 and leave(api, name, pod, rc, nodes_min):
+        return
+    record(api, name, "Succeeded" if rc == 0 else "Failed", rc, pod)
+    stop(api, name, store)
+
+
+def exit_code(path: Path) -> int:
+    text = path.read_text().strip()
+    return int(text) if text.lstrip("-").isdigit() else 1
+
+
+def main(argv: list[str]) -> int:
+    name, store, nodes_min, folder = argv[0], argv[1], int(argv[2]), Path(argv[3])
+    pod = os.environ.get("HOSTNAME", "")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    api = Api()
+    done = folder / "exit-code"
+    if not done.exists():
+        try:
+            start(api, name, store, pod, folder)
+        except OSError as e:
+            print(f"kdist: could not read statefulset {name} ({e}); training anyway",
+                  file=sys.stderr, flush=True)
+    (folder / "ready").touch()
+    while not done.exists():
+        time.sleep(1)
+    try:
+        finish(api, name, store, pod, nodes_min, exit_code(done))
+    except OSError as e:
+        print(f"kdist: could not record the outcome ({e}); idling anyway", file=sys.stderr,
+              flush=True)
+    while True:  # idle until the pod stops: exiting would restart this sidecar
+        signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
