@@ -610,7 +610,7 @@ def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str
     spec.write_text(CPU.read_text() + "k8s: {queue: team-a}\n")
     result = run(env, "apply", "-f", str(spec))
     assert result.exit_code == 0, result.output
-    assert result.stderr.strip() == (
+    assert result.stderr.splitlines()[0] == (
         "kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes the "
         "StatefulSet's replicas directly and bypasses Kueue's quota")
     api.on("GET", STS, Reply(200, fixture("statefulset-running")))
