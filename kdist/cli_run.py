@@ -101,11 +101,17 @@ def _fit_to_host(plan: LaunchPlan, nodes: int) -> LaunchPlan:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Folder for this run's logs, metrics and checkpoints "
                    "[default: .kdist/runs/<run-id>]. Reusing one resumes from its checkpoint.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show torchrun's agent log lines too (they are always in the node logs).")
 @json_lines("local")
 def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: tuple[str, ...],
-        run_dir: Path | None) -> None:
+        run_dir: Path | None, verbose: bool) -> None:
     """Run the job here: every node is a torchrun process group on this host.
 
+    The terminal shows the trainers' output and kdist's events (node lost, new rendezvous round
+    with its world size and members, finished); torchrun's own log lines go to the node logs.
+    A failure certain to repeat (every node's first attempt fails the same way, or a node
+    fails twice in a row with the same error) stops the job instead of spending max_restarts.
     Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
     """
     from kdist.backends.local import RunOptions, parse_kill, parse_seconds
@@ -115,6 +121,7 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
         kills=tuple(parse_kill(k) for k in kills),
         add_nodes=tuple(parse_seconds(a, "--add-node") for a in add_nodes),
         run_dir=run_dir,
+        verbose=verbose,
     )
     plan = load_plan(spec_file)
     plan = _fit_to_host(plan, nodes or plan.spec.nodes.count)
@@ -162,4 +169,4 @@ def _root_cause(result: RunResult) -> dict[str, Any] | None:
     if cause is None:
         return jsonout.root_cause(f"node-{node.index}", node.exit_code, log=log)
     return jsonout.root_cause(f"node-{node.index}", node.exit_code, cause.rank, cause.signal,
-                              cause.traceback, log)
+                              cause.traceback, log, cause.exception)

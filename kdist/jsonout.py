@@ -47,6 +47,7 @@ def job_status(status: JobStatus, elapsed: float, target: str) -> dict[str, Any]
         "type": "status", "target": target, "elapsed": _seconds(elapsed),
         "nodes": nodes, "nodes_up": status.nodes_up, "rounds": len(status.rounds),
         "restarts": status.restarts, "world_size": status.world_size or None,
+        "world_sizes": status.world_sizes,
         "step": status.step, "loss": status.loss, "samples_per_s": status.samples_per_s,
         "checkpoint": status.checkpoint, "done": status.done,
     }
@@ -66,10 +67,12 @@ def event(target: str, name: str, elapsed: float, fields: Mapping[str, Any]) -> 
 
 
 def root_cause(node: str | None, exit_code: int | None, rank: int | None = None, signal: str = "",
-               traceback: Sequence[str] = (), log: str | None = None) -> dict[str, Any]:
-    """Which node's own failure ended the job; `rank`, `signal`, `log` null when unknown."""
+               traceback: Sequence[str] = (), log: str | None = None,
+               exception: str = "") -> dict[str, Any]:
+    """Which node's own failure ended the job; `rank`, `signal`, `log`, `exception` null when
+    unknown (`exception` is the error line, e.g. `RuntimeError: ...`)."""
     return {"node": node, "exit_code": exit_code, "rank": rank, "signal": signal or None,
-            "traceback": list(traceback), "log": log}
+            "traceback": list(traceback), "log": log, "exception": exception or None}
 
 
 def result(target: str, exit_code: int, elapsed: float, error: str | None = None,
