@@ -73,8 +73,8 @@ class JobStatus:
 
     @property
     def world_size(self) -> int:
-        complete = [k for k, members in self.rounds.items() if len(members) == self.sizes[k]]
-        return self.sizes[complete[-1]] if complete else self.metric_world_size
+        """The latest rendezvous round's world size (else the trainer's, if it said)."""
+        return list(self.sizes.values())[-1] if self.sizes else self.metric_world_size
 
     @property
     def world_sizes(self) -> list[int]:

@@ -17,9 +17,13 @@ the node's own failure; `first_failure` picks the job's root cause across nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # `I1130 03:43:49.162000 19079 torch/.../api.py:553] message`
 GLOG_RE = re.compile(r"^(?P<level>[IWEF])(?P<time>\d{4} \d\d:\d\d:\d\d\.\d+)\s+\d+ \S+:\d+\] ?"
@@ -27,6 +31,7 @@ GLOG_RE = re.compile(r"^(?P<level>[IWEF])(?P<time>\d{4} \d\d:\d\d:\d\d\.\d+)\s+\
 RANK_RE = re.compile(r"^\[rank(?P<rank>\d+)\]:(?P<text>.*)$")
 RDZV_FIELD_RE = re.compile(r"^\s+(?P<key>restart_count|master_addr|master_port|group_rank|"
                            r"group_world_size|global_ranks)=(?P<value>\S+)\s*$")
+BLOCK_FIELD_LINE_RE = re.compile(r"^\s+\w+=")  # a line of the "Rendezvous complete" block
 RDZV_STARTS = ("Rendezvous'ing worker group", "Rendezvous complete for workers")
 RESTART_RE = re.compile(r"Worker group (?P<state>\w+)\. (?P<left>\d+)/(?P<max>\d+) attempts left")
 WORKER_FAILED_RE = re.compile(r"failed \(exitcode: (?P<code>-?\d+)\) local_rank: (?P<local>\d+) "
@@ -35,7 +40,7 @@ BARRIER_RE = re.compile(r"Waiting (?P<seconds>[\d.]+) seconds for other agents t
 BARRIER_DONE = ("Done waiting for other agents", "Error waiting on exit barrier")
 TRACEBACK = "Traceback (most recent call last):"
 AGENT_MODULE = "torch.distributed.elastic."  # the agent's own exceptions (ChildFailedError, ...)
-BLOCK_RULE = "=" * 60
+BLOCK_RULE = "====="  # torchrun draws its report between rules of `=`
 SUCCEEDED = "worker group successfully finished"
 ROOT_TITLE = "Root Cause (first observed failure):"
 BLOCK_FIELD_RE = re.compile(r"^\s{2}(?P<key>time|host|rank|exitcode|error_file|traceback)\s*:"
@@ -158,8 +163,8 @@ class NodeLog:
         if glog:
             self._feed_agent(glog["time"], glog["msg"])
             return []
-        if line.startswith(BLOCK_RULE):
-            self._block = []
+        if line.startswith(BLOCK_RULE) or line.strip() == ROOT_TITLE:
+            self._block = [line]
             return []
         if line == TRACEBACK:
             self._plain = [line]
@@ -198,12 +203,11 @@ class NodeLog:
             self.errors[rank] = RankError(rank, exception, tuple(cleaned))
 
     def _feed_agent(self, time: str, message: str) -> None:
-        field_match = RDZV_FIELD_RE.match(message)
-        if self._rdzv is not None and field_match:
-            self._rdzv[field_match["key"]] = field_match["value"]
-            if field_match["key"] == "global_ranks":  # the block's last field we need
-                self._round_done(self._rdzv)
-        elif any(text in message for text in RDZV_STARTS):
+        if self._rdzv is not None and BLOCK_FIELD_LINE_RE.match(message):
+            self._feed_rdzv_field(message)
+            return
+        self._rdzv = None
+        if any(text in message for text in RDZV_STARTS):
             self.phase, self._rdzv = "rendezvous", {}
         elif RESTART_RE.search(message):
             self.restarts += 1
@@ -220,8 +224,21 @@ class NodeLog:
         elif SUCCEEDED in message and self.phase != "barrier":
             self.phase = "finished"
 
+    def _feed_rdzv_field(self, message: str) -> None:
+        """One `key=value` line of the "Rendezvous complete" block."""
+        assert self._rdzv is not None
+        match = RDZV_FIELD_RE.match(message)
+        if match is None:
+            return
+        self._rdzv[match["key"]] = match["value"]
+        if match["key"] == "group_world_size":
+            self._round_done(self._rdzv)
+        elif match["key"] == "global_ranks" and self.rounds:
+            ranks = tuple(int(x) for x in re.findall(r"-?\d+", match["value"]))
+            self.rounds[-1] = _replace(self.rounds[-1], global_ranks=ranks)
+
     def _round_done(self, info: dict[str, str]) -> None:
-        self._rdzv, self.phase = None, "running"
+        self.phase = "running"
         self.errors, self.plain_error = {}, None  # a new round: earlier errors are over
         ranks = tuple(int(x) for x in re.findall(r"-?\d+", info.get("global_ranks", "")))
         self.rounds.append(Round(
@@ -271,10 +288,8 @@ class NodeLog:
         return ranks[local_rank] if 0 <= local_rank < len(ranks) else None
 
 
-def _replace(failure: Failure, **changes: object) -> Failure:
-    import dataclasses
-
-    return dataclasses.replace(failure, **changes)  # type: ignore[arg-type]
+def _replace(record: T, **changes: object) -> T:
+    return dataclasses.replace(record, **changes)  # type: ignore[type-var]
 
 
 def first_failure(failures: Sequence[tuple[str, Failure | None]]) -> int | None:
