@@ -39,6 +39,7 @@ WORKER_FAILED_RE = re.compile(r"failed \(exitcode: (?P<code>-?\d+)\) local_rank:
 BARRIER_RE = re.compile(r"Waiting (?P<seconds>[\d.]+) seconds for other agents to finish")
 BARRIER_DONE = ("Done waiting for other agents", "Error waiting on exit barrier")
 TRACEBACK = "Traceback (most recent call last):"
+CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 AGENT_MODULE = "torch.distributed.elastic."  # the agent's own exceptions (ChildFailedError, ...)
 BLOCK_RULE = "====="  # torchrun draws its report between rules of `=`
 SUCCEEDED = "worker group successfully finished"
@@ -91,7 +92,11 @@ class WorkerExit:
     exit_code: int
     time: str  # glog's `MMDD HH:MM:SS.ffffff`
     attempt: int  # 0 for the first attempt, then one more per restart
-    exception: str = ""  # the rank's error line, when it printed one in this round
+    error: RankError | None = None  # the rank's traceback, when it printed one in this round
+
+    @property
+    def exception(self) -> str:
+        return self.error.exception if self.error else ""
 
 
 @dataclass(frozen=True)
@@ -173,18 +178,22 @@ class NodeLog:
 
     def _feed_plain(self, line: str) -> list[str]:
         """A traceback without a rank prefix: a worker's before init_process_group, or the
-        agent's own (its exception is one of torch.distributed.elastic's)."""
+        agent's own (its last exception is one of torch.distributed.elastic's). Chained
+        tracebacks ("The above exception was the direct cause ...") are read as one."""
         assert self._plain is not None
-        if line.startswith(" "):
+        ended = EXCEPTION_RE.match(self._plain[-1]) is not None
+        if line.startswith(" ") or not line.strip() or line.startswith(CHAINED) or \
+                (not ended and EXCEPTION_RE.match(line)) or (ended and line == TRACEBACK):
             self._plain.append(line)
             return []
-        held, self._plain = [*self._plain, line], None
-        if not EXCEPTION_RE.match(line):
-            return [*held[:-1], *self.feed(line)]
-        if line.startswith(AGENT_MODULE):
-            return []
-        self.plain_error = RankError(-1, line.strip(), tuple(clean_traceback(held)))
-        return held
+        held, self._plain = self._plain, None
+        exception = exception_line([x for x in held if not x.startswith(" ")])
+        if not exception:
+            return [*held, *self.feed(line)]
+        if exception.startswith(AGENT_MODULE):
+            return self.feed(line)
+        self.plain_error = RankError(-1, exception, tuple(clean_traceback(held)))
+        return [*held, *self.feed(line)]
 
     def feed_all(self, lines: Iterable[str]) -> NodeLog:
         for line in lines:
@@ -216,7 +225,7 @@ class NodeLog:
             rank = self.global_rank(local)
             error = self.errors.get(rank, self.plain_error) if rank is not None else None
             self.exits.append(WorkerExit(local, rank, int(failed["code"]), time, self.restarts,
-                                         error.exception if error else ""))
+                                         error))
         elif (barrier := BARRIER_RE.search(message)) is not None:
             self.phase, self.barrier_seconds = "barrier", float(barrier["seconds"])
         elif any(text in message for text in BARRIER_DONE):
@@ -277,8 +286,8 @@ class NodeLog:
                               last.time, "", (), last.attempt)
         if last is not None:  # the agent's own timestamp orders nodes better than the report's
             failure = _replace(failure, time=last.time, attempt=last.attempt)
-        error = self.errors.get(failure.rank, self.plain_error) if failure.rank is not None \
-            else self.plain_error
+        error = last.error if last is not None and last.error is not None else \
+            self.errors.get(failure.rank, self.plain_error) if failure.rank is not None else None
         if error is not None and (not failure.exception or failure.signal):
             failure = _replace(failure, exception=error.exception, traceback=error.traceback)
         return failure

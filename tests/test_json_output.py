@@ -31,7 +31,7 @@ from kdist.runstatus import JobStatus
 
 SMOKE = ROOT / "trainers" / "examples" / "smoke-node0.yaml"
 RESULT_KEYS = ["elapsed", "error", "exit_code", "job", "root_cause", "succeeded", "target", "type"]
-CAUSE_KEYS = ["exit_code", "log", "node", "rank", "signal", "traceback"]
+CAUSE_KEYS = ["exception", "exit_code", "log", "node", "rank", "signal", "traceback"]
 
 
 def records(stdout: str) -> list[dict[str, Any]]:
@@ -86,7 +86,8 @@ def test_run_json_result_of_a_failing_job_holds_the_root_cause(tmp_path: Path) -
     assert result.returncode == 1, explain(result)
     final = records(result.stdout)[-1]
     assert (final["exit_code"], final["succeeded"]) == (1, False)
-    assert "failed (torchrun exit code 1): rank 0 (local rank 0) exited with code 1" in final["error"]
+    assert ("failed (torchrun exit code 1): rank 0 exited with code 1: RuntimeError: injected failure "
+            "at step 3") in final["error"]
     cause = final["root_cause"]
     assert sorted(cause) == CAUSE_KEYS
     assert cause["node"] in ("node-0", "node-1") and (cause["rank"], cause["exit_code"]) == (0, 1)

@@ -203,7 +203,7 @@ def test_ctrl_c_stops_every_process_of_the_job(tmp_path: Path) -> None:
         assert len(sessions) >= 5  # torchrun starts its workers in sessions of their own
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        _, stderr = proc.communicate(timeout=30)
+        stdout, stderr = proc.communicate(timeout=30)
         stopped_after = time.monotonic() - started
     finally:
         if proc.poll() is None:
@@ -211,6 +211,8 @@ def test_ctrl_c_stops_every_process_of_the_job(tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert stopped_after < 15
     assert "interrupted by SIGINT" in stderr
+    assert "Traceback" not in stdout + stderr  # torchrun's SignalExceptions stay in the node logs
+    assert "Traceback" in (run_dir / "node-0.log").read_text()
     left = job_processes(run_dir, sessions)
     assert not left, f"left behind: {left}"
     assert not [pid for pid in running if Path(f"/proc/{pid}/stat").exists()
@@ -224,11 +226,61 @@ def test_a_failing_trainer_reports_its_root_cause(tmp_path: Path) -> None:
                       "max_restarts: 0\n")
     result = kdist_run(spec, tmp_path / "run")
     assert result.returncode == 1, explain(result)
-    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank 0 \(local rank 0\) "
-                     r"exited with code 1\n", result.stderr), result.stderr
+    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank 0 exited with code 1: "
+                     r"RuntimeError: injected failure at step 3\n", result.stderr), result.stderr
     assert "RuntimeError: injected failure at step 3" in result.stderr
     assert "log: " in result.stderr and "internal error" not in result.stderr
     assert re.search(r"run failing-\S+ failed: 2 nodes", result.stderr)
+
+
+TUTORIAL = "trainers/examples/tutorial/train.py"
+
+
+@pytest.mark.torch
+def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: Path) -> None:
+    """No @record, no KDIST_METRIC: the `[rank0]:` traceback is the root cause (max_restarts 0:
+    the failure is final at once; with restarts left see the next test)."""
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: tutraise\nimage: kdist-trainer:test\nentrypoint: {TUTORIAL}\n"
+                    'args: ["30", "2", --epoch-sleep, "0.5", --raise-at, "3"]\n'
+                    "nodes: 2\nmax_restarts: 0\n", encoding="utf-8")
+    run_dir = (tmp_path / "run").resolve()
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    raised, stdout = 0.0, []
+    for line in proc.stdout:
+        stdout.append(line)
+        if "[rank0]: RuntimeError: tutorial trainer" in line and not raised:
+            raised = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    ended = time.monotonic()
+    assert proc.returncode == 1, stderr
+    assert raised and ended - raised < 15, (ended - raised, stderr)
+    match = re.search(r"kdist: (node-[01]) failed \(torchrun exit code 1\): rank 0 exited with code 1: "
+                      r"RuntimeError: tutorial trainer: deliberate failure at epoch 3\n", stderr)
+    assert match, stderr
+    assert f"  log: {run_dir / match[1]}.log\n" in stderr
+    assert 'raise RuntimeError(f"tutorial trainer: deliberate failure at epoch {epoch}")' in stderr
+    assert not any(re.match(r"node-\d \| [IWE]\d{4} ", x) for x in stdout)  # agent lines: logs only
+    assert "kdist | round round=1 world_size=2 restart=0 members=['node-0', 'node-1']\n" in stdout
+
+
+@pytest.mark.torch
+def test_a_crash_certain_to_repeat_stops_without_spending_the_restarts(tmp_path: Path) -> None:
+    trainer = tmp_path / "bad.py"
+    trainer.write_text("import no_such_module_for_kdist  # noqa: F401\n", encoding="utf-8")
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: badimport\nimage: kdist-trainer:test\nentrypoint: {trainer}\n"
+                    "nodes: 2\nmax_restarts: 5\n", encoding="utf-8")
+    result = kdist_run(spec, tmp_path / "run", timeout=60)
+    assert result.returncode == 1, explain(result)
+    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank [01] exited with code 1: "
+                     r"ModuleNotFoundError: No module named 'no_such_module_for_kdist'\n", result.stderr)
+    assert ("kdist: every node's first attempt failed the same way: ModuleNotFoundError: No module "
+            "named 'no_such_module_for_kdist'; stopped the job instead of restarting") in result.stderr
+    attempts = (tmp_path / "run" / "node-0.log").read_text().count("failed (exitcode: 1)")
+    assert 1 <= attempts < 6  # kdist stopped it before torchrun spent its 5 restarts
 
 
 # ---- options, process trees, console (no torch) ------------------------------------------

@@ -27,7 +27,7 @@ def shown(case: str, node: int) -> list[str]:
 
 
 def test_rank_prefixed_traceback_names_the_error_without_record() -> None:
-    node0, node1 = read("raise-no-restarts")
+    node0, _ = read("raise-no-restarts")
     failure = node0.failure()
     assert failure is not None
     assert (failure.rank, failure.exit_code, failure.signal) == (0, 1, "")
@@ -60,7 +60,7 @@ def test_the_first_genuine_failure_wins_over_an_earlier_follow_on_error() -> Non
 
 
 def test_plain_traceback_before_init_process_group() -> None:
-    node0, node1 = read("bad-import")
+    node0, _ = read("bad-import")
     failure = node0.failure()
     assert failure is not None and failure.rank == 0
     assert failure.exception == "ModuleNotFoundError: No module named 'no_such_module_for_kdist'"

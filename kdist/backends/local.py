@@ -376,6 +376,7 @@ class LocalRun:
     signals: list[int] = field(default_factory=list)
     t0: float = 0.0
     reason: str = ""  # why kdist stopped the job early, if it did
+    stopping: bool = False  # kdist is stopping the nodes: their last words go to the logs only
     metrics: IO[str] | None = None
     net: netsim.Placement = field(default_factory=netsim.HostNetwork)  # spec `network:`
 
@@ -501,8 +502,8 @@ class LocalRun:
             for event, fields in self.status.events:
                 self.event(event, **fields)
             self.status.events.clear()
-        if self.signals:
-            return  # after Ctrl-C the agents' tracebacks stay in the node logs
+        if self.signals or self.stopping:
+            return  # after Ctrl-C or a stop, the agents' tracebacks stay in the node logs
         for text in [line] if self.options.verbose else shown:
             self.console.log(name, text)
 
@@ -555,6 +556,7 @@ class LocalRun:
     # -- stopping
 
     def stop_nodes(self) -> None:
+        self.stopping = True
         for proc in self.nodes:
             if proc.exit_code is None:
                 proc.stopped = True
