@@ -167,7 +167,7 @@ def test_up_json_formatting_of_compose_log_lines() -> None:
     last = of_type(recs, "status")[-1]
     assert (last["target"], last["rounds"], last["world_size"], last["step"]) == ("compose", 2, 2, 4)
     assert [(n["node"], n["state"], n["exit_code"]) for n in last["nodes"]] == [
-        (0, "finished", None), (1, "failed", 137)]
+        (0, "barrier", None), (1, "failed", 137)]  # node-0 waits in the exit barrier
     assert "node-1 | (container exited with code 137)" in result.stderr
     text = CliRunner().invoke(follow, [])
     assert text.stdout.splitlines() == lines  # text: the log lines on stdout, as before
