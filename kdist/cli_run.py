@@ -54,7 +54,8 @@ class TerminalConsole:
     def event(self, name: str, elapsed: float, fields: dict[str, Any]) -> None:
         """kdist's own events as `kdist | kill node=1 ...` log lines (node starts are not shown)."""
         if name != "start":
-            self.log("kdist", " ".join([name, *(f"{k}={v}" for k, v in fields.items())]))
+            text = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in fields.items()}
+            self.log("kdist", " ".join([name, *(f"{k}={v}" for k, v in text.items())]))
 
     def clear(self) -> None:
         if self.status_stream is not None and self.shown:
@@ -152,6 +153,8 @@ def _run(plan: LaunchPlan, options: RunOptions, out: JsonLines | None) -> None:
 def _run_dict(result: RunResult) -> dict[str, Any]:
     return {"run_id": result.run_id, "run_dir": str(result.run_dir),
             "final_step": result.final_step, "interrupted": result.interrupted or None,
+            "rounds": result.rounds, "restarts": result.restarts,
+            "world_sizes": list(result.world_sizes),
             "summary": result.summary(),
             "nodes": [{"node": n.index, "exit_code": n.exit_code, "killed": n.killed,
                        "stopped": n.stopped, "exited_at": round(n.at, 1)} for n in result.nodes]}

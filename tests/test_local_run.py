@@ -263,7 +263,7 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
     assert f"  log: {run_dir / match[1]}.log\n" in stderr
     assert 'raise RuntimeError(f"tutorial trainer: deliberate failure at epoch {epoch}")' in stderr
     assert not any(re.match(r"node-\d \| [IWE]\d{4} ", x) for x in stdout)  # agent lines: logs only
-    assert "kdist | round round=1 world_size=2 restart=0 members=['node-0', 'node-1']\n" in stdout
+    assert "kdist | round round=1 world_size=2 restart=0 members=node-0,node-1\n" in stdout
 
 
 @pytest.mark.torch

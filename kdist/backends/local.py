@@ -86,6 +86,9 @@ class RunResult:
     final_step: int | None
     elapsed: float
     interrupted: str = ""  # the signal's name when SIGINT/SIGTERM stopped the run
+    rounds: int = 0  # rendezvous rounds, restarts and world sizes: from torchrun's agent logs
+    restarts: int = 0
+    world_sizes: tuple[int, ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -99,9 +102,13 @@ class RunResult:
         killed = sum(1 for n in self.nodes if n.killed)
         plural = "s" if len(self.nodes) != 1 else ""
         nodes = f"{len(self.nodes)} node{plural}" + (f" ({killed} killed)" if killed else "")
-        step = "-" if self.final_step is None else str(self.final_step)
-        return (f"run {self.run_id} {word}: {nodes}, final step {step}, "
+        step = "" if self.final_step is None else f"final step {self.final_step}, "
+        line = (f"run {self.run_id} {word}: {nodes}, {step}"
                 f"{format_elapsed(self.elapsed)} elapsed, logs in {self.run_dir}")
+        if not self.world_sizes:
+            return line
+        sizes = " -> ".join(map(str, self.world_sizes))
+        return f"{line}\n  rounds {self.rounds}, restarts {self.restarts}, world sizes {sizes}"
 
 
 class RunFailed(KdistError):
@@ -600,7 +607,8 @@ class LocalRun:
         nodes = self.node_results()
         interrupted = signal.Signals(self.signals[0]).name if self.signals else ""
         return RunResult(self.run_id, self.run_dir, nodes, self.status.step, self.elapsed(),
-                         interrupted)
+                         interrupted, len(self.status.rounds), self.status.restarts,
+                         tuple(self.status.world_sizes))
 
 
 def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
