@@ -145,6 +145,17 @@ class JobStatus:
         return [i for i, n in self.nodes.items() if n.alive and n.log.phase == "barrier"]
 
 
+def barrier_note(status: JobStatus) -> str:
+    """`; node-0 was waiting in torchrun's exit barrier ...` for the nodes that were, or ""."""
+    waiting = status.waiting_in_barrier()
+    if not waiting:
+        return ""
+    names = ", ".join(f"node-{i}" for i in waiting)
+    seconds = max(status.nodes[i].log.barrier_seconds for i in waiting)
+    verb = "was" if len(waiting) == 1 else "were"
+    return f"; {names} {verb} waiting in torchrun's exit barrier (up to {seconds:.0f} s)"
+
+
 def parse_metric(line: str) -> dict[str, Any] | None:
     """`KDIST_METRIC {"event": ...}` -> the dict; None for any other line or bad JSON."""
     at = line.find(METRIC_PREFIX)

@@ -36,7 +36,7 @@ from typing import IO, Any, Protocol
 from kdist import netsim
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
-from kdist.runstatus import JobStatus, format_elapsed
+from kdist.runstatus import JobStatus, barrier_note, format_elapsed
 from kdist.torchlog import Failure, NodeLog, certain_failure, clean_traceback, first_failure
 
 LOCAL_HOST = "127.0.0.1"
@@ -653,17 +653,6 @@ def run_local(plan: LaunchPlan, options: RunOptions, console: Console) -> RunRes
     if not result.succeeded:
         raise RunFailed(failure_message(result, run.reason), result)
     return result
-
-
-def barrier_note(status: JobStatus) -> str:
-    """`; node-0 was waiting in torchrun's exit barrier` for the nodes that were, or ""."""
-    waiting = status.waiting_in_barrier()
-    if not waiting:
-        return ""
-    names = ", ".join(f"node-{i}" for i in waiting)
-    seconds = max(status.nodes[i].log.barrier_seconds for i in waiting)
-    verb = "was" if len(waiting) == 1 else "were"
-    return f"; {names} {verb} waiting in torchrun's exit barrier (up to {seconds:.0f} s)"
 
 
 def failure_message(result: RunResult, reason: str) -> str:
