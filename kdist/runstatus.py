@@ -55,6 +55,7 @@ class JobStatus:
     nodes: dict[int, NodeState] = field(default_factory=dict)
     rounds: dict[str, dict[int, int]] = field(default_factory=dict)  # key -> node -> group rank
     sizes: dict[str, int] = field(default_factory=dict)  # key -> world size
+    round_restarts: dict[str, int] = field(default_factory=dict)  # key -> highest restart_count
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # for the runner
     starts: int = 0  # trainer `start` events: 1 + number of worker-group restarts
     metric_world_size: int = 0
@@ -112,12 +113,15 @@ class JobStatus:
         members = self.rounds.setdefault(info.key, {})
         self.sizes[info.key] = info.world_size
         members[index] = info.group_rank
+        # an agent restarted by a peer's failure (not its own) still says restart_count=0
+        restart = max(self.round_restarts.get(info.key, 0), info.restart_count)
+        self.round_restarts[info.key] = restart
         if len(members) == info.world_size:
-            name = "round" if len(self.rounds) == 1 else "resumed"
-            order = sorted(members, key=members.__getitem__)
-            self.events.append((name, {"round": len(self.rounds), "world_size": info.world_size,
-                                       "restart": info.restart_count,
-                                       "members": [f"node-{i}" for i in order]}))
+            number = list(self.rounds).index(info.key) + 1
+            order = [f"node-{i}" for i in sorted(members, key=members.__getitem__)]
+            fields = {"round": number, "world_size": info.world_size, "restart": restart,
+                      "members": order}
+            self.events.append(("round" if number == 1 else "resumed", fields))
 
     def apply_metric(self, metric: dict[str, Any]) -> None:
         event = metric.get("event")

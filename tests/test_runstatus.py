@@ -221,3 +221,21 @@ def test_the_last_report_wins_and_no_report_is_none() -> None:
     assert cause is not None and (cause.rank, cause.exit_code) == (3, -9)
     assert parse_root_cause(NODE0_LOG.splitlines()) is None
     assert parse_root_cause(["Root Cause (first observed failure):", "[0]:", "garbage"]) is None
+
+
+def test_round_events_name_world_size_restart_and_members() -> None:
+    """Real logs of 3 nodes, node-1 killed (tests/fixtures/torchrun/node-lost); an agent that a
+    peer's failure restarted logs restart_count=0, so the round takes the highest count."""
+    from pathlib import Path
+
+    status = JobStatus()
+    folder = Path(__file__).parent / "fixtures" / "torchrun" / "node-lost"
+    for index in range(3):
+        for line in (folder / f"node-{index}.log").read_text(encoding="utf-8").splitlines():
+            status.observe(index, line)
+    assert status.events == [
+        ("round", {"round": 1, "world_size": 3, "restart": 0,
+                   "members": ["node-0", "node-1", "node-2"]}),
+        ("resumed", {"round": 2, "world_size": 2, "restart": 1, "members": ["node-0", "node-2"]}),
+    ]
+    assert (status.restarts, status.world_sizes, len(status.rounds)) == (1, [3, 2], 2)
