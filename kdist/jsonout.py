@@ -3,11 +3,11 @@
 One JSON object per line, keys sorted, every key always present (null when unknown):
 
 - `{"type": "status", "target": ..., "elapsed": ...}` plus the job's state: for `run` and `up`
-  the nodes, rendezvous rounds, restarts, world size, step, loss, samples/s (read from the
-  nodes' output); for `apply --wait` the Kubernetes phase and per-pod rows;
+  the nodes, rendezvous rounds, restarts, world sizes (read from torchrun's agent lines), step,
+  loss, samples/s (from the trainer's optional KDIST_METRIC lines); for `apply --wait` the Kubernetes phase and per-pod rows;
 - `{"type": "event", "target": ..., "event": NAME, "elapsed": ...}` plus the event's fields
-  (kdist run: start, exit, kill, kill-skipped, add-node, add-node-skipped; up: exit;
-  apply: applied);
+  (kdist run: start, exit, kill, kill-skipped, add-node, add-node-skipped, round, resumed;
+  up: exit, round, resumed; apply: applied);
 - one last `{"type": "result", "target": ..., "exit_code": N, "succeeded": ..., "error": ...,
   "root_cause": ..., "job": ..., "elapsed": ...}`: the exit code kdist exits with, the error
   message (null on success) and, when a node failed, its root cause.
