@@ -73,9 +73,6 @@ NODE_LINE = re.compile(r"^node-(\d+)\s*\| ?(.*)$")
 EXITED_TEXT = re.compile(r"^\(container exited with code (-?\d+)\)$")
 
 
-STOPPED_HOPELESS = "stopped by kdist: the job could not succeed any more"
-
-
 def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
     """Node log lines on stdout and, on a terminal, the same live status line as `kdist run`.
 
@@ -107,7 +104,9 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
             if reason := _hopeless(job, status):
                 console.clear()
                 click.echo(f"kdist: {reason}; stopping the other nodes", err=True)
-                job.stop(STOPPED_HOPELESS)
+                from kdist.backends.compose import HOPELESS
+
+                job.stop(HOPELESS, _failed_by_themselves(status))
                 return
             console.status(status, elapsed)
     finally:
@@ -133,22 +132,25 @@ def _hopeless(job: ComposeJob, status: RunStatus) -> str:
     from kdist.runstatus import barrier_note
     from kdist.torchlog import certain_failure
 
-    if not status.nodes_up:
-        return ""
     failed = [i for i, n in status.nodes.items() if n.ended == "failed"]
-    logs = [n.log for n in status.nodes.values() if n.log.exits]
-    if not failed and not certain_failure(logs):
+    if not status.nodes_up or not (failed or any(n.log.exits for n in status.nodes.values())):
         return ""
     marks = job.marks()  # `kdist kill` and `kdist scale` mark a node before they stop it
     failed = [i for i in failed if f"node-{i}" not in marks]
-    logs = [n.log for i, n in status.nodes.items() if f"node-{i}" not in marks and n.log.exits]
+    logs = [n.log for i, n in status.nodes.items() if f"node-{i}" not in marks]
     if failed:
         reason = f"node-{failed[0]} failed, so the job cannot succeed any more"
-    elif certain := certain_failure(logs):
+    elif len(logs) >= status.world_size and (certain := certain_failure(logs)):
         reason = certain
     else:
         return ""
     return reason + barrier_note(status)
+
+
+def _failed_by_themselves(status: RunStatus) -> list[str]:
+    """Services whose workers failed with an error of their own (not a lost peer's)."""
+    failures = {i: n.log.failure() for i, n in status.nodes.items()}
+    return [f"node-{i}" for i, f in failures.items() if f is not None and not f.secondary]
 
 
 def _show_outcome(status: JobStatus) -> None:
@@ -266,11 +268,36 @@ def status(spec_file: Path, as_json: bool, target: str, context: str | None,
         from kdist.cli_k8s import k8s_status
 
         return k8s_status(load_plan(spec_file), context, namespace, as_json)
-    result = _open(spec_file).status()
+    job = _open(spec_file)
+    result = job.status()
+    agents = _read_agents(job)
     if as_json:
-        click.echo(json.dumps(status_dict(result), indent=2))
+        click.echo(json.dumps({**status_dict(result), "torchrun": agents.torchrun_dict()}, indent=2))
     else:
         click.echo(format_status(result))
+        click.echo(format_torchrun(agents))
+
+
+def _read_agents(job: ComposeJob) -> RunStatus:
+    """The nodes' logs read by kdist.torchlog: rendezvous rounds, restarts, world sizes."""
+    from kdist.runstatus import JobStatus
+
+    agents = JobStatus()
+    for line in job.logs(services=job.project.nodes):
+        if m := NODE_LINE.match(line):
+            agents.observe(int(m[1]), m[2])
+    return agents
+
+
+def format_torchrun(agents: RunStatus) -> str:
+    """`torchrun: 2 rendezvous rounds, 1 restart, world sizes 3 -> 2, members node-0, node-2`."""
+    if not agents.rounds:
+        return "torchrun: no rendezvous round completed yet"
+    data = agents.torchrun_dict()
+    plural = "" if data["restarts"] == 1 else "s"
+    return (f"torchrun: {data['rounds']} rendezvous round{'s' if data['rounds'] != 1 else ''}, "
+            f"{data['restarts']} restart{plural}, world sizes "
+            f"{' -> '.join(map(str, data['world_sizes']))}, members {', '.join(data['members'])}")
 
 
 @click.command()

@@ -4,7 +4,8 @@ One JSON object per line, keys sorted, every key always present (null when unkno
 
 - `{"type": "status", "target": ..., "elapsed": ...}` plus the job's state: for `run` and `up`
   the nodes, rendezvous rounds, restarts, world sizes (read from torchrun's agent lines), step,
-  loss, samples/s (from the trainer's optional KDIST_METRIC lines); for `apply --wait` the Kubernetes phase and per-pod rows;
+  loss, samples/s (from the trainer's optional KDIST_METRIC lines); for `apply --wait` the
+  Kubernetes phase and per-pod rows;
 - `{"type": "event", "target": ..., "event": NAME, "elapsed": ...}` plus the event's fields
   (kdist run: start, exit, kill, kill-skipped, add-node, add-node-skipped, round, resumed;
   up: exit, round, resumed; apply: applied);

@@ -144,6 +144,18 @@ class JobStatus:
         node.exit_code = code
         node.ended = "killed" if killed else ("exited" if code == 0 else "failed")
 
+    def members(self) -> list[int]:
+        """The nodes of the latest rendezvous round, in group-rank order."""
+        if not self.rounds:
+            return []
+        members = list(self.rounds.values())[-1]
+        return sorted(members, key=members.__getitem__)
+
+    def torchrun_dict(self) -> dict[str, Any]:
+        """What torchrun's agent lines said: rounds, restarts, world sizes, the last members."""
+        return {"rounds": len(self.rounds), "restarts": self.restarts,
+                "world_sizes": self.world_sizes, "members": [f"node-{i}" for i in self.members()]}
+
     def waiting_in_barrier(self) -> list[int]:
         """Nodes whose agent waits in torchrun's exit barrier for the others."""
         return [i for i, n in self.nodes.items() if n.alive and n.log.phase == "barrier"]

@@ -37,7 +37,7 @@ from kdist.backends.compose import (
     root_cause,
 )
 from kdist.cli import KdistGroup
-from kdist.cli_compose import COMMANDS, format_status, register, status_dict
+from kdist.cli_compose import COMMANDS, format_status, format_torchrun, register, status_dict
 from kdist.errors import UsageError
 from kdist.load import load_file
 from kdist.plan import LaunchPlan
@@ -243,6 +243,22 @@ def test_status_table_and_json() -> None:
     data = status_dict(status)
     assert data["phase"] == "succeeded" and data["nodes"][2]["container"] is None
     assert data["nodes"][1]["stopped_by"] == backend.KILLED
+
+
+def test_status_says_what_torchruns_agents_logged() -> None:
+    """Rounds, restarts, world sizes and members from real node logs (node-1 killed)."""
+    from kdist.runstatus import JobStatus
+
+    agents = JobStatus()
+    assert format_torchrun(agents) == "torchrun: no rendezvous round completed yet"
+    folder = Path(__file__).parent / "fixtures" / "torchrun" / "node-lost"
+    for index in range(3):
+        for line in (folder / f"node-{index}.log").read_text(encoding="utf-8").splitlines():
+            agents.observe(index, line)
+    assert format_torchrun(agents) == ("torchrun: 2 rendezvous rounds, 1 restart, world sizes "
+                                       "3 -> 2, members node-0, node-2")
+    assert agents.torchrun_dict() == {"rounds": 2, "restarts": 1, "world_sizes": [3, 2],
+                                      "members": ["node-0", "node-2"]}
 
 
 # ---- project, argv, validation (no engine touched) ---------------------------------------------

@@ -23,8 +23,9 @@ from test_local_run import KDIST, ROOT, explain, write_spec
 from test_runstatus import NODE0_LOG
 
 from kdist.backends import k8s as backend
+from kdist.backends.compose import HOPELESS
 from kdist.cli import KdistGroup, cli
-from kdist.cli_compose import STOPPED_HOPELESS, _follow_with_status
+from kdist.cli_compose import _follow_with_status
 from kdist.cli_json import JsonLines, json_lines
 from kdist.cli_run import run
 from kdist.runstatus import JobStatus
@@ -154,7 +155,7 @@ class Lines:
     def marks(self) -> dict[str, str]:
         return self.marked
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, failed: list[str]) -> None:
         self.stopped.append(reason)
 
 
@@ -197,7 +198,7 @@ def test_up_stops_the_nodes_once_the_job_cannot_succeed() -> None:
     result = CliRunner().invoke(click.command()(
         lambda: _follow_with_status(fake)))  # type: ignore[arg-type]
     assert result.exit_code == 0, result.output
-    assert fake.stopped == [STOPPED_HOPELESS]
+    assert fake.stopped == [HOPELESS]
     assert ("kdist: node-1 failed, so the job cannot succeed any more; node-0 was waiting in "
             "torchrun's exit barrier (up to 300 s); stopping the other nodes\n") in result.stderr
     assert "never read" not in result.stdout

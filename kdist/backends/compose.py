@@ -39,6 +39,7 @@ DEV_TOKEN_FILE = "dev-token"  # `kdist up --dev`: the JupyterLab token, mode 060
 KILLED = "killed by kdist kill"
 SCALED_DOWN = "stopped by kdist scale"
 INTERRUPTED = "stopped: kdist up was interrupted"
+HOPELESS = "stopped by kdist: the job could not succeed any more"
 ACTIVE_STATES = frozenset({"running", "restarting", "paused"})
 ROOT_CAUSE = "Root Cause (first observed failure):"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -635,9 +636,13 @@ class ComposeJob:
             status = self.status()
         return status
 
-    def stop(self, reason: str = INTERRUPTED) -> None:
-        """Stop every container (Ctrl-C on an attached `kdist up`); containers and logs stay."""
-        self._mark([n.service for n in self.status().nodes if n.running], reason)
+    def stop(self, reason: str = INTERRUPTED, failed: Sequence[str] = ()) -> None:
+        """Stop every container (Ctrl-C on an attached `kdist up`); containers and logs stay.
+
+        Running nodes are marked as stopped on purpose, but for `failed` (their own failure
+        stopped the job: their exit codes count)."""
+        self._mark([n.service for n in self.status().nodes if n.running and n.service not in failed],
+                   reason)
         self._check("stop", "--timeout", "30", action="docker compose stop")
 
     def failure(self, status: JobStatus) -> JobFailed | None:
@@ -648,7 +653,9 @@ class ComposeJob:
         failed = status.failed_nodes
         if status.phase != "failed" or not failed:
             return None
-        node, block = min(((n, self._cause(n)) for n in failed), key=_cause_rank)
+        # a node kdist stopped because the job could not succeed may hold the first failure
+        stopped = [n for n in status.nodes if n.stopped_by == HOPELESS and n.container is not None]
+        node, block = min(((n, self._cause(n)) for n in [*failed, *stopped]), key=_cause_rank)
         codes = ", ".join(f"{n.service} exited with code {n.exit_code}" for n in failed)
         head = f"job {status.name} failed ({codes}); root cause on {node.service}: "
         lines = [head + (cause_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]

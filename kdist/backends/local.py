@@ -420,7 +420,6 @@ class LocalRun:
 
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.plan.env(), RUN_ID_ENV: self.run_id}
-        env.setdefault("LOGLEVEL", "INFO")  # torchrun's rendezvous/restart lines feed the status
         env[CHECKPOINT_ENV] = str(self.run_dir / "checkpoints")
         return env
 
