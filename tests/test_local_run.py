@@ -114,7 +114,8 @@ def test_two_nodes_finish_with_identical_parameters(tmp_path: Path) -> None:
     assert hashes[0] == hashes[1]
     assert re.search(r"run pair-\S+ succeeded: 2 nodes, final step 12, \S+ elapsed, logs in ",
                      result.stderr), result.stderr
-    assert "node-0 | " in result.stdout and "node-1 | " in result.stdout
+    assert re.search(r"^node-[01] \| KDIST_METRIC ", result.stdout, re.M)  # rank 0's output
+    assert not re.search(r"^node-\d \| [IWE]\d{4} ", result.stdout, re.M)  # agents: logs only
     for name in ("node-0.log", "node-1.log", "store.log", "metrics.jsonl"):
         assert (tmp_path / "run" / name).stat().st_size > 0
     assert (tmp_path / "run" / "checkpoints" / "checkpoint.pt").exists()
