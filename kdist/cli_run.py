@@ -52,10 +52,9 @@ class TerminalConsole:
         self.shown, self.drawn_at = text, now
 
     def event(self, name: str, elapsed: float, fields: dict[str, Any]) -> None:
-        """kdist's own events as `kdist | kill node=1 ...` log lines (node starts are not shown)."""
+        """kdist's own events as `kdist | ...` log lines (node starts are not shown)."""
         if name != "start":
-            text = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in fields.items()}
-            self.log("kdist", " ".join([name, *(f"{k}={v}" for k, v in text.items())]))
+            self.log("kdist", describe_event(name, fields))
 
     def clear(self) -> None:
         if self.status_stream is not None and self.shown:
@@ -68,6 +67,24 @@ class TerminalConsole:
         import shutil
 
         return max(shutil.get_terminal_size((100, 24)).columns - 1, 20)
+
+
+def describe_event(name: str, fields: dict[str, Any]) -> str:
+    """`node-1 lost (SIGKILL by --kill)`, `round 1: world size 3, members node-0, node-1, ...`;
+    other events as `kill node=1 signal=SIGKILL ...`."""
+    node, members = f"node-{fields.get('node')}", ", ".join(fields.get("members", ()))
+    if name == "exit" and fields.get("killed"):
+        return f"{node} lost (killed on purpose, exit code {fields.get('code')})"
+    if name == "exit":
+        code = fields.get("code")
+        return f"{node} finished" if code == 0 else f"{node} failed (exit code {code})"
+    if name == "round":
+        return f"round {fields['round']}: world size {fields['world_size']}, members {members}"
+    if name == "resumed":
+        restarts = fields["restart"]
+        return (f"resumed: round {fields['round']}, world size {fields['world_size']} after "
+                f"{restarts} restart{'s' if restarts != 1 else ''}, members {members}")
+    return " ".join([name, *(f"{k}={v}" for k, v in fields.items())])
 
 
 def _fit_to_host(plan: LaunchPlan, nodes: int) -> LaunchPlan:

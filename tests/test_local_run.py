@@ -34,7 +34,7 @@ from kdist.backends.local import (
     stop_reason,
 )
 from kdist.cli import KdistGroup
-from kdist.cli_run import TerminalConsole, run
+from kdist.cli_run import TerminalConsole, describe_event, run
 from kdist.errors import UsageError
 from kdist.load import load_text
 from kdist.plan import LaunchPlan
@@ -152,7 +152,7 @@ def test_losing_node_0_is_survivable_with_the_standalone_store(tmp_path: Path) -
     events = metrics(result.stdout)
     assert [e["world_size"] for e in events if e["event"] == "start"][-1] == 1
     check_resumes([e for e in events if e["event"] != "kill"], 30)
-    assert "kdist | exit node=0 code=-9 killed=True" in result.stdout
+    assert "kdist | node-0 lost (killed on purpose, exit code -9)" in result.stdout
 
 
 def job_processes(run_dir: Path, sessions: set[int]) -> dict[int, str]:
@@ -267,11 +267,10 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
     assert f"  log: {run_dir / match[1]}.log\n" in stderr
     assert 'raise RuntimeError(f"tutorial trainer: deliberate failure at epoch {epoch}")' in stderr
     assert not any(re.match(r"node-\d \| [IWE]\d{4} ", x) for x in stdout)  # agent lines: logs only
-    members = r"members=(node-0,node-1|node-1,node-0)\n"  # in group-rank order
-    assert re.search(r"^kdist \| round round=1 world_size=2 restart=0 " + members, "".join(stdout),
-                     re.M)
+    members = r"members (node-0, node-1|node-1, node-0)\n"  # in group-rank order
+    assert re.search(r"^kdist \| round 1: world size 2, " + members, "".join(stdout), re.M)
     if restarts:
-        assert re.search(r"^kdist \| resumed round=2 world_size=2 restart=1 " + members,
+        assert re.search(r"^kdist \| resumed: round 2, world size 2 after 1 restart, " + members,
                          "".join(stdout), re.M)
         assert ("  kdist: the same error twice in a row, so a restart would repeat it: RuntimeError: "
                 "tutorial trainer: deliberate failure at epoch 3; stopped the job instead of "
@@ -405,4 +404,20 @@ def test_console_keeps_the_status_line_below_the_log() -> None:
     quiet = TerminalConsole(None)
     quiet.status(status, 5)  # not a terminal: no status line, nothing to clear
     quiet.clear()
+
+
+def test_kdist_events_on_the_terminal() -> None:
+    assert describe_event("exit", {"node": 1, "code": -9, "killed": True}) == (
+        "node-1 lost (killed on purpose, exit code -9)")
+    assert describe_event("exit", {"node": 0, "code": 0, "killed": False}) == "node-0 finished"
+    assert describe_event("exit", {"node": 2, "code": 1, "killed": False}) == (
+        "node-2 failed (exit code 1)")
+    assert describe_event("round", {"round": 1, "world_size": 3, "restart": 0,
+                                     "members": ["node-0", "node-1", "node-2"]}) == (
+        "round 1: world size 3, members node-0, node-1, node-2")
+    assert describe_event("resumed", {"round": 2, "world_size": 2, "restart": 1,
+                                       "members": ["node-0", "node-2"]}) == (
+        "resumed: round 2, world size 2 after 1 restart, members node-0, node-2")
+    assert describe_event("kill", {"node": 1, "signal": "SIGKILL", "processes": 2}) == (
+        "kill node=1 signal=SIGKILL processes=2")
 
