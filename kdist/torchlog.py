@@ -41,6 +41,7 @@ BARRIER_DONE = ("Done waiting for other agents", "Error waiting on exit barrier"
 TRACEBACK = "Traceback (most recent call last):"
 CHAINED = ("The above exception was the direct cause", "During handling of the above exception")
 AGENT_MODULE = "torch.distributed.elastic."  # the agent's own exceptions (ChildFailedError, ...)
+MAX_TRACEBACK = 400  # lines kept of one traceback (a trainer's stderr may go on for ever)
 BLOCK_RULE = "====="  # torchrun draws its report between rules of `=`
 SUCCEEDED = "worker group successfully finished"
 ROOT_TITLE = "Root Cause (first observed failure):"
@@ -182,8 +183,9 @@ class NodeLog:
         tracebacks ("The above exception was the direct cause ...") are read as one."""
         assert self._plain is not None
         ended = EXCEPTION_RE.match(self._plain[-1]) is not None
-        if line.startswith(" ") or not line.strip() or line.startswith(CHAINED) or \
-                (not ended and EXCEPTION_RE.match(line)) or (ended and line == TRACEBACK):
+        continued = line.startswith(" ") or not line.strip() or line.startswith(CHAINED) or \
+            (not ended and EXCEPTION_RE.match(line)) or (ended and line == TRACEBACK)
+        if continued and len(self._plain) < MAX_TRACEBACK:
             self._plain.append(line)
             return []
         held, self._plain = self._plain, None
@@ -201,15 +203,19 @@ class NodeLog:
         return self
 
     def _feed_rank(self, rank: int, text: str) -> None:
+        """A worker's stderr line; from a `Traceback` line on, its lines make the rank's error."""
         text = text[1:] if text.startswith(" ") else text
-        lines = self._tracebacks.setdefault(rank, [])
-        if text.strip().startswith("Traceback (most recent call last)"):
-            lines.clear()
-        lines.append(text)
-        cleaned = clean_traceback(lines)
-        exception = next((x.strip() for x in reversed(cleaned) if EXCEPTION_RE.match(x.strip())), "")
-        if exception:
-            self.errors[rank] = RankError(rank, exception, tuple(cleaned))
+        if text == TRACEBACK:
+            self._tracebacks[rank] = []
+        lines = self._tracebacks.get(rank)
+        if lines is None:
+            return
+        if len(lines) < MAX_TRACEBACK:
+            lines.append(text)
+        if not text.startswith(" ") and EXCEPTION_RE.match(text):
+            cleaned = clean_traceback(lines)
+            tail = [] if cleaned[-1] == text.rstrip() else [text.rstrip()]  # a cut traceback
+            self.errors[rank] = RankError(rank, text.strip(), (*cleaned, *tail))
 
     def _feed_agent(self, time: str, message: str) -> None:
         if self._rdzv is not None and BLOCK_FIELD_LINE_RE.match(message):

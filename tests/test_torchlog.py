@@ -129,3 +129,22 @@ def test_exit_barrier() -> None:
 def test_peer_markers(text: str) -> None:
     assert is_peer_error([text])
     assert not is_peer_error(["RuntimeError: tutorial trainer: deliberate failure at epoch 3"])
+
+
+def test_stderr_outside_a_traceback_is_no_error_and_tracebacks_are_bounded() -> None:
+    log = NodeLog()
+    log.feed("[rank0]: RuntimeError: printed by the trainer, not raised")
+    log.feed("[rank0]: /app/train.py:3: UserWarning: something")
+    assert log.errors == {}
+    log.feed("[rank0]: Traceback (most recent call last):")
+    for i in range(5000):
+        log.feed(f'[rank0]:   File "/app/deep.py", line {i}, in f')
+    log.feed("[rank0]: RecursionError: maximum recursion depth exceeded")
+    error = log.errors[0]  # its first lines and the error line are kept
+    assert error.exception == "RecursionError: maximum recursion depth exceeded"
+    assert len(error.traceback) == 401 and error.traceback[-1] == error.exception
+    log.feed("[rank0]: Traceback (most recent call last):")
+    log.feed('[rank0]:   File "/app/train.py", line 9, in <module>')
+    log.feed("[rank0]: ValueError: bad argument")
+    assert log.errors[0].exception == "ValueError: bad argument"
+    assert log.errors[0].traceback[0] == "Traceback (most recent call last):"

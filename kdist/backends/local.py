@@ -703,6 +703,7 @@ def node_failure(run_dir: Path, index: int) -> Failure | None:
         failure = dataclasses.replace(failure, traceback=stack)
     return failure
 
+
 def error_file_traceback(path: Path) -> tuple[str, ...]:
     """The traceback lines of a torchelastic error file (the agent's copy of the worker's)."""
     try:
