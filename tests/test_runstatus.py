@@ -239,3 +239,14 @@ def test_round_events_name_world_size_restart_and_members() -> None:
         ("resumed", {"round": 2, "world_size": 2, "restart": 1, "members": ["node-0", "node-2"]}),
     ]
     assert (status.restarts, status.world_sizes, len(status.rounds)) == (1, [3, 2], 2)
+
+
+def test_barrier_note_names_the_nodes_in_torchruns_exit_barrier() -> None:
+    from kdist.runstatus import barrier_note
+
+    status = JobStatus()
+    observe_all(status, 0, NODE0_LOG)  # ends in "Waiting 300 seconds for other agents"
+    observe_all(status, 1, NODE0_LOG.split("KDIST_METRIC")[0])
+    assert barrier_note(status) == "; node-0 was waiting in torchrun's exit barrier (up to 300 s)"
+    status.node_exited(0, 0)
+    assert barrier_note(status) == ""
