@@ -130,7 +130,7 @@ def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
 def _hopeless(job: ComposeJob, status: RunStatus) -> str:
     """Why the nodes still running should be stopped now, or ""."""
     from kdist.runstatus import barrier_note
-    from kdist.torchlog import certain_failure
+    from kdist.torchlog import certain_failure, stuck_at_barrier
 
     failed = [i for i, n in status.nodes.items() if n.ended == "failed"]
     if not status.nodes_up or not (failed or any(n.log.exits for n in status.nodes.values())):
@@ -138,10 +138,13 @@ def _hopeless(job: ComposeJob, status: RunStatus) -> str:
     marks = job.marks()  # `kdist kill` and `kdist scale` mark a node before they stop it
     failed = [i for i in failed if f"node-{i}" not in marks]
     logs = [n.log for i, n in status.nodes.items() if f"node-{i}" not in marks]
+    alive = {i: n.log for i, n in status.nodes.items() if n.alive and f"node-{i}" not in marks}
     if failed:
         reason = f"node-{failed[0]} failed, so the job cannot succeed any more"
     elif len(logs) >= status.world_size and (certain := certain_failure(logs)):
         reason = certain
+    elif stuck := stuck_at_barrier(alive, job.project.min_nodes):
+        reason = stuck
     else:
         return ""
     return reason + barrier_note(status)

@@ -136,6 +136,7 @@ class NodeLog:
     rounds: list[Round] = field(default_factory=list)
     restarts: int = 0  # "Worker group FAILED. n/m attempts left; will restart"
     barrier_seconds: float = 0.0  # > 0 while the agent waits in its exit barrier
+    barrier_since: str = ""  # glog time it began to wait
     exits: list[WorkerExit] = field(default_factory=list)
     errors: dict[int, RankError] = field(default_factory=dict)  # each rank's last traceback
     report: Failure | None = None  # torchrun's Root Cause block
@@ -233,6 +234,8 @@ class NodeLog:
             self.exits.append(WorkerExit(local, rank, int(failed["code"]), time, self.restarts,
                                          error))
         elif (barrier := BARRIER_RE.search(message)) is not None:
+            if self.phase != "barrier":
+                self.barrier_since = time
             self.phase, self.barrier_seconds = "barrier", float(barrier["seconds"])
         elif any(text in message for text in BARRIER_DONE):
             self.phase, self.barrier_seconds = "finished", 0.0
@@ -331,6 +334,23 @@ def certain_failure(logs: Sequence[NodeLog]) -> str:
                 and not is_peer_error([last[1].exception]):
             return f"the same error twice in a row, so a restart would repeat it: {last[1].exception}"
     return ""
+
+
+def stuck_at_barrier(logs: dict[int, NodeLog], minimum: int) -> str:
+    """Why the job cannot end well, or "": a node's workers failed after another node finished
+    and began to wait in torchrun's exit barrier, and the nodes left to rendezvous again are
+    fewer than `minimum` (the waiting node never rejoins; torchrun would wait out the barrier)."""
+    waiting = {i: log for i, log in logs.items() if log.phase == "barrier"}
+    if not waiting:
+        return ""
+    since = min(log.barrier_since for log in waiting.values())
+    failed = [i for i, log in logs.items()
+              if i not in waiting and any(e.time > since for e in log.exits)]
+    if not failed or len(logs) - len(waiting) >= minimum:
+        return ""
+    names = ", ".join(f"node-{i}" for i in sorted(waiting))
+    return (f"node-{failed[0]}'s workers failed after {names} finished: fewer than nodes.min="
+            f"{minimum} nodes can rendezvous again, so the job cannot succeed any more")
 
 
 def is_peer_error(lines: Iterable[str]) -> bool:

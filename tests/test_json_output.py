@@ -11,6 +11,7 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -148,6 +149,7 @@ class Lines:
         self.lines = lines
         self.marked = marks or {}
         self.stopped: list[str] = []
+        self.project = SimpleNamespace(min_nodes=2)
 
     def follow(self) -> Iterator[str]:
         yield from self.lines

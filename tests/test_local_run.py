@@ -294,6 +294,37 @@ def test_a_crash_certain_to_repeat_stops_without_spending_the_restarts(tmp_path:
     assert 1 <= attempts < 6  # kdist stopped it before torchrun spent its 5 restarts
 
 
+LATE_FAILURE = """\
+import time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+if dist.get_rank() == 1:
+    time.sleep(4)
+    raise RuntimeError("rank 1 fails after rank 0 finished")
+print("rank 0 done", flush=True)
+"""
+
+
+@pytest.mark.torch
+def test_a_node_left_waiting_in_the_exit_barrier_does_not_hold_the_job(tmp_path: Path) -> None:
+    """Rank 0 finishes and its agent waits up to 300 s in torchrun's exit barrier; rank 1 then
+    fails and its agent would wait for a new round that rank 0's node never joins."""
+    trainer = tmp_path / "late.py"
+    trainer.write_text(LATE_FAILURE, encoding="utf-8")
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: late\nimage: kdist-trainer:test\nentrypoint: {trainer}\nnodes: 2\n",
+                    encoding="utf-8")
+    started = time.monotonic()
+    result = kdist_run(spec, tmp_path / "run", timeout=120)
+    assert result.returncode == 1, explain(result)
+    assert time.monotonic() - started < 60  # not torchrun's 300 s
+    assert re.search(r"kdist: node-([01])'s workers failed after node-[01] finished: fewer than "
+                     r"nodes.min=2 nodes can rendezvous again, so the job cannot succeed any more; "
+                     r"node-[01] was waiting in torchrun's exit barrier \(up to 300 s\)",
+                     result.stderr), result.stderr
+    assert "RuntimeError: rank 1 fails after rank 0 finished" in result.stderr
+
+
 # ---- options, process trees, console (no torch) ------------------------------------------
 
 

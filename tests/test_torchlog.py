@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from kdist.torchlog import NodeLog, certain_failure, first_failure, is_agent_line, is_peer_error
+from kdist.torchlog import (
+    NodeLog,
+    certain_failure,
+    first_failure,
+    is_agent_line,
+    is_peer_error,
+    stuck_at_barrier,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "torchrun"
 
@@ -148,3 +155,15 @@ def test_stderr_outside_a_traceback_is_no_error_and_tracebacks_are_bounded() -> 
     log.feed("[rank0]: ValueError: bad argument")
     assert log.errors[0].exception == "ValueError: bad argument"
     assert log.errors[0].traceback[0] == "Traceback (most recent call last):"
+
+
+def test_a_failure_after_another_node_finished_is_stuck_at_the_barrier() -> None:
+    node0, node1 = read("late-failure")
+    assert node0.phase == "barrier" and node0.barrier_since == "1130 04:16:50.121000"
+    assert stuck_at_barrier({0: node0, 1: node1}, minimum=2) == (
+        "node-1's workers failed after node-0 finished: fewer than nodes.min=2 nodes can "
+        "rendezvous again, so the job cannot succeed any more")
+    assert stuck_at_barrier({0: node0, 1: node1}, minimum=1) == ""  # node-1 may go on alone
+    assert stuck_at_barrier({1: node1}, minimum=2) == ""  # nobody waits
+    _, node1_ok = read("raise-no-restarts")
+    assert stuck_at_barrier({0: node0, 1: node1_ok}, minimum=2) == ""  # failed before the wait

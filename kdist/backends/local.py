@@ -37,7 +37,14 @@ from kdist import netsim
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
 from kdist.runstatus import JobStatus, barrier_note, format_elapsed
-from kdist.torchlog import Failure, NodeLog, certain_failure, clean_traceback, first_failure
+from kdist.torchlog import (
+    Failure,
+    NodeLog,
+    certain_failure,
+    clean_traceback,
+    first_failure,
+    stuck_at_barrier,
+)
 
 LOCAL_HOST = "127.0.0.1"
 RUN_ID_ENV = "KDIST_RUN_ID"
@@ -555,6 +562,10 @@ class LocalRun:
             logs = [self.status.node(p.index).log for p in self.nodes if not p.killed]
             certain = certain_failure(logs)
             self.reason = f"{certain}; stopped the job instead of restarting" if certain else ""
+        if not self.reason:
+            alive = {p.index: self.status.node(p.index).log for p in self.nodes
+                     if p.exit_code is None}
+            self.reason = stuck_at_barrier(alive, self.plan.spec.nodes.min)
         if self.reason:
             self.reason += barrier_note(self.status)
         return bool(self.reason)
