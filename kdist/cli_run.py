@@ -128,9 +128,9 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
 
     The terminal shows the trainers' output and kdist's events (node lost, new rendezvous round
     with its world size and members, finished); torchrun's own log lines go to the node logs.
-    A failure certain to repeat (every node's first attempt fails the same way, or a node
-    fails twice in a row with the same error) stops the job instead of spending max_restarts.
-    Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
+    A failure certain to repeat (every node's first attempt fails the same way, or a worker
+    fails with the same error again after a restart) stops the job instead of spending
+    max_restarts. Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
     """
     from kdist.backends.local import RunOptions, parse_kill, parse_seconds
 

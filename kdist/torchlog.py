@@ -94,6 +94,7 @@ class WorkerExit:
     time: str  # glog's `MMDD HH:MM:SS.ffffff`
     attempt: int  # 0 for the first attempt, then one more per restart
     error: RankError | None = None  # the rank's traceback, when it printed one in this round
+    round: str = ""  # the key of the rendezvous round it ran in
 
     @property
     def exception(self) -> str:
@@ -232,7 +233,7 @@ class NodeLog:
             rank = self.global_rank(local)
             error = self.errors.get(rank, self.plain_error) if rank is not None else None
             self.exits.append(WorkerExit(local, rank, int(failed["code"]), time, self.restarts,
-                                         error))
+                                         error, self.round.key if self.round else ""))
         elif (barrier := BARRIER_RE.search(message)) is not None:
             if self.phase != "barrier":
                 self.barrier_since = time
@@ -321,19 +322,22 @@ def first_failure(failures: Sequence[tuple[str, Failure | None]]) -> int | None:
 
 def certain_failure(logs: Sequence[NodeLog]) -> str:
     """Why retrying cannot help, or "": every node's first attempt failed with the same error
-    (a bad import or argument), or a node failed twice in a row with the same error."""
+    (a bad import or argument), or a worker failed with the same error as one in an earlier
+    rendezvous round (the rank may have moved to another node)."""
     firsts = [log.exits[0] if log.exits else None for log in logs]
     errors = {f.exception for f in firsts if f is not None}
     if logs and None not in firsts and len(errors) == 1 and all(f and f.attempt == 0 for f in firsts):
         error = errors.pop()
         if error and not is_peer_error([error]):
             return f"every node's first attempt failed the same way: {error}"
+    rounds: dict[str, set[str]] = {}  # error -> the rounds in which a worker exited with it
     for log in logs:
-        last = log.exits[-2:]
-        if len(last) == 2 and last[0].exception == last[1].exception != "" \
-                and not is_peer_error([last[1].exception]):
-            return f"the same error twice in a row, so a restart would repeat it: {last[1].exception}"
-    return ""
+        for e in log.exits:
+            if e.exception and not is_peer_error([e.exception]):
+                rounds.setdefault(e.exception, set()).add(e.round)
+    again = next((error for error, keys in rounds.items() if len(keys) > 1), "")
+    return f"the same error again after a restart, so restarts would repeat it: {again}" \
+        if again else ""
 
 
 def stuck_at_barrier(logs: dict[int, NodeLog], minimum: int) -> str:

@@ -246,7 +246,7 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
     fails the same way again after the first restart, and kdist stops the job then."""
     spec = tmp_path / "kdist.yaml"
     spec.write_text(f"name: tutraise\nimage: kdist-trainer:test\nentrypoint: {TUTORIAL}\n"
-                    'args: ["30", "2", --epoch-sleep, "0.5", --raise-at, "3"]\n'
+                    'args: ["30", "2", --epoch-sleep, "0.5", --raise-at, "2"]\n'
                     f"nodes: 2\nmax_restarts: {restarts}\n", encoding="utf-8")
     run_dir = (tmp_path / "run").resolve()
     proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)], cwd=ROOT,
@@ -262,7 +262,7 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
     assert proc.returncode == 1, stderr
     assert raised and ended - raised < 15, (ended - raised, stderr)
     match = re.search(r"kdist: (node-[01]) failed \(torchrun exit code 1\): rank 0 exited with code 1: "
-                      r"RuntimeError: tutorial trainer: deliberate failure at epoch 3\n", stderr)
+                      r"RuntimeError: tutorial trainer: deliberate failure at epoch 2\n", stderr)
     assert match, stderr
     assert f"  log: {run_dir / match[1]}.log\n" in stderr
     assert 'raise RuntimeError(f"tutorial trainer: deliberate failure at epoch {epoch}")' in stderr
@@ -272,8 +272,8 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
     if restarts:
         assert re.search(r"^kdist \| resumed: round 2, world size 2 after 1 restart, " + members,
                          "".join(stdout), re.M)
-        assert ("  kdist: the same error twice in a row, so a restart would repeat it: RuntimeError: "
-                "tutorial trainer: deliberate failure at epoch 3; stopped the job instead of "
+        assert ("  kdist: the same error again after a restart, so restarts would repeat it: RuntimeError: "
+                "tutorial trainer: deliberate failure at epoch 2; stopped the job instead of "
                 "restarting\n") in stderr
 
 

@@ -91,7 +91,7 @@ def test_certain_failures() -> None:
     assert certain_failure(read("bad-import")).startswith(
         "every node's first attempt failed the same way: ModuleNotFoundError")
     assert certain_failure(read("raise-one-restart")).startswith(
-        "the same error twice in a row, so a restart would repeat it: RuntimeError: tutorial")
+        "the same error again after a restart, so restarts would repeat it: RuntimeError: tutorial")
     node0, _, node2 = read("node-lost")
     assert certain_failure([node0, node2]) == ""  # the survivors' errors say a peer went away
     assert certain_failure(read("raise-no-restarts")) == ""
