@@ -242,8 +242,10 @@ TUTORIAL = "trainers/examples/tutorial/train.py"
 def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: Path,
                                                                     restarts: int) -> None:
     """No @record, no KDIST_METRIC: the `[rank0]:` traceback is the root cause. With
-    max_restarts 0 torchrun gives up at once; with 3 (trainers/examples/tutorial.yaml) rank 0
-    fails the same way again after the first restart, and kdist stops the job then."""
+    max_restarts 0 torchrun gives up at once: kdist exits within 15 s of the raise. With 3
+    (trainers/examples/tutorial.yaml) rank 0 fails the same way again after the first restart
+    and kdist stops the job then: one restart cycle later (its time is the trainer's start-up,
+    8.8 to 18.5 s on a loaded 2-core machine), not after all three."""
     spec = tmp_path / "kdist.yaml"
     spec.write_text(f"name: tutraise\nimage: kdist-trainer:test\nentrypoint: {TUTORIAL}\n"
                     'args: ["30", "2", --epoch-sleep, "0.5", --raise-at, "2"]\n'
@@ -260,7 +262,7 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
     _, stderr = proc.communicate(timeout=60)
     ended = time.monotonic()
     assert proc.returncode == 1, stderr
-    assert raised and ended - raised < 15, (ended - raised, stderr)
+    assert raised and ended - raised < (15 if restarts == 0 else 45), (ended - raised, stderr)
     match = re.search(r"kdist: (node-[01]) failed \(torchrun exit code 1\): rank 0 exited with code 1: "
                       r"RuntimeError: tutorial trainer: deliberate failure at epoch 2\n", stderr)
     assert match, stderr
@@ -275,6 +277,8 @@ def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: P
         assert ("  kdist: the same error again after a restart, so restarts would repeat it: RuntimeError: "
                 "tutorial trainer: deliberate failure at epoch 2; stopped the job instead of "
                 "restarting\n") in stderr
+        logs = "".join((run_dir / f"node-{i}.log").read_text() for i in (0, 1))
+        assert "1/3 attempts left" not in logs  # kdist stopped it before the third attempt
 
 
 @pytest.mark.torch
