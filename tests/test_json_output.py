@@ -268,7 +268,8 @@ def test_apply_wait_json_of_a_failed_job(env: dict[str, str], api: FakeApi,  # n
     final = records(result.stdout)[-1]
     assert final["error"].startswith("job cifar-cpu failed: torchrun exited with code 3 on ")
     assert final["root_cause"] == {"exit_code": 3, "log": None, "node": failed["metadata"][
-        "annotations"]["kdist.dev/finished-by"], "rank": None, "signal": None, "traceback": []}
+        "annotations"]["kdist.dev/finished-by"], "rank": None, "signal": None, "traceback": [],
+        "exception": None}
 
 
 def test_apply_json_without_wait_prints_the_objects(env: dict[str, str], api: FakeApi,  # noqa: F811
