@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
-
-T = TypeVar("T")
 
 # `I1130 03:43:49.162000 19079 torch/.../api.py:553] message`
 GLOG_RE = re.compile(r"^(?P<level>[IWEF])(?P<time>\d{4} \d\d:\d\d:\d\d\.\d+)\s+\d+ \S+:\d+\] ?"
@@ -57,7 +55,6 @@ PEER_LOST = ("connection closed by peer", "connection reset by peer", "connectio
              "caused by a remote worker", "read error", "broken pipe", "connection refused",
              "rendezvousclosederror", "rendezvousconnectionerror", "distnetworkerror",
              "signalexception", "timed out", "socket timeout")
-SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
 
 
 @dataclass(frozen=True)
@@ -254,7 +251,7 @@ class NodeLog:
             self._round_done(self._rdzv)
         elif match["key"] == "global_ranks" and self.rounds:
             ranks = tuple(int(x) for x in re.findall(r"-?\d+", match["value"]))
-            self.rounds[-1] = _replace(self.rounds[-1], global_ranks=ranks)
+            self.rounds[-1] = dataclasses.replace(self.rounds[-1], global_ranks=ranks)
 
     def _round_done(self, info: dict[str, str]) -> None:
         self.phase = "running"
@@ -285,30 +282,25 @@ class NodeLog:
         """This node's own failure: torchrun's report or its last worker exit, with the rank's
         `[rankN]:` traceback where the report has none (no @record)."""
         last = self.exits[-1] if self.exits else None
-        if self.report is None and last is None:
-            return None
         if self.report is not None:
             failure = self.report
+        elif last is not None:
+            failure = Failure(last.rank, last.exit_code, signal_name(last.exit_code), last.time,
+                              "", (), last.attempt)
         else:
-            assert last is not None
-            code = last.exit_code
-            failure = Failure(last.rank, code, signal_name(code),
-                              last.time, "", (), last.attempt)
+            return None
         if last is not None:  # the agent's own timestamp orders nodes better than the report's
-            failure = _replace(failure, time=last.time, attempt=last.attempt)
+            failure = dataclasses.replace(failure, time=last.time, attempt=last.attempt)
         error = last.error if last is not None and last.error is not None else \
             self.errors.get(failure.rank, self.plain_error) if failure.rank is not None else None
         if error is not None and (not failure.exception or failure.signal):
-            failure = _replace(failure, exception=error.exception, traceback=error.traceback)
+            failure = dataclasses.replace(failure, exception=error.exception,
+                                          traceback=error.traceback)
         return failure
 
     def global_rank(self, local_rank: int) -> int | None:
         ranks = self.round.global_ranks if self.round else ()
         return ranks[local_rank] if 0 <= local_rank < len(ranks) else None
-
-
-def _replace(record: T, **changes: object) -> T:
-    return dataclasses.replace(record, **changes)  # type: ignore[type-var]
 
 
 def first_failure(failures: Sequence[tuple[str, Failure | None]]) -> int | None:
@@ -370,7 +362,12 @@ def exception_line(lines: Sequence[str]) -> str:
 
 def signal_name(exit_code: int) -> str:
     """torchrun reports a worker killed by a signal as a negative exit code."""
-    return SIGNALS.get(-exit_code, f"signal {-exit_code}") if exit_code < 0 else ""
+    if exit_code >= 0:
+        return ""
+    try:
+        return signal.Signals(-exit_code).name
+    except ValueError:
+        return f"signal {-exit_code}"
 
 
 def block_fields(lines: Sequence[str]) -> tuple[dict[str, str], list[str]]:
