@@ -73,10 +73,13 @@ NODE_LINE = re.compile(r"^node-(\d+)\s*\| ?(.*)$")
 EXITED_TEXT = re.compile(r"^\(container exited with code (-?\d+)\)$")
 
 
-def _follow_with_status(job: ComposeJob) -> None:
+def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
     """Node log lines on stdout and, on a terminal, the same live status line as `kdist run`.
 
-    With `--output json`: the lines on stderr, status snapshots and node exits as JSON lines.
+    Quiet like `kdist run`: torchrun's agent lines only with `verbose` (`kdist logs` has them
+    all). With `--output json`: the lines on stderr, status snapshots and events as JSON lines.
+    Once the job cannot succeed any more (a node failed by itself, or a failure certain to
+    repeat), the other nodes are stopped instead of waiting in torchrun's exit barrier.
     """
     from kdist.cli_run import TerminalConsole
     from kdist.runstatus import JobStatus
@@ -86,25 +89,71 @@ def _follow_with_status(job: ComposeJob) -> None:
     status, start = JobStatus(), time.monotonic()
     try:
         for line in job.follow():
-            console.clear()
-            click.echo(line, err=out is not None)
+            elapsed = time.monotonic() - start
+            shown = [line]
             if m := NODE_LINE.match(line):
-                _observe(status, int(m[1]), m[2], out, time.monotonic() - start)
-            console.status(status, time.monotonic() - start)
+                prefix = line[: len(line) - len(m[2])]
+                texts = _observe(status, int(m[1]), m[2], out, elapsed)
+                shown = shown if verbose else [prefix + text for text in texts]
+            console.clear()
+            for text in shown:
+                click.echo(text, err=out is not None)
+            for event, fields in status.events:
+                console.event(event, elapsed, fields)
+            status.events.clear()
+            if reason := _hopeless(job, status):
+                console.clear()
+                click.echo(f"kdist: {reason}; stopping the other nodes", err=True)
+                from kdist.backends.compose import HOPELESS
+
+                job.stop(HOPELESS, _failed_by_themselves(status))
+                return
+            console.status(status, elapsed)
     finally:
         console.clear()
 
 
 def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
-             elapsed: float) -> None:
-    """One node's log line into the status; `(container exited with code N)` is an exit."""
+             elapsed: float) -> list[str]:
+    """One node's log line into the status; `(container exited with code N)` is an exit.
+    Returns what a quiet terminal shows of it (kdist.torchlog drops torchrun's agent lines)."""
     exited = EXITED_TEXT.match(text.strip())
     if exited is None:
         status.observe(node, text)
-        return
+        return status.node(node).shown
     status.node_exited(node, int(exited[1]))
     if out is not None:
         out.event("exit", elapsed, {"node": node, "code": int(exited[1])})
+    return [text]
+
+
+def _hopeless(job: ComposeJob, status: RunStatus) -> str:
+    """Why the nodes still running should be stopped now, or ""."""
+    from kdist.runstatus import barrier_note
+    from kdist.torchlog import certain_failure, stuck_at_barrier
+
+    failed = [i for i, n in status.nodes.items() if n.ended == "failed"]
+    if not status.nodes_up or not (failed or any(n.log.exits for n in status.nodes.values())):
+        return ""
+    marks = job.marks()  # `kdist kill` and `kdist scale` mark a node before they stop it
+    failed = [i for i in failed if f"node-{i}" not in marks]
+    logs = [n.log for i, n in status.nodes.items() if f"node-{i}" not in marks]
+    alive = {i: n.log for i, n in status.nodes.items() if n.alive and f"node-{i}" not in marks}
+    if failed:
+        reason = f"node-{failed[0]} failed, so the job cannot succeed any more"
+    elif len(logs) >= status.world_size and (certain := certain_failure(logs)):
+        reason = certain
+    elif stuck := stuck_at_barrier(alive, job.project.min_nodes):
+        reason = stuck
+    else:
+        return ""
+    return reason + barrier_note(status)
+
+
+def _failed_by_themselves(status: RunStatus) -> list[str]:
+    """Services whose workers failed with an error of their own (not a lost peer's)."""
+    failures = {i: n.log.failure() for i, n in status.nodes.items()}
+    return [f"node-{i}" for i, f in failures.items() if f is not None and not f.secondary]
 
 
 def _show_outcome(status: JobStatus) -> None:
@@ -133,11 +182,13 @@ def _failure_cause(error: KdistError) -> dict[str, Any] | None:
 @click.option("--build/--no-build", default=None,
               help="Always build the image first / never build it.  [default: build when the image "
                    "is missing and the spec has compose.build]")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show torchrun's agent log lines too (`kdist logs` always has them).")
 @cli_dev.dev_options
 @json_lines("compose", causes=_failure_cause)
 @click.pass_context
-def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, dev: bool,
-       dev_port: int | None) -> None:
+def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, verbose: bool,
+       dev: bool, dev_port: int | None) -> None:
     """Run the job on Docker Compose.
 
     Renders the spec to .kdist/compose/<name>/docker-compose.yaml and starts the project
@@ -162,7 +213,7 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, de
                    "and `kdist status`, remove it with `kdist down`", err=True)
         return
     try:
-        _follow_with_status(job)
+        _follow_with_status(job, verbose)
     except KeyboardInterrupt:
         click.echo(f"\nkdist: interrupted; stopping job {name} (`kdist down` removes it)", err=True)
         job.stop()
@@ -230,11 +281,36 @@ def status(spec_file: Path, as_json: bool, target: str, context: str | None,
         from kdist.cli_k8s import k8s_status
 
         return k8s_status(load_plan(spec_file), context, namespace, as_json)
-    result = _open(spec_file).status()
+    job = _open(spec_file)
+    result = job.status()
+    agents = _read_agents(job)
     if as_json:
-        click.echo(json.dumps(status_dict(result), indent=2))
+        click.echo(json.dumps({**status_dict(result), "torchrun": agents.torchrun_dict()}, indent=2))
     else:
         click.echo(format_status(result))
+        click.echo(format_torchrun(agents))
+
+
+def _read_agents(job: ComposeJob) -> RunStatus:
+    """The nodes' logs read by kdist.torchlog: rendezvous rounds, restarts, world sizes."""
+    from kdist.runstatus import JobStatus
+
+    agents = JobStatus()
+    for line in job.logs(services=job.project.nodes):
+        if m := NODE_LINE.match(line):
+            agents.observe(int(m[1]), m[2])
+    return agents
+
+
+def format_torchrun(agents: RunStatus) -> str:
+    """`torchrun: 2 rendezvous rounds, 1 restart, world sizes 3 -> 2, members node-0, node-2`."""
+    if not agents.rounds:
+        return "torchrun: no rendezvous round completed yet"
+    data = agents.torchrun_dict()
+    plural = "" if data["restarts"] == 1 else "s"
+    return (f"torchrun: {data['rounds']} rendezvous round{'s' if data['rounds'] != 1 else ''}, "
+            f"{data['restarts']} restart{plural}, world sizes "
+            f"{' -> '.join(map(str, data['world_sizes']))}, members {', '.join(data['members'])}")
 
 
 @click.command()

@@ -177,7 +177,7 @@ def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
 def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, str]]:
     """What a waiting user has not seen yet: (resumed, the error) after a dropped connection,
     (pending, why) for each new reason the job is Pending."""
-    news = [("resumed", e) for e in job.interruptions]
+    news = [("reconnected", e) for e in job.interruptions]
     job.interruptions.clear()
     if status.phase == "Pending":
         fresh = [w for w in job.why_pending() if w not in seen]
@@ -186,7 +186,7 @@ def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, 
     return news
 
 
-NEWS_TEXT = {"resumed": "kdist: the API server dropped the watch ({}); resumed", "pending": "pending: {}"}
+NEWS_TEXT = {"reconnected": "kdist: the API server dropped the watch ({}); resumed", "pending": "pending: {}"}
 
 
 def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -> None:
@@ -201,7 +201,7 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
             line = status.summary()
             for kind, text in _news(job, status, seen):
                 if out is not None:
-                    out.event(kind, out.elapsed(), {"error" if kind == "resumed" else "why": text})
+                    out.event(kind, out.elapsed(), {"error" if kind == "reconnected" else "why": text})
                 else:
                     click.echo(f"[{time.monotonic() - start:6.0f}s] {NEWS_TEXT[kind].format(text)}",
                                err=True)

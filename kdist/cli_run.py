@@ -52,9 +52,9 @@ class TerminalConsole:
         self.shown, self.drawn_at = text, now
 
     def event(self, name: str, elapsed: float, fields: dict[str, Any]) -> None:
-        """kdist's own events as `kdist | kill node=1 ...` log lines (node starts are not shown)."""
+        """kdist's own events as `kdist | ...` log lines (node starts are not shown)."""
         if name != "start":
-            self.log("kdist", " ".join([name, *(f"{k}={v}" for k, v in fields.items())]))
+            self.log("kdist", describe_event(name, fields))
 
     def clear(self) -> None:
         if self.status_stream is not None and self.shown:
@@ -67,6 +67,24 @@ class TerminalConsole:
         import shutil
 
         return max(shutil.get_terminal_size((100, 24)).columns - 1, 20)
+
+
+def describe_event(name: str, fields: dict[str, Any]) -> str:
+    """`node-1 lost (SIGKILL by --kill)`, `round 1: world size 3, members node-0, node-1, ...`;
+    other events as `kill node=1 signal=SIGKILL ...`."""
+    node, members = f"node-{fields.get('node')}", ", ".join(fields.get("members", ()))
+    if name == "exit" and fields.get("killed"):
+        return f"{node} lost (killed on purpose, exit code {fields.get('code')})"
+    if name == "exit":
+        code = fields.get("code")
+        return f"{node} finished" if code == 0 else f"{node} failed (exit code {code})"
+    if name == "round":
+        return f"round {fields['round']}: world size {fields['world_size']}, members {members}"
+    if name == "resumed":
+        restarts = fields["restart"]
+        return (f"resumed: round {fields['round']}, world size {fields['world_size']} after "
+                f"{restarts} restart{'s' if restarts != 1 else ''}, members {members}")
+    return " ".join([name, *(f"{k}={v}" for k, v in fields.items())])
 
 
 def _fit_to_host(plan: LaunchPlan, nodes: int) -> LaunchPlan:
@@ -101,12 +119,18 @@ def _fit_to_host(plan: LaunchPlan, nodes: int) -> LaunchPlan:
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="Folder for this run's logs, metrics and checkpoints "
                    "[default: .kdist/runs/<run-id>]. Reusing one resumes from its checkpoint.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show torchrun's agent log lines too (they are always in the node logs).")
 @json_lines("local")
 def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: tuple[str, ...],
-        run_dir: Path | None) -> None:
+        run_dir: Path | None, verbose: bool) -> None:
     """Run the job here: every node is a torchrun process group on this host.
 
-    Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
+    The terminal shows the trainers' output and kdist's events (node lost, new rendezvous round
+    with its world size and members, finished); torchrun's own log lines go to the node logs.
+    A failure certain to repeat (every node's first attempt fails the same way, or a worker
+    fails with the same error again after a restart) stops the job instead of spending
+    max_restarts. Ctrl-C stops every process of the job. The exit code is 0 only if the job succeeded.
     """
     from kdist.backends.local import RunOptions, parse_kill, parse_seconds
     from kdist.workdir import check_file
@@ -116,6 +140,7 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
         kills=tuple(parse_kill(k) for k in kills),
         add_nodes=tuple(parse_seconds(a, "--add-node") for a in add_nodes),
         run_dir=run_dir,
+        verbose=verbose,
     )
     plan = load_plan(spec_file)
     check_file(plan.spec, spec_file, Path.cwd(), local=True)
@@ -147,6 +172,8 @@ def _run(plan: LaunchPlan, options: RunOptions, out: JsonLines | None) -> None:
 def _run_dict(result: RunResult) -> dict[str, Any]:
     return {"run_id": result.run_id, "run_dir": str(result.run_dir),
             "final_step": result.final_step, "interrupted": result.interrupted or None,
+            "rounds": result.rounds, "restarts": result.restarts,
+            "world_sizes": list(result.world_sizes),
             "summary": result.summary(),
             "nodes": [{"node": n.index, "exit_code": n.exit_code, "killed": n.killed,
                        "stopped": n.stopped, "exited_at": round(n.at, 1)} for n in result.nodes]}
@@ -164,4 +191,4 @@ def _root_cause(result: RunResult) -> dict[str, Any] | None:
     if cause is None:
         return jsonout.root_cause(f"node-{node.index}", node.exit_code, log=log)
     return jsonout.root_cause(f"node-{node.index}", node.exit_code, cause.rank, cause.signal,
-                              cause.traceback, log)
+                              cause.traceback, log, cause.exception)

@@ -3,11 +3,12 @@
 One JSON object per line, keys sorted, every key always present (null when unknown):
 
 - `{"type": "status", "target": ..., "elapsed": ...}` plus the job's state: for `run` and `up`
-  the nodes, rendezvous rounds, restarts, world size, step, loss, samples/s (read from the
-  nodes' output); for `apply --wait` the Kubernetes phase and per-pod rows;
+  the nodes, rendezvous rounds, restarts, world sizes (read from torchrun's agent lines), step,
+  loss, samples/s (from the trainer's optional KDIST_METRIC lines); for `apply --wait` the
+  Kubernetes phase and per-pod rows;
 - `{"type": "event", "target": ..., "event": NAME, "elapsed": ...}` plus the event's fields
-  (kdist run: start, exit, kill, kill-skipped, add-node, add-node-skipped; up: exit;
-  apply: applied);
+  (kdist run: start, exit, kill, kill-skipped, add-node, add-node-skipped, round, resumed;
+  up: exit, round, resumed; apply: applied);
 - one last `{"type": "result", "target": ..., "exit_code": N, "succeeded": ..., "error": ...,
   "root_cause": ..., "job": ..., "elapsed": ...}`: the exit code kdist exits with, the error
   message (null on success) and, when a node failed, its root cause.
@@ -47,6 +48,7 @@ def job_status(status: JobStatus, elapsed: float, target: str) -> dict[str, Any]
         "type": "status", "target": target, "elapsed": _seconds(elapsed),
         "nodes": nodes, "nodes_up": status.nodes_up, "rounds": len(status.rounds),
         "restarts": status.restarts, "world_size": status.world_size or None,
+        "world_sizes": status.world_sizes,
         "step": status.step, "loss": status.loss, "samples_per_s": status.samples_per_s,
         "checkpoint": status.checkpoint, "done": status.done,
     }
@@ -66,10 +68,12 @@ def event(target: str, name: str, elapsed: float, fields: Mapping[str, Any]) -> 
 
 
 def root_cause(node: str | None, exit_code: int | None, rank: int | None = None, signal: str = "",
-               traceback: Sequence[str] = (), log: str | None = None) -> dict[str, Any]:
-    """Which node's own failure ended the job; `rank`, `signal`, `log` null when unknown."""
+               traceback: Sequence[str] = (), log: str | None = None,
+               exception: str = "") -> dict[str, Any]:
+    """Which node's own failure ended the job; `rank`, `signal`, `log`, `exception` null when
+    unknown (`exception` is the error line, e.g. `RuntimeError: ...`)."""
     return {"node": node, "exit_code": exit_code, "rank": rank, "signal": signal or None,
-            "traceback": list(traceback), "log": log}
+            "traceback": list(traceback), "log": log, "exception": exception or None}
 
 
 def result(target: str, exit_code: int, elapsed: float, error: str | None = None,

@@ -196,6 +196,7 @@ class LaunchPlan:
         env = {
             "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",  # pytorch#135712: stale peer addresses
             "PYTHONUNBUFFERED": "1",
+            "LOGLEVEL": "INFO",  # torchrun's rendezvous and restart lines, read by kdist.torchlog
             CHECKPOINT_ENV: s.checkpoint.path,
         }
         if s.network_interface:

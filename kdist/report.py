@@ -10,7 +10,9 @@ metrics.jsonl (written by kdist.backends.local) holds two kinds of JSON lines, e
 - kdist's own events, `kdist.start` / `kdist.kill` / `kdist.exit` / `kdist.add-node` / ...;
   `node` is the node the event is about;
 - the trainer's `KDIST_METRIC` lines (start, step, checkpoint, done), printed by global rank 0;
-  `node` is the node whose output carried them, i.e. where rank 0 ran at the time.
+  `node` is the node whose output carried them, i.e. where rank 0 ran at the time. They are
+  optional: for a trainer without them, the worker groups come from the rendezvous rounds kdist
+  read in torchrun's agent logs (`kdist.round` / `kdist.resumed`, with world size and restart).
 
 A reused `--run-dir` appends a second run to the same file (its `elapsed` starts again near 0);
 the report shows the last run and says how many the file holds.
@@ -206,11 +208,35 @@ def build_samples(run: Sequence[dict[str, Any]]) -> tuple[Sample, ...]:
     return tuple(samples)
 
 
+ROUND_EVENTS = ("kdist.round", "kdist.resumed")
+
+
+def trainer_starts(run: Sequence[dict[str, Any]]) -> bool:
+    return any(r["event"] == "start" for r in run)
+
+
+def round_groups(run: Sequence[dict[str, Any]]) -> tuple[Group, ...]:
+    """Worker groups from torchrun's rendezvous rounds; each ends at the last record before the
+    next round (a kill, an exit) or at the end of the run."""
+    groups: list[Group] = []
+    for record in run:
+        t = float(record["elapsed"])
+        if record["event"] in ROUND_EVENTS:
+            groups.append(Group(t, t, _int(record.get("world_size")), _int(record.get("restart")), 0))
+        elif groups:
+            last = groups[-1]
+            groups[-1] = Group(last.t0, t, last.world_size, last.restart, last.resumed_step)
+    return tuple(groups)
+
+
 def build_groups(run: Sequence[dict[str, Any]]) -> tuple[Group, ...]:
     """Worker groups from the trainer's `start` events; each ends at its last trainer line.
 
-    Without any `start` (a trainer that prints only steps) the steps' world sizes make the groups.
+    Without any `start` (a trainer that prints only steps) the steps' world sizes make the groups;
+    without any trainer line, torchrun's rendezvous rounds do.
     """
+    if not any(r["event"] in TRAINER_EVENTS for r in run):
+        return round_groups(run)
     groups: list[Group] = []
     for record in run:
         event, t = record["event"], float(record["elapsed"])
@@ -250,9 +276,22 @@ def final_step(run: Sequence[dict[str, Any]]) -> int | None:
 
 def build_markers(run: Sequence[dict[str, Any]]) -> tuple[Marker, ...]:
     markers: list[Marker] = []
+    rounds = not trainer_starts(run)  # the trainer's own `start` events mark its restarts
     for record in run:
-        markers.extend(record_markers(record))
+        if record["event"] in ROUND_EVENTS:
+            markers.extend(round_markers(record) if rounds else [])
+        else:
+            markers.extend(record_markers(record))
     return tuple(markers)
+
+
+def round_markers(record: dict[str, Any]) -> list[Marker]:
+    """A rendezvous round from torchrun's agent logs: training (re)starts with its world."""
+    t, restart = float(record["elapsed"]), _int(record.get("restart"))
+    world = f"world {record.get('world_size')}"
+    if record["event"] == "kdist.resumed":
+        return [Marker(t, "restart", (), f"restart {restart}, {world}")]
+    return [Marker(t, "train-start", (), world)]
 
 
 def record_markers(record: dict[str, Any]) -> list[Marker]:

@@ -1,60 +1,64 @@
 """The live status of a local run, read from the lines its processes print.
 
 Pure: no I/O and no clock. The runner feeds every output line of every node to
-`JobStatus.observe`; this module recognises two kinds of lines:
-
-- the trainer's `KDIST_METRIC {json}` lines (start, step, checkpoint, done, smoke);
-- torchrun's own log lines (glog format, `LOGLEVEL=INFO`), e.g.
-
-      I1124 00:36:53.177000 24042 torch/distributed/elastic/agent/server/api.py:553] \
-[default] Rendezvous complete for workers. Result:
-      I1124 ... api.py:553]   group_world_size=3
-
-and, after a failure, torchrun's "Root Cause (first observed failure)" block.
+`JobStatus.observe`: torchrun's own lines (rendezvous rounds, restarts, failures) are read by
+kdist.torchlog, one `NodeLog` per node; the trainer's optional `KDIST_METRIC {json}` lines
+(start, step, checkpoint, done, smoke) add the step, loss and throughput.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-METRIC_PREFIX = "KDIST_METRIC "
+from kdist.torchlog import GLOG_RE, NodeLog
 
-# `I1124 00:36:53.177000 24042 torch/distributed/elastic/agent/server/api.py:553] message`
-_GLOG_RE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\] ?(?P<msg>.*)$")
-_RDZV_FIELD_RE = re.compile(r"^\s+(?P<key>restart_count|master_addr|master_port|group_rank|"
-                            r"group_world_size)=(?P<value>\S+)\s*$")
-_RESTART_RE = re.compile(r"Worker group (?P<state>\w+)\. (?P<left>\d+)/(?P<max>\d+) attempts left")
-_RDZV_STARTS = ("Rendezvous'ing worker group", "Rendezvous complete for workers")
+METRIC_PREFIX = "KDIST_METRIC "
 
 
 @dataclass
 class NodeState:
     """What one node's torchrun agent is doing, as far as its log says."""
 
-    phase: str = "starting"  # rendezvous, running, finished; exited, failed, killed at the end
-    group_rank: int | None = None
-    group_world_size: int = 0
-    worker_failures: int = 0  # "Worker group FAILED. n/m attempts left"
+    log: NodeLog = field(default_factory=NodeLog)
     exit_code: int | None = None
-    rdzv: dict[str, str] = field(default_factory=dict)  # the block being read
+    ended: str = ""  # exited, failed, killed
+    shown: list[str] = field(default_factory=list)  # the last line's part for a quiet terminal
+
+    @property
+    def phase(self) -> str:
+        """starting, rendezvous, running, barrier, finished; exited, failed, killed at the end."""
+        return self.ended or self.log.phase
 
     @property
     def alive(self) -> bool:
-        return self.phase not in ("exited", "failed", "killed")
+        return not self.ended
+
+    @property
+    def group_rank(self) -> int | None:
+        return self.log.round.group_rank if self.log.round else None
+
+    @property
+    def group_world_size(self) -> int:
+        return self.log.round.world_size if self.log.round else 0
+
+    @property
+    def worker_failures(self) -> int:
+        return len(self.log.exits)
 
 
 @dataclass
 class JobStatus:
-    """The whole job: per-node states plus the trainer's latest metrics."""
+    """The whole job: per-node states, the rendezvous rounds, the trainer's latest metrics."""
 
     nodes: dict[int, NodeState] = field(default_factory=dict)
-    rounds: set[str] = field(default_factory=set)  # distinct rendezvous results (master addr)
+    rounds: dict[str, dict[int, int]] = field(default_factory=dict)  # key -> node -> group rank
+    sizes: dict[str, int] = field(default_factory=dict)  # key -> world size
+    round_restarts: dict[str, int] = field(default_factory=dict)  # key -> highest restart_count
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # for the runner
     starts: int = 0  # trainer `start` events: 1 + number of worker-group restarts
-    world_size: int = 0
+    metric_world_size: int = 0
     step: int | None = None
     loss: float | None = None
     samples_per_s: float | None = None
@@ -63,7 +67,24 @@ class JobStatus:
 
     @property
     def restarts(self) -> int:
-        return max(self.starts - 1, 0)
+        """Restarts torchrun announced (or the trainer's `start` events, if it sends them)."""
+        logged = [n.log.restarts for n in self.nodes.values()]
+        logged += [r.restart_count for n in self.nodes.values() for r in n.log.rounds]
+        return max([self.starts - 1, 0, *logged])
+
+    @property
+    def world_size(self) -> int:
+        """The latest rendezvous round's world size (else the trainer's, if it said)."""
+        return list(self.sizes.values())[-1] if self.sizes else self.metric_world_size
+
+    @property
+    def world_sizes(self) -> list[int]:
+        """World sizes of the rounds in order, repeats of the same size once."""
+        sizes: list[int] = []
+        for size in self.sizes.values():
+            if not sizes or sizes[-1] != size:
+                sizes.append(size)
+        return sizes
 
     @property
     def nodes_up(self) -> int:
@@ -74,19 +95,38 @@ class JobStatus:
 
     def observe(self, index: int, line: str) -> dict[str, Any] | None:
         """Update from one output line of node `index`; returns the metric it carried, if any."""
+        node = self.node(index)
         metric = parse_metric(line)
         if metric is not None:
             self.apply_metric(metric)
+            node.shown = [line]
             return metric
-        message = torchrun_message(line)
-        if message is not None:
-            self.apply_torchrun(self.node(index), message)
+        rounds = len(node.log.rounds)
+        node.shown = node.log.feed(line)
+        if len(node.log.rounds) > rounds:
+            self._joined(index, node)
         return None
+
+    def _joined(self, index: int, node: NodeState) -> None:
+        """A node completed a rendezvous; once every member has, the round is an event."""
+        info = node.log.rounds[-1]
+        members = self.rounds.setdefault(info.key, {})
+        self.sizes[info.key] = info.world_size
+        members[index] = info.group_rank
+        # an agent restarted by a peer's failure (not its own) still says restart_count=0
+        restart = max(self.round_restarts.get(info.key, 0), info.restart_count)
+        self.round_restarts[info.key] = restart
+        if len(members) == info.world_size:
+            number = list(self.rounds).index(info.key) + 1
+            order = [f"node-{i}" for i in sorted(members, key=members.__getitem__)]
+            fields = {"round": number, "world_size": info.world_size, "restart": restart,
+                      "members": order}
+            self.events.append(("round" if number == 1 else "resumed", fields))
 
     def apply_metric(self, metric: dict[str, Any]) -> None:
         event = metric.get("event")
         if isinstance(metric.get("world_size"), int):
-            self.world_size = metric["world_size"]
+            self.metric_world_size = metric["world_size"]
         if event == "start":
             self.starts += 1
         elif event == "step":
@@ -99,32 +139,37 @@ class JobStatus:
             self.done = True
             self.step = _int_or(metric.get("step"), self.step)
 
-    def apply_torchrun(self, node: NodeState, message: str) -> None:
-        field_match = _RDZV_FIELD_RE.match(message)
-        if node.phase == "rendezvous" and field_match:
-            node.rdzv[field_match["key"]] = field_match["value"]
-            if field_match["key"] == "group_world_size":
-                self._rendezvous_done(node)
-        elif any(text in message for text in _RDZV_STARTS):
-            node.phase, node.rdzv = "rendezvous", {}
-        elif _RESTART_RE.search(message):
-            node.worker_failures += 1
-        elif "worker group successfully finished" in message:
-            node.phase = "finished"
-
-    def _rendezvous_done(self, node: NodeState) -> None:
-        info = node.rdzv
-        node.phase = "running"
-        node.group_rank = _int_or(info.get("group_rank"), None)
-        node.group_world_size = _int_or(info.get("group_world_size"), 0) or 0
-        self.rounds.add(f"{info.get('master_addr', '')}:{info.get('master_port', '')}")
-        if not self.world_size:
-            self.world_size = node.group_world_size
-
     def node_exited(self, index: int, code: int, killed: bool = False) -> None:
         node = self.node(index)
         node.exit_code = code
-        node.phase = "killed" if killed else ("exited" if code == 0 else "failed")
+        node.ended = "killed" if killed else ("exited" if code == 0 else "failed")
+
+    def members(self) -> list[int]:
+        """The nodes of the latest rendezvous round, in group-rank order."""
+        if not self.rounds:
+            return []
+        members = list(self.rounds.values())[-1]
+        return sorted(members, key=members.__getitem__)
+
+    def torchrun_dict(self) -> dict[str, Any]:
+        """What torchrun's agent lines said: rounds, restarts, world sizes, the last members."""
+        return {"rounds": len(self.rounds), "restarts": self.restarts,
+                "world_sizes": self.world_sizes, "members": [f"node-{i}" for i in self.members()]}
+
+    def waiting_in_barrier(self) -> list[int]:
+        """Nodes whose agent waits in torchrun's exit barrier for the others."""
+        return [i for i, n in self.nodes.items() if n.alive and n.log.phase == "barrier"]
+
+
+def barrier_note(status: JobStatus) -> str:
+    """`; node-0 was waiting in torchrun's exit barrier ...` for the nodes that were, or ""."""
+    waiting = status.waiting_in_barrier()
+    if not waiting:
+        return ""
+    names = ", ".join(f"node-{i}" for i in waiting)
+    seconds = max(status.nodes[i].log.barrier_seconds for i in waiting)
+    verb = "was" if len(waiting) == 1 else "were"
+    return f"; {names} {verb} waiting in torchrun's exit barrier (up to {seconds:.0f} s)"
 
 
 def parse_metric(line: str) -> dict[str, Any] | None:
@@ -141,7 +186,7 @@ def parse_metric(line: str) -> dict[str, Any] | None:
 
 def torchrun_message(line: str) -> str | None:
     """The message part of a torchrun (glog-formatted) log line, or None."""
-    match = _GLOG_RE.match(line)
+    match = GLOG_RE.match(line)
     return match["msg"] if match else None
 
 
@@ -181,83 +226,3 @@ def format_status(status: JobStatus, elapsed: float) -> str:
     if status.done:
         parts.append("done")
     return " | ".join(parts)
-
-
-# ---- torchrun's failure report ------------------------------------------------------------
-
-_ROOT_TITLE = "Root Cause (first observed failure):"
-_BLOCK_FIELD_RE = re.compile(r"^\s{2}(?P<key>time|host|rank|exitcode|error_file|traceback)\s*:"
-                             r" ?(?P<value>.*)$")
-_RANK_RE = re.compile(r"^(?P<rank>-?\d+) \(local_rank: (?P<local>-?\d+)\)")
-_EXIT_RE = re.compile(r"^(?P<code>-?\d+) \(pid: (?P<pid>\d+)\)\s*(\((?P<signal>SIG\w+)\))?")
-_NO_TRACEBACK = "To enable traceback see"
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "caused by a remote worker")
-_CARETS_RE = re.compile(r"^\s*[\^~]+\s*$")  # 3.11 error markers under a line
-
-
-@dataclass(frozen=True)
-class RootCause:
-    """torchrun's "Root Cause (first observed failure)" entry."""
-
-    rank: int
-    local_rank: int
-    exit_code: int
-    signal: str  # "SIGKILL" etc., "" when the worker exited by itself
-    time: str
-    error_file: str
-    traceback: tuple[str, ...]  # empty when torchrun had none (no @record in the trainer)
-
-    @property
-    def secondary(self) -> bool:
-        """The error only says that a peer went away (the cause is elsewhere)."""
-        text = "\n".join(self.traceback[-3:])
-        return any(marker in text for marker in _PEER_LOST)
-
-    def summary(self, tail: int = 6) -> str:
-        """`rank 0 exited with code 1` plus the traceback's last lines, indented."""
-        how = f"was killed by {self.signal}" if self.signal else f"exited with code {self.exit_code}"
-        lines = [f"rank {self.rank} (local rank {self.local_rank}) {how}"]
-        lines += [f"  {x}" for x in self.traceback[-tail:]]
-        return "\n".join(lines)
-
-
-def parse_root_cause(lines: Sequence[str]) -> RootCause | None:
-    """The root cause in the last failure report among `lines` (one node's output), if any."""
-    starts = [i for i, line in enumerate(lines) if line.strip() == _ROOT_TITLE]
-    if not starts:
-        return None
-    fields, traceback = _block_fields(lines[starts[-1] + 1:])
-    rank = _RANK_RE.match(fields.get("rank", ""))
-    code = _EXIT_RE.match(fields.get("exitcode", ""))
-    if rank is None or code is None:
-        return None
-    return RootCause(
-        rank=int(rank["rank"]), local_rank=int(rank["local"]), exit_code=int(code["code"]),
-        signal=code["signal"] or "", time=fields.get("time", ""), error_file=fields.get("error_file", ""),
-        traceback=tuple(traceback),
-    )
-
-
-def _block_fields(lines: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    """`key : value` pairs of one failure entry, and the traceback lines that follow it."""
-    fields: dict[str, str] = {}
-    traceback: list[str] = []
-    in_traceback = False
-    for line in lines:
-        if line.startswith("====="):
-            break
-        match = _BLOCK_FIELD_RE.match(line)
-        if match and not in_traceback:
-            fields[match["key"]] = match["value"].strip()
-            in_traceback = match["key"] == "traceback"
-            first = match["value"].strip()
-            if in_traceback and first and not first.startswith(_NO_TRACEBACK):
-                traceback.append(first)
-        elif in_traceback:
-            traceback.append(line[2:] if line.startswith("  ") else line)
-    return fields, clean_traceback(traceback)
-
-
-def clean_traceback(lines: Sequence[str]) -> list[str]:
-    """Traceback lines without blank lines and Python 3.11's `^^^^` markers."""
-    return [line.rstrip() for line in lines if line.strip() and not _CARETS_RE.match(line)]

@@ -37,7 +37,7 @@ from kdist.backends.compose import (
     root_cause,
 )
 from kdist.cli import KdistGroup
-from kdist.cli_compose import COMMANDS, format_status, register, status_dict
+from kdist.cli_compose import COMMANDS, format_status, format_torchrun, register, status_dict
 from kdist.errors import UsageError
 from kdist.load import load_file
 from kdist.plan import LaunchPlan
@@ -173,11 +173,22 @@ def test_log_lines_get_one_node_prefix(raw: str, clean: str) -> None:
 
 def test_root_cause_is_torchruns_summary() -> None:
     block = root_cause(TORCHRUN_FAILURE.splitlines())
-    assert block[0] == "[0]:" and "host      : node-0" in block[2]
+    assert block[0] == "rank 0 exited with code 1: RuntimeError: injected failure at step 3"
     assert backend.cause_line(block) == "RuntimeError: injected failure at step 3"
     assert not backend.is_peer_error(block)
     peer = ["  RuntimeError: [pair.cc:553] Connection closed by peer [172.24.0.4]:18621."]
     assert backend.is_peer_error(peer)
+
+
+def test_root_cause_of_compose_logs_is_the_local_one() -> None:
+    """The same parser as `kdist run`: real node logs with compose's `node-N | ` prefix."""
+    fixtures = Path(__file__).parent / "fixtures" / "torchrun" / "raise-no-restarts"
+    blocks = [root_cause([f"node-{i} | {x}" for x in (fixtures / f"node-{i}.log").read_text(
+        encoding="utf-8").splitlines()]) for i in (0, 1)]
+    assert blocks[0][0] == ("rank 0 exited with code 1: RuntimeError: tutorial trainer: deliberate "
+                            "failure at epoch 3")
+    assert not backend.is_peer_error(blocks[0]) and backend.is_peer_error(blocks[1])
+    assert blocks[1][0].startswith("rank 1 was killed by SIGABRT: RuntimeError: ")
 
 
 def test_root_cause_without_summary_is_the_log_tail() -> None:
@@ -232,6 +243,22 @@ def test_status_table_and_json() -> None:
     data = status_dict(status)
     assert data["phase"] == "succeeded" and data["nodes"][2]["container"] is None
     assert data["nodes"][1]["stopped_by"] == backend.KILLED
+
+
+def test_status_says_what_torchruns_agents_logged() -> None:
+    """Rounds, restarts, world sizes and members from real node logs (node-1 killed)."""
+    from kdist.runstatus import JobStatus
+
+    agents = JobStatus()
+    assert format_torchrun(agents) == "torchrun: no rendezvous round completed yet"
+    folder = Path(__file__).parent / "fixtures" / "torchrun" / "node-lost"
+    for index in range(3):
+        for line in (folder / f"node-{index}.log").read_text(encoding="utf-8").splitlines():
+            agents.observe(index, line)
+    assert format_torchrun(agents) == ("torchrun: 2 rendezvous rounds, 1 restart, world sizes "
+                                       "3 -> 2, members node-0, node-2")
+    assert agents.torchrun_dict() == {"rounds": 2, "restarts": 1, "world_sizes": [3, 2],
+                                      "members": ["node-0", "node-2"]}
 
 
 # ---- project, argv, validation (no engine touched) ---------------------------------------------

@@ -286,6 +286,31 @@ def test_failing_job_exits_nonzero_with_the_root_cause(job: Callable[..., Job]) 
     assert json.loads(j("status", "--json").stdout)["phase"] == "failed"
 
 
+def test_tutorial_trainer_raising_gets_the_same_root_cause_as_kdist_run(
+        job: Callable[..., Job]) -> None:
+    """No @record, no KDIST_METRIC: kdist.torchlog reads rank 0's `[rank0]:` traceback from the
+    container's log, as for `kdist run` (tests/test_local_run.py). No snapshot is saved before
+    the raise (save_every 10), so the image's read-only /app does not matter here."""
+    j = job("tutraise", base="tutorial.yaml", nodes=2, max_restarts=0,
+            args=["30", "10", "--epoch-sleep", "0.5", "--raise-at", "2"])
+    up = j("up")
+    assert up.returncode == 1, up.stderr[-3000:]
+    lines = up.stderr.splitlines()
+    first = next(line for line in lines if line.startswith("kdist: job"))
+    assert re.search(r"root cause on node-[01]: RuntimeError: tutorial trainer: deliberate failure "
+                     r"at epoch 2$", first), first
+    at = lines.index(first)
+    assert lines[at + 1] == ("  rank 0 exited with code 1: RuntimeError: tutorial trainer: "
+                             "deliberate failure at epoch 2"), lines[at:]
+    assert any('raise RuntimeError(f"tutorial trainer' in line for line in lines[at:])
+    assert not re.search(r"^node-\d\s*\| [IWE]\d{4} ", up.stdout, re.M)  # agent lines: logs only
+    agents = json.loads(j("status", "--json").stdout)["torchrun"]
+    assert (agents["rounds"], agents["restarts"], agents["world_sizes"]) == (1, 0, [2])
+    assert sorted(agents["members"]) == ["node-0", "node-1"]  # in group-rank order
+    assert re.search(r"^torchrun: 1 rendezvous round, 0 restarts, world sizes 2, members "
+                     r"node-[01], node-[01]$", j("status").stdout, re.M)
+
+
 def test_missing_image_is_a_clear_error(job: Callable[..., Job]) -> None:
     j = job("noimage", nodes=2, image="kdist-e2e-missing:0.0.0", compose=None)
     up = j("up", "--no-build", timeout=120)

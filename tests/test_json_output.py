@@ -11,6 +11,7 @@ import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import click
@@ -23,15 +24,17 @@ from test_local_run import KDIST, ROOT, explain, write_spec
 from test_runstatus import NODE0_LOG
 
 from kdist.backends import k8s as backend
+from kdist.backends.compose import HOPELESS
 from kdist.cli import KdistGroup, cli
 from kdist.cli_compose import _follow_with_status
 from kdist.cli_json import JsonLines, json_lines
 from kdist.cli_run import run
 from kdist.runstatus import JobStatus
+from kdist.torchlog import is_agent_line
 
 SMOKE = ROOT / "trainers" / "examples" / "smoke-node0.yaml"
 RESULT_KEYS = ["elapsed", "error", "exit_code", "job", "root_cause", "succeeded", "target", "type"]
-CAUSE_KEYS = ["exit_code", "log", "node", "rank", "signal", "traceback"]
+CAUSE_KEYS = ["exception", "exit_code", "log", "node", "rank", "signal", "traceback"]
 
 
 def records(stdout: str) -> list[dict[str, Any]]:
@@ -86,7 +89,8 @@ def test_run_json_result_of_a_failing_job_holds_the_root_cause(tmp_path: Path) -
     assert result.returncode == 1, explain(result)
     final = records(result.stdout)[-1]
     assert (final["exit_code"], final["succeeded"]) == (1, False)
-    assert "failed (torchrun exit code 1): rank 0 (local rank 0) exited with code 1" in final["error"]
+    assert ("failed (torchrun exit code 1): rank 0 exited with code 1: RuntimeError: injected failure "
+            "at step 3") in final["error"]
     cause = final["root_cause"]
     assert sorted(cause) == CAUSE_KEYS
     assert cause["node"] in ("node-0", "node-1") and (cause["rank"], cause["exit_code"]) == (0, 1)
@@ -138,13 +142,23 @@ def test_snapshots_are_printed_on_change_and_step_changes_throttled(
 
 
 class Lines:
-    """Only what _follow_with_status reads of a ComposeJob: the cleaned log lines."""
+    """Only what _follow_with_status uses of a ComposeJob: the cleaned log lines, the nodes
+    kdist stopped on purpose, and stop()."""
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, lines: list[str], marks: dict[str, str] | None = None) -> None:
         self.lines = lines
+        self.marked = marks or {}
+        self.stopped: list[str] = []
+        self.project = SimpleNamespace(min_nodes=2)
 
     def follow(self) -> Iterator[str]:
         yield from self.lines
+
+    def marks(self) -> dict[str, str]:
+        return self.marked
+
+    def stop(self, reason: str, failed: list[str]) -> None:
+        self.stopped.append(reason)
 
 
 def test_up_json_formatting_of_compose_log_lines() -> None:
@@ -153,9 +167,12 @@ def test_up_json_formatting_of_compose_log_lines() -> None:
               "node-1 | (container exited with code 137)"]
 
     @click.command()
+    @click.option("-v", "verbose", is_flag=True)
     @json_lines("compose")
-    def follow() -> None:
-        _follow_with_status(Lines(lines))  # type: ignore[arg-type]
+    def follow(verbose: bool) -> None:
+        fake = Lines(lines, {"node-1": "killed by kdist kill"})
+        _follow_with_status(fake, verbose)  # type: ignore[arg-type]
+        assert fake.stopped == []  # node-1 was killed on purpose: node-0 may go on
 
     result = CliRunner().invoke(follow, ["--output", "json"])
     assert result.exit_code == 0, result.output
@@ -166,10 +183,27 @@ def test_up_json_formatting_of_compose_log_lines() -> None:
     last = of_type(recs, "status")[-1]
     assert (last["target"], last["rounds"], last["world_size"], last["step"]) == ("compose", 2, 2, 4)
     assert [(n["node"], n["state"], n["exit_code"]) for n in last["nodes"]] == [
-        (0, "finished", None), (1, "failed", 137)]
+        (0, "barrier", None), (1, "failed", 137)]  # node-0 waits in the exit barrier
     assert "node-1 | (container exited with code 137)" in result.stderr
-    text = CliRunner().invoke(follow, [])
-    assert text.stdout.splitlines() == lines  # text: the log lines on stdout, as before
+    text = CliRunner().invoke(follow, ["-v"])
+    assert text.stdout.splitlines() == lines  # text, -v: the log lines on stdout, as before
+    quiet = CliRunner().invoke(follow, []).stdout.splitlines()
+    assert quiet == [x for x in lines if not is_agent_line(x.split(" | ", 1)[1])]
+    assert len(quiet) < len(lines) / 2
+
+
+def test_up_stops_the_nodes_once_the_job_cannot_succeed() -> None:
+    """node-1 failed by itself while node-0 waits in torchrun's 300 s exit barrier."""
+    lines = [f"node-0 | {line}" for line in NODE0_LOG.splitlines()]
+    lines += ["node-1 | (container exited with code 1)", "node-0 | never read"]
+    fake = Lines(lines)
+    result = CliRunner().invoke(click.command()(
+        lambda: _follow_with_status(fake)))  # type: ignore[arg-type]
+    assert result.exit_code == 0, result.output
+    assert fake.stopped == [HOPELESS]
+    assert ("kdist: node-1 failed, so the job cannot succeed any more; node-0 was waiting in "
+            "torchrun's exit barrier (up to 300 s); stopping the other nodes\n") in result.stderr
+    assert "never read" not in result.stdout
 
 
 @pytest.mark.docker
@@ -234,7 +268,8 @@ def test_apply_wait_json_of_a_failed_job(env: dict[str, str], api: FakeApi,  # n
     final = records(result.stdout)[-1]
     assert final["error"].startswith("job cifar-cpu failed: torchrun exited with code 3 on ")
     assert final["root_cause"] == {"exit_code": 3, "log": None, "node": failed["metadata"][
-        "annotations"]["kdist.dev/finished-by"], "rank": None, "signal": None, "traceback": []}
+        "annotations"]["kdist.dev/finished-by"], "rank": None, "signal": None, "traceback": [],
+        "exception": None}
 
 
 def test_apply_json_without_wait_prints_the_objects(env: dict[str, str], api: FakeApi,  # noqa: F811

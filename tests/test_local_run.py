@@ -34,7 +34,7 @@ from kdist.backends.local import (
     stop_reason,
 )
 from kdist.cli import KdistGroup
-from kdist.cli_run import TerminalConsole, run
+from kdist.cli_run import TerminalConsole, describe_event, run
 from kdist.errors import UsageError
 from kdist.load import load_text
 from kdist.plan import LaunchPlan
@@ -114,7 +114,8 @@ def test_two_nodes_finish_with_identical_parameters(tmp_path: Path) -> None:
     assert hashes[0] == hashes[1]
     assert re.search(r"run pair-\S+ succeeded: 2 nodes, final step 12, \S+ elapsed, logs in ",
                      result.stderr), result.stderr
-    assert "node-0 | " in result.stdout and "node-1 | " in result.stdout
+    assert re.search(r"^node-[01] \| KDIST_METRIC ", result.stdout, re.M)  # rank 0's output
+    assert not re.search(r"^node-\d \| [IWE]\d{4} ", result.stdout, re.M)  # agents: logs only
     for name in ("node-0.log", "node-1.log", "store.log", "metrics.jsonl"):
         assert (tmp_path / "run" / name).stat().st_size > 0
     assert (tmp_path / "run" / "checkpoints" / "checkpoint.pt").exists()
@@ -151,7 +152,7 @@ def test_losing_node_0_is_survivable_with_the_standalone_store(tmp_path: Path) -
     events = metrics(result.stdout)
     assert [e["world_size"] for e in events if e["event"] == "start"][-1] == 1
     check_resumes([e for e in events if e["event"] != "kill"], 30)
-    assert "kdist | exit node=0 code=-9 killed=True" in result.stdout
+    assert "kdist | node-0 lost (killed on purpose, exit code -9)" in result.stdout
 
 
 def job_processes(run_dir: Path, sessions: set[int]) -> dict[int, str]:
@@ -203,7 +204,7 @@ def test_ctrl_c_stops_every_process_of_the_job(tmp_path: Path) -> None:
         assert len(sessions) >= 5  # torchrun starts its workers in sessions of their own
         proc.send_signal(signal.SIGINT)
         started = time.monotonic()
-        _, stderr = proc.communicate(timeout=30)
+        stdout, stderr = proc.communicate(timeout=30)
         stopped_after = time.monotonic() - started
     finally:
         if proc.poll() is None:
@@ -211,6 +212,8 @@ def test_ctrl_c_stops_every_process_of_the_job(tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert stopped_after < 15
     assert "interrupted by SIGINT" in stderr
+    assert "Traceback" not in stdout + stderr  # torchrun's SignalExceptions stay in the node logs
+    assert "Traceback" in (run_dir / "node-0.log").read_text()
     left = job_processes(run_dir, sessions)
     assert not left, f"left behind: {left}"
     assert not [pid for pid in running if Path(f"/proc/{pid}/stat").exists()
@@ -224,11 +227,106 @@ def test_a_failing_trainer_reports_its_root_cause(tmp_path: Path) -> None:
                       "max_restarts: 0\n")
     result = kdist_run(spec, tmp_path / "run")
     assert result.returncode == 1, explain(result)
-    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank 0 \(local rank 0\) "
-                     r"exited with code 1\n", result.stderr), result.stderr
+    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank 0 exited with code 1: "
+                     r"RuntimeError: injected failure at step 3\n", result.stderr), result.stderr
     assert "RuntimeError: injected failure at step 3" in result.stderr
     assert "log: " in result.stderr and "internal error" not in result.stderr
     assert re.search(r"run failing-\S+ failed: 2 nodes", result.stderr)
+
+
+TUTORIAL = "trainers/examples/tutorial/train.py"
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("restarts", [0, 3])
+def test_tutorial_trainer_raising_names_rank_0_and_stops_within_15_s(tmp_path: Path,
+                                                                    restarts: int) -> None:
+    """No @record, no KDIST_METRIC: the `[rank0]:` traceback is the root cause. With
+    max_restarts 0 torchrun gives up at once: kdist exits within 15 s of the raise. With 3
+    (trainers/examples/tutorial.yaml) rank 0 fails the same way again after the first restart
+    and kdist stops the job then: one restart cycle later (its time is the trainer's start-up,
+    12 to 19 s on a loaded 2-core machine), not after all three."""
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: tutraise\nimage: kdist-trainer:test\nentrypoint: {TUTORIAL}\n"
+                    'args: ["30", "2", --epoch-sleep, "0.5", --raise-at, "2"]\n'
+                    f"nodes: 2\nmax_restarts: {restarts}\n", encoding="utf-8")
+    run_dir = (tmp_path / "run").resolve()
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    raised, stdout = 0.0, []
+    for line in proc.stdout:
+        stdout.append(line)
+        if "[rank0]: RuntimeError: tutorial trainer" in line and not raised:
+            raised = time.monotonic()
+    _, stderr = proc.communicate(timeout=60)
+    ended = time.monotonic()
+    assert proc.returncode == 1, stderr
+    assert raised and ended - raised < (15 if restarts == 0 else 45), (ended - raised, stderr)
+    match = re.search(r"kdist: (node-[01]) failed \(torchrun exit code 1\): rank 0 exited with code 1: "
+                      r"RuntimeError: tutorial trainer: deliberate failure at epoch 2\n", stderr)
+    assert match, stderr
+    assert f"  log: {run_dir / match[1]}.log\n" in stderr
+    assert 'raise RuntimeError(f"tutorial trainer: deliberate failure at epoch {epoch}")' in stderr
+    assert not any(re.match(r"node-\d \| [IWE]\d{4} ", x) for x in stdout)  # agent lines: logs only
+    members = r"members (node-0, node-1|node-1, node-0)\n"  # in group-rank order
+    assert re.search(r"^kdist \| round 1: world size 2, " + members, "".join(stdout), re.M)
+    if restarts:
+        assert re.search(r"^kdist \| resumed: round 2, world size 2 after 1 restart, " + members,
+                         "".join(stdout), re.M)
+        assert ("  kdist: the same error again after a restart, so restarts would repeat it: RuntimeError: "
+                "tutorial trainer: deliberate failure at epoch 2; stopped the job instead of "
+                "restarting\n") in stderr
+        logs = "".join((run_dir / f"node-{i}.log").read_text() for i in (0, 1))
+        assert "1/3 attempts left" not in logs  # kdist stopped it before the third attempt
+
+
+@pytest.mark.torch
+def test_a_crash_certain_to_repeat_stops_without_spending_the_restarts(tmp_path: Path) -> None:
+    trainer = tmp_path / "bad.py"
+    trainer.write_text("import no_such_module_for_kdist  # noqa: F401\n", encoding="utf-8")
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: badimport\nimage: kdist-trainer:test\nentrypoint: {trainer}\n"
+                    "nodes: 2\nmax_restarts: 5\n", encoding="utf-8")
+    result = kdist_run(spec, tmp_path / "run", timeout=60)
+    assert result.returncode == 1, explain(result)
+    assert re.search(r"kdist: node-[01] failed \(torchrun exit code 1\): rank [01] exited with code 1: "
+                     r"ModuleNotFoundError: No module named 'no_such_module_for_kdist'\n", result.stderr)
+    assert ("kdist: every node's first attempt failed the same way: ModuleNotFoundError: No module "
+            "named 'no_such_module_for_kdist'; stopped the job instead of restarting") in result.stderr
+    attempts = (tmp_path / "run" / "node-0.log").read_text().count("failed (exitcode: 1)")
+    assert 1 <= attempts < 6  # kdist stopped it before torchrun spent its 5 restarts
+
+
+LATE_FAILURE = """\
+import time
+import torch.distributed as dist
+dist.init_process_group("gloo")
+if dist.get_rank() == 1:
+    time.sleep(4)
+    raise RuntimeError("rank 1 fails after rank 0 finished")
+print("rank 0 done", flush=True)
+"""
+
+
+@pytest.mark.torch
+def test_a_node_left_waiting_in_the_exit_barrier_does_not_hold_the_job(tmp_path: Path) -> None:
+    """Rank 0 finishes and its agent waits up to 300 s in torchrun's exit barrier; rank 1 then
+    fails and its agent would wait for a new round that rank 0's node never joins."""
+    trainer = tmp_path / "late.py"
+    trainer.write_text(LATE_FAILURE, encoding="utf-8")
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: late\nimage: kdist-trainer:test\nentrypoint: {trainer}\nnodes: 2\n",
+                    encoding="utf-8")
+    started = time.monotonic()
+    result = kdist_run(spec, tmp_path / "run", timeout=120)
+    assert result.returncode == 1, explain(result)
+    assert time.monotonic() - started < 60  # not torchrun's 300 s
+    assert re.search(r"kdist: node-([01])'s workers failed after node-[01] finished: fewer than "
+                     r"nodes.min=2 nodes can rendezvous again, so the job cannot succeed any more; "
+                     r"node-[01] was waiting in torchrun's exit barrier \(up to 300 s\)",
+                     result.stderr), result.stderr
+    assert "RuntimeError: rank 1 fails after rank 0 finished" in result.stderr
 
 
 # ---- options, process trees, console (no torch) ------------------------------------------
@@ -342,4 +440,20 @@ def test_console_keeps_the_status_line_below_the_log() -> None:
     quiet = TerminalConsole(None)
     quiet.status(status, 5)  # not a terminal: no status line, nothing to clear
     quiet.clear()
+
+
+def test_kdist_events_on_the_terminal() -> None:
+    assert describe_event("exit", {"node": 1, "code": -9, "killed": True}) == (
+        "node-1 lost (killed on purpose, exit code -9)")
+    assert describe_event("exit", {"node": 0, "code": 0, "killed": False}) == "node-0 finished"
+    assert describe_event("exit", {"node": 2, "code": 1, "killed": False}) == (
+        "node-2 failed (exit code 1)")
+    assert describe_event("round", {"round": 1, "world_size": 3, "restart": 0,
+                                     "members": ["node-0", "node-1", "node-2"]}) == (
+        "round 1: world size 3, members node-0, node-1, node-2")
+    assert describe_event("resumed", {"round": 2, "world_size": 2, "restart": 1,
+                                       "members": ["node-0", "node-2"]}) == (
+        "resumed: round 2, world size 2 after 1 restart, members node-0, node-2")
+    assert describe_event("kill", {"node": 1, "signal": "SIGKILL", "processes": 2}) == (
+        "kill node=1 signal=SIGKILL processes=2")
 

@@ -238,7 +238,8 @@ def test_smoke_job_runs_with_each_node_in_its_own_namespace(
     result = kdist_run(spec, tmp_path / "run")
     assert result.returncode == 0, explain(result)
     assert '"event":"smoke","world_size":2' in result.stdout
-    assert "rdzv_endpoint            : 10.213." in result.stdout  # node 0's own address
+    node0 = (tmp_path / "run" / "node-0.log").read_text()  # torchrun's lines: node logs only
+    assert "rdzv_endpoint            : 10.213." in node0  # node 0's own address
     assert kdist_namespaces() <= before, "namespaces left behind"
 
 

@@ -16,7 +16,7 @@ from conftest import FIXTURES
 
 from kdist.cli import KdistGroup
 from kdist.cli_report import report
-from kdist.report import LEFT, WIDTH, RunModel, make_frame, parse, render_html
+from kdist.report import LEFT, WIDTH, RunModel, make_frame, parse, render_html, summary_rows
 
 RUN = FIXTURES / "report" / "elastic-run"
 CHARTS = ("chart-loss", "chart-throughput", "chart-world", "chart-nodes")
@@ -180,6 +180,24 @@ def test_a_run_without_trainer_metrics_still_renders() -> None:
     page = render_html(model, "r")
     assert page.count(">no data</text>") == 2  # the world chart still shows the nodes alive
     assert "node-2 killed" in page
+
+
+def test_a_trainer_without_metrics_gets_rounds_restarts_and_world_sizes_from_torchrun() -> None:
+    """The tutorial trainer (no KDIST_METRIC) on 3 nodes, node-1 killed at 12 s: kdist wrote the
+    rendezvous rounds it read in torchrun's agent logs (`kdist run`, real run)."""
+    text = (FIXTURES / "report" / "tutorial-node-lost" / "metrics.jsonl").read_text(encoding="utf-8")
+    model = parse(text.splitlines())
+    assert model.samples == () and model.final_step is None
+    assert [(g.world_size, g.restart) for g in model.groups] == [(3, 0), (2, 1)]
+    assert (model.groups[0].t0, model.groups[0].t1, model.groups[1].t0) == (4.547, 12.15, 19.44)
+    assert model.restarts == 1 and model.world_sizes == (3, 2)
+    assert model.paused == pytest.approx(19.44 - 12.15)
+    assert [(life.node, life.t1, life.killed) for life in model.lifelines] == [
+        (0, 33.116, False), (1, 12.15, True), (2, 33.125, False)]
+    summary = dict(summary_rows(model, "tutorial"))
+    assert (summary["restarts"], summary["world sizes seen"]) == ("1", "3 → 2")
+    page = render_html(model, "tutorial")
+    assert "restart 1, world 2 (new rendezvous)" in page and "training started, world 3" in page
 
 
 def test_nothing_at_all_renders_an_empty_page() -> None:

@@ -7,9 +7,14 @@ from kdist.runstatus import (
     format_elapsed,
     format_status,
     parse_metric,
-    parse_root_cause,
     torchrun_message,
 )
+from kdist.torchlog import Failure, NodeLog
+
+
+def parse_root_cause(lines: list[str]) -> Failure | None:
+    """torchrun's own report (the Root Cause block) among one node's lines."""
+    return NodeLog().feed_all(lines).report
 
 # node-0 of a 3-node job (nodes 2:3) whose node-2 was SIGKILLed: first round, the restart
 # after the loss, the second round with 2 nodes, and the end.
@@ -140,8 +145,9 @@ def test_a_node_loss_shows_as_a_new_round_a_restart_and_a_smaller_world() -> Non
     assert status.restarts == 1
     assert node.worker_failures == 1
     assert node.group_rank == 0 and node.group_world_size == 2
-    assert node.phase == "finished"
-    assert status.world_size == 2
+    assert node.phase == "barrier"  # the agent waits in torchrun's exit barrier for the others
+    assert status.waiting_in_barrier() == [0]
+    assert status.world_size == 2 and status.world_sizes == [3, 2]
     assert (status.step, status.checkpoint, status.done) == (40, 10, True)
 
 
@@ -178,20 +184,20 @@ def test_status_line() -> None:
 
 
 def test_root_cause_of_a_trainer_exception() -> None:
-    cause = parse_root_cause(("node-0 | noise\n" + FAILED_LOG).splitlines())
+    cause = parse_root_cause(("noise\n" + FAILED_LOG).splitlines())
     assert cause is not None
-    assert (cause.rank, cause.local_rank, cause.exit_code, cause.signal) == (0, 0, 1, "")
+    assert (cause.rank, cause.exit_code, cause.signal) == (0, 1, "")
     assert cause.time == "2026-11-24_00:47:51"
-    assert cause.error_file.endswith("attempt_1/0/error.json")
+    assert cause.exception == "RuntimeError: injected failure at step 3"
     assert cause.traceback[0] == "Traceback (most recent call last):"
     assert cause.traceback[-1] == "RuntimeError: injected failure at step 3"
     assert not any(set(line.strip()) == {"^"} for line in cause.traceback)
     assert not cause.secondary
     summary = cause.summary(tail=2)
     assert summary.splitlines() == [
-        "rank 0 (local rank 0) exited with code 1",
+        "rank 0 exited with code 1: RuntimeError: injected failure at step 3",
+        '    File "/work/main/trainers/train.py", line 412, in run_epoch',
         '      raise RuntimeError(f"injected failure at step {cfg.fail_at_step}")',
-        "  RuntimeError: injected failure at step 3",
     ]
 
 
@@ -199,9 +205,8 @@ def test_root_cause_of_a_killed_worker() -> None:
     cause = parse_root_cause(KILLED_LOG.splitlines())
     assert cause is not None
     assert (cause.rank, cause.exit_code, cause.signal) == (0, -9, "SIGKILL")
-    assert cause.error_file == "<N/A>"
     assert cause.traceback == ("Signal 9 (SIGKILL) received by PID 24049",)
-    assert cause.summary().startswith("rank 0 (local rank 0) was killed by SIGKILL")
+    assert cause.summary().startswith("rank 0 was killed by SIGKILL")
 
 
 def test_a_lost_peer_is_a_secondary_cause() -> None:
@@ -213,6 +218,35 @@ def test_a_lost_peer_is_a_secondary_cause() -> None:
 def test_the_last_report_wins_and_no_report_is_none() -> None:
     second = KILLED_LOG.replace("rank      : 0 (local_rank: 0)", "rank      : 3 (local_rank: 1)")
     cause = parse_root_cause((FAILED_LOG + second).splitlines())
-    assert cause is not None and (cause.rank, cause.local_rank) == (3, 1)
+    assert cause is not None and (cause.rank, cause.exit_code) == (3, -9)
     assert parse_root_cause(NODE0_LOG.splitlines()) is None
     assert parse_root_cause(["Root Cause (first observed failure):", "[0]:", "garbage"]) is None
+
+
+def test_round_events_name_world_size_restart_and_members() -> None:
+    """Real logs of 3 nodes, node-1 killed (tests/fixtures/torchrun/node-lost); an agent that a
+    peer's failure restarted logs restart_count=0, so the round takes the highest count."""
+    from pathlib import Path
+
+    status = JobStatus()
+    folder = Path(__file__).parent / "fixtures" / "torchrun" / "node-lost"
+    for index in range(3):
+        for line in (folder / f"node-{index}.log").read_text(encoding="utf-8").splitlines():
+            status.observe(index, line)
+    assert status.events == [
+        ("round", {"round": 1, "world_size": 3, "restart": 0,
+                   "members": ["node-0", "node-1", "node-2"]}),
+        ("resumed", {"round": 2, "world_size": 2, "restart": 1, "members": ["node-0", "node-2"]}),
+    ]
+    assert (status.restarts, status.world_sizes, len(status.rounds)) == (1, [3, 2], 2)
+
+
+def test_barrier_note_names_the_nodes_in_torchruns_exit_barrier() -> None:
+    from kdist.runstatus import barrier_note
+
+    status = JobStatus()
+    observe_all(status, 0, NODE0_LOG)  # ends in "Waiting 300 seconds for other agents"
+    observe_all(status, 1, NODE0_LOG.split("KDIST_METRIC")[0])
+    assert barrier_note(status) == "; node-0 was waiting in torchrun's exit barrier (up to 300 s)"
+    status.node_exited(0, 0)
+    assert barrier_note(status) == ""

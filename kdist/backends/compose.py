@@ -29,6 +29,8 @@ from kdist.plan import STORE_COMPONENT, LaunchPlan
 from kdist.render.compose import SCALE_PROFILE, node_service
 from kdist.render.compose_netem import helper_name
 from kdist.render.dev import DEV_PROFILE
+from kdist.torchlog import NodeLog
+from kdist.torchlog import is_peer_error as peer_lost
 
 STATE_DIR = Path(".kdist") / "compose"
 COMPOSE_FILE = "docker-compose.yaml"
@@ -37,14 +39,12 @@ DEV_TOKEN_FILE = "dev-token"  # `kdist up --dev`: the JupyterLab token, mode 060
 KILLED = "killed by kdist kill"
 SCALED_DOWN = "stopped by kdist scale"
 INTERRUPTED = "stopped: kdist up was interrupted"
+HOPELESS = "stopped by kdist: the job could not succeed any more"
 ACTIVE_STATES = frozenset({"running", "restarting", "paused"})
 ROOT_CAUSE = "Root Cause (first observed failure):"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PREFIX_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-(?P<num>\d+)\s*\|\s?(?P<text>.*)$")
 EXITED_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-\d+ exited with code (?P<code>-?\d+)$")
-PEER_ERRORS = ("connection reset", "connection closed by peer", "read error", "broken pipe",
-               "rendezvousclosederror", "rendezvousconnectionerror", "distnetworkerror",
-               "signalexception", "connection refused", "timed out")
 INSPECT_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 600.0
 
@@ -256,8 +256,14 @@ def log_text(line: str) -> str:
 
 
 def root_cause(lines: Sequence[str]) -> list[str]:
-    """torchrun's summary of a node's first failure, or the last lines of its log."""
+    """The node's failure as kdist.torchlog reads it (rank, error, the `[rankN]:` traceback
+    when torchrun's report has none), else torchrun's summary, else the last lines of its log."""
     texts = [log_text(x).rstrip() for x in lines]
+    failure = NodeLog().feed_all(texts).failure()
+    if failure is not None and failure.exception:
+        head, *_ = failure.summary().splitlines()
+        tail = [x for x in failure.traceback[-8:] if x.strip() != failure.exception]
+        return [head, *tail, failure.exception]
     for i in range(len(texts) - 1, -1, -1):
         if ROOT_CAUSE in texts[i]:
             block = []
@@ -283,8 +289,7 @@ def cause_line(block: Sequence[str]) -> str:
 
 def is_peer_error(block: Sequence[str]) -> bool:
     """True when a failure only reflects another node's loss (connection reset, closed rdzv)."""
-    text = " ".join(block).lower()
-    return any(p in text for p in PEER_ERRORS)
+    return peer_lost(block)
 
 
 def node_index(service: str) -> int:
@@ -631,9 +636,13 @@ class ComposeJob:
             status = self.status()
         return status
 
-    def stop(self, reason: str = INTERRUPTED) -> None:
-        """Stop every container (Ctrl-C on an attached `kdist up`); containers and logs stay."""
-        self._mark([n.service for n in self.status().nodes if n.running], reason)
+    def stop(self, reason: str = INTERRUPTED, failed: Sequence[str] = ()) -> None:
+        """Stop every container (Ctrl-C on an attached `kdist up`); containers and logs stay.
+
+        Running nodes are marked as stopped on purpose, but for `failed` (their own failure
+        stopped the job: their exit codes count)."""
+        self._mark([n.service for n in self.status().nodes if n.running and n.service not in failed],
+                   reason)
         self._check("stop", "--timeout", "30", action="docker compose stop")
 
     def failure(self, status: JobStatus) -> JobFailed | None:
@@ -644,7 +653,9 @@ class ComposeJob:
         failed = status.failed_nodes
         if status.phase != "failed" or not failed:
             return None
-        node, block = min(((n, self._cause(n)) for n in failed), key=_cause_rank)
+        # a node kdist stopped because the job could not succeed may hold the first failure
+        stopped = [n for n in status.nodes if n.stopped_by == HOPELESS and n.container is not None]
+        node, block = min(((n, self._cause(n)) for n in [*failed, *stopped]), key=_cause_rank)
         codes = ", ".join(f"{n.service} exited with code {n.exit_code}" for n in failed)
         head = f"job {status.name} failed ({codes}); root cause on {node.service}: "
         lines = [head + (cause_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]
@@ -655,7 +666,7 @@ class ComposeJob:
         if c is not None and c.oom_killed:
             return [f"MemoryError: out of memory: the kernel killed {node.service} at its memory "
                     f"limit (resources.memory: {self.project.memory}); raise it"]
-        block = root_cause(list(self.logs(services=[node.service], tail=300)))
+        block = root_cause(list(self.logs(services=[node.service], tail=2000)))
         if not block and node.exit_code == 137:
             block = [f"{node.service} was killed with SIGKILL (exit 137) by something other than kdist"]
         return block

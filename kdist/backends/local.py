@@ -39,12 +39,14 @@ from typing import IO, Any, Protocol
 from kdist import netsim
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
-from kdist.runstatus import (
-    JobStatus,
-    RootCause,
+from kdist.runstatus import JobStatus, barrier_note, format_elapsed
+from kdist.torchlog import (
+    Failure,
+    NodeLog,
+    certain_failure,
     clean_traceback,
-    format_elapsed,
-    parse_root_cause,
+    first_failure,
+    stuck_at_barrier,
 )
 
 LOCAL_HOST = "127.0.0.1"
@@ -74,6 +76,7 @@ class RunOptions:
     grace: float = 5.0  # SIGTERM -> SIGKILL when stopping
     linger: float = 60.0  # how long other nodes may run on after one finished successfully
     store_timeout: float = 60.0  # for the standalone store's port to open
+    verbose: bool = False  # torchrun's agent lines on the console too (always in the node logs)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,9 @@ class RunResult:
     final_step: int | None
     elapsed: float
     interrupted: str = ""  # the signal's name when SIGINT/SIGTERM stopped the run
+    rounds: int = 0  # rendezvous rounds, restarts and world sizes: from torchrun's agent logs
+    restarts: int = 0
+    world_sizes: tuple[int, ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -106,10 +112,14 @@ class RunResult:
         killed = sum(1 for n in self.nodes if n.killed)
         plural = "s" if len(self.nodes) != 1 else ""
         nodes = f"{len(self.nodes)} node{plural}" + (f" ({killed} killed)" if killed else "")
-        step = "-" if self.final_step is None else str(self.final_step)
-        return (f"run {self.run_id} {word}: {nodes}, final step {step}, "
+        step = "" if self.final_step is None else f"final step {self.final_step}, "
+        line = (f"run {self.run_id} {word}: {nodes}, {step}"
                 f"{format_elapsed(self.elapsed)} elapsed, logs in {self.run_dir}, outputs "
                 f"(the working directory) in {self.run_dir / 'checkpoints'}")
+        if not self.world_sizes:
+            return line
+        sizes = " -> ".join(map(str, self.world_sizes))
+        return f"{line}\n  rounds {self.rounds}, restarts {self.restarts}, world sizes {sizes}"
 
 
 class RunFailed(KdistError):
@@ -384,6 +394,7 @@ class LocalRun:
     signals: list[int] = field(default_factory=list)
     t0: float = 0.0
     reason: str = ""  # why kdist stopped the job early, if it did
+    stopping: bool = False  # kdist is stopping the nodes: their last words go to the logs only
     metrics: IO[str] | None = None
     net: netsim.Placement = field(default_factory=netsim.HostNetwork)  # spec `network:`
 
@@ -425,7 +436,6 @@ class LocalRun:
 
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.plan.env(), RUN_ID_ENV: self.run_id}
-        env.setdefault("LOGLEVEL", "INFO")  # torchrun's rendezvous/restart lines feed the status
         env[CHECKPOINT_ENV] = str(self.workdir)
         return env
 
@@ -509,11 +519,19 @@ class LocalRun:
         if line is None:
             proc.eof = True
             return
+        shown = [line]
         if proc.index >= 0:
             metric = self.status.observe(proc.index, line)
             if metric is not None:
                 self.record(proc.index, metric)
-        self.console.log(name, line)
+            shown = self.status.nodes[proc.index].shown
+            for event, fields in self.status.events:
+                self.event(event, **fields)
+            self.status.events.clear()
+        if self.signals or self.stopping:
+            return  # after Ctrl-C or a stop, the agents' tracebacks stay in the node logs
+        for text in [line] if self.options.verbose else shown:
+            self.console.log(name, text)
 
     def fire_timers(self) -> None:
         while self.timers and self.timers[0].at <= self.elapsed():
@@ -553,11 +571,22 @@ class LocalRun:
                                   self.elapsed(), self.options.linger)
         if store_code is not None and self.store is not None:
             self.reason += f"; see {self.store.log_path}"
+        if not self.reason and self.plan.spec.max_restarts > 0:
+            logs = [self.status.node(p.index).log for p in self.nodes if not p.killed]
+            certain = certain_failure(logs)
+            self.reason = f"{certain}; stopped the job instead of restarting" if certain else ""
+        if not self.reason:
+            alive = {p.index: self.status.node(p.index).log for p in self.nodes
+                     if p.exit_code is None}
+            self.reason = stuck_at_barrier(alive, self.plan.spec.nodes.min)
+        if self.reason:
+            self.reason += barrier_note(self.status)
         return bool(self.reason)
 
     # -- stopping
 
     def stop_nodes(self) -> None:
+        self.stopping = True
         for proc in self.nodes:
             if proc.exit_code is None:
                 proc.stopped = True
@@ -601,7 +630,8 @@ class LocalRun:
         nodes = self.node_results()
         interrupted = signal.Signals(self.signals[0]).name if self.signals else ""
         return RunResult(self.run_id, self.run_dir, nodes, self.status.step, self.elapsed(),
-                         interrupted)
+                         interrupted, len(self.status.rounds), self.status.restarts,
+                         tuple(self.status.world_sizes))
 
 
 def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
@@ -649,49 +679,53 @@ def run_local(plan: LaunchPlan, options: RunOptions, console: Console) -> RunRes
 
 
 def failure_message(result: RunResult, reason: str) -> str:
-    """The root cause: the node whose own failure started it, its rank, exit code, traceback.
+    """The root cause: the node whose own failure started it, its rank, error and traceback.
 
-    Nodes that failed by themselves are ordered by: a genuine error before an error caused by a
-    lost peer (gloo's "Connection closed by peer"), then the failure's time, then exit time.
+    Among nodes that failed by themselves, a genuine error comes before an error caused by a
+    lost peer (gloo's "Connection closed by peer"), then the earliest failure in time.
     """
     failed = failed_nodes(result)
     if not failed:
         return f"the job failed: {reason or 'no node finished successfully'}"
     (first, cause), *others = failed
     lines = [f"node-{first.index} failed (torchrun exit code {first.exit_code}): "
-             + (cause.summary() if cause else "no failure report in its log")]
+             + (cause.summary() if cause else "no failure in its log")]
     for other, more in others:
-        last = more.traceback[-1] if more and more.traceback else ""
-        rank = f"rank {more.rank}, " if more else ""
-        lines.append(f"  also failed: node-{other.index} ({rank}exit code {other.exit_code})"
-                     + (f": {last}" if last else ""))
+        rank = f"rank {more.rank}, " if more and more.rank is not None else ""
+        error = f": {more.exception}" if more and more.exception else ""
+        lines.append(f"  also failed: node-{other.index} ({rank}exit code {other.exit_code}){error}")
     lines.append(f"  log: {result.run_dir / f'node-{first.index}.log'}")
+    if reason:
+        lines.append(f"  kdist: {reason}")
     return "\n".join(lines)
 
 
-def failed_nodes(result: RunResult) -> list[tuple[NodeResult, RootCause | None]]:
-    """Nodes that failed by themselves with their root causes, the job's root cause first."""
-    failed = [n for n in result.nodes if n.exit_code != 0 and not n.killed and not n.stopped]
-    causes = {n.index: node_root_cause(result.run_dir, n.index) for n in failed}
+def failed_nodes(result: RunResult) -> list[tuple[NodeResult, Failure | None]]:
+    """Nodes whose workers failed, with their failures, the job's root cause first.
 
-    def order(node: NodeResult) -> tuple[bool, str, float]:
-        cause = causes[node.index]
-        return (cause is None or cause.secondary, cause.time if cause else "~", node.at)
+    Nodes kdist stopped count too when their log shows a failure (fail-fast stops them)."""
+    causes = {n.index: node_failure(result.run_dir, n.index) for n in result.nodes if not n.killed}
+    failed = [n for n in result.nodes if not n.killed and n.exit_code != 0
+              and (not n.stopped or causes[n.index] is not None)]
+    ordered: list[tuple[NodeResult, Failure | None]] = []
+    rest = [(n, causes[n.index]) for n in failed]
+    while rest:
+        at = first_failure([(f"node-{n.index}", c) for n, c in rest])
+        ordered.append(rest.pop(at or 0))
+    return ordered
 
-    return [(n, causes[n.index]) for n in sorted(failed, key=order)]
 
-
-def node_root_cause(run_dir: Path, index: int) -> RootCause | None:
-    """torchrun's root-cause block from the node's log, traceback filled from error.json."""
+def node_failure(run_dir: Path, index: int) -> Failure | None:
+    """The node's own failure from its log, the traceback filled from error.json (@record)."""
     try:
         text = (run_dir / f"node-{index}.log").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    cause = parse_root_cause(text.splitlines())
-    if cause is not None and not cause.traceback:
+    failure = NodeLog().feed_all(text.splitlines()).failure()
+    if failure is not None and not failure.traceback:
         stack = error_file_traceback(run_dir / f"node-{index}" / "error.json")
-        cause = dataclasses.replace(cause, traceback=stack)
-    return cause
+        failure = dataclasses.replace(failure, traceback=stack)
+    return failure
 
 
 def error_file_traceback(path: Path) -> tuple[str, ...]:

@@ -197,7 +197,7 @@ kdist/node/finish.py (tests/test_helm.py compares them), and NAME STORE NODES_MI
 
 {{/* Environment of a node container (k8s._env): PET_LOCAL_ADDR, then plan.env() sorted, HOME. */}}
 {{- define "kdist.nodeEnv" -}}
-{{- $env := dict "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" "1" "PYTHONUNBUFFERED" "1" "KDIST_CHECKPOINT_DIR" .Values.checkpoint.path -}}
+{{- $env := dict "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" "1" "PYTHONUNBUFFERED" "1" "LOGLEVEL" "INFO" "KDIST_CHECKPOINT_DIR" .Values.checkpoint.path -}}
 {{- with .Values.networkInterface -}}
 {{- $_ := set $env "NCCL_SOCKET_IFNAME" . -}}
 {{- $_ := set $env "GLOO_SOCKET_IFNAME" . -}}
