@@ -572,7 +572,7 @@ class LocalRun:
         store.reader.join(timeout=5)
         self.drain(0)
         self.start_store()
-        if self.store is not store:
+        if self.store is not None and self.store is not store:
             self.event("store-restart", pid=self.store.popen.pid, port=self.port)
 
     def lost_to_store(self, proc: Proc) -> bool:
