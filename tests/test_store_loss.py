@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_compose_e2e import Attached, Job, image  # noqa: F401  (image: a fixture)
 from test_local_run import KDIST, ROOT, check_resumes, write_spec
+from test_tutorial_e2e import (  # noqa: F401  (tutorial_job: a fixture)
+    SAVED,
+    assert_resumed_together,
+    tutorial_job,
+    wait_for_line,
+)
 
 from kdist.plan import STORE_CODE
 
@@ -80,3 +87,50 @@ def test_kdist_run_survives_losing_the_store(tmp_path: Path) -> None:
     check_resumes(before + after, 24)
     assert store_pids(run_dir) == []
     assert "succeeded: 2 nodes, final step 24" in stderr
+
+
+def kill_store_process(project: str) -> None:
+    """SIGKILL the store process inside the project's `rdzv` container (as an OOM kill would);
+    `docker kill` would not do: Docker never restarts a container it was told to kill."""
+    listed = subprocess.run(["docker", "ps", "-q", "--filter",
+                             f"label=com.docker.compose.project={project}", "--filter",
+                             "label=com.docker.compose.service=rdzv"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    [container] = listed.stdout.split()
+    code = ("import os\n"
+            "for p in (x for x in os.listdir('/proc') if x.isdigit()):\n"
+            "    if int(p) not in (1, os.getpid()) and b'TCPStore' in "
+            "open(f'/proc/{p}/cmdline', 'rb').read():\n"
+            "        os.kill(int(p), 9); print('killed', p)\n")
+    killed = subprocess.run(["docker", "exec", container, "python3", "-c", code],
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == 0 and killed.stdout.startswith("killed"), killed
+
+
+def restart_counts(project: str) -> dict[str, int]:
+    listed = subprocess.run(["docker", "ps", "-aq", "--filter",
+                             f"label=com.docker.compose.project={project}"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    inspected = subprocess.run(["docker", "inspect", "--format",
+                                '{{index .Config.Labels "com.docker.compose.service"}} '
+                                "{{.RestartCount}}", *listed.stdout.split()],
+                               capture_output=True, text=True, timeout=60, check=True)
+    return {service: int(count) for service, count in
+            (line.split() for line in inspected.stdout.splitlines())}
+
+
+@pytest.mark.docker
+def test_kdist_up_survives_losing_the_store(tutorial_job: Job) -> None:  # noqa: F811
+    """The tutorial under `kdist up`: the `rdzv` container's store dies after the snapshot of
+    epoch 4; Docker restarts `rdzv` and the failed nodes (their restart policies), every rank
+    resumes from one snapshot and `kdist up` exits 0."""
+    j = tutorial_job
+    up = Attached(j)
+    wait_for_line(up, f"Epoch 4 | {SAVED}")
+    kill_store_process(j.name)
+    code, out, err = up.finish()
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert_resumed_together(out, ranks=3)  # nodes "2:3": count is 3
+    counts = restart_counts(j.name)
+    assert counts["rdzv"] >= 1 and counts["node-0"] >= 1 and counts["node-1"] >= 1, counts
+    assert json.loads(j("status", "--json").stdout)["phase"] == "succeeded"
