@@ -5,8 +5,9 @@ line (only the rendezvous host/port are local) in its own session, with its own 
 under the run directory (its log, error file and private /tmp), all of them started in the
 job's one shared working directory (the run's `checkpoints` folder, the local stand-in for the
 checkpoint volume); the standalone c10d store, when the spec asks for one, runs first as
-its own process. Output is read by one thread per process, written to a log file per process
-and handed to a `Console` in arrival order; `KDIST_METRIC` lines also go to `metrics.jsonl`.
+its own process (started again on its port should it die; see `supervise_store`). Output
+is read by one thread per process, written to a log file per process and handed to a
+`Console` in arrival order; `KDIST_METRIC` lines also go to `metrics.jsonl`.
 
 Stopping is done by process tree, not by process group: torchrun starts its workers in new
 sessions, so a node is every process that descends from its agent or carries its
