@@ -2,6 +2,7 @@
 
     python benchmarks/bench_local.py [--runs 3] [--quick] [--cap 150] [--scale 8,16,32]
                                      [--scale-cap 240] [--keep-alive S]
+    python benchmarks/bench_local.py --store-loss [--runs 3] [--cap 150]
 
 - recovery: a 3-node elastic job (nodes 2:3) loses a node that does not host the store
   (SIGKILL of its whole process tree); seconds from the kill to the first training step of
@@ -20,6 +21,11 @@
   first step, from the node logs' timestamps.
 
 Medians of --runs runs (--quick: one run each). Writes benchmarks/results/local.json.
+
+--store-loss measures only this, into benchmarks/results/local-store-loss.json: a 2-node job
+with the standalone store loses the store (SIGKILL of its process); seconds from the kill to
+the first training step after it (kdist starts the store again on its port, the agents fail,
+kdist starts them again, a new round resumes from the checkpoint), and when kdist saw the loss.
 """
 
 from __future__ import annotations
@@ -51,10 +57,11 @@ from kdist.backends.local import (
     start_process,
 )
 from kdist.load import load_file, load_text
-from kdist.plan import LaunchPlan
+from kdist.plan import STORE_CODE, LaunchPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "local.json"
+STORE_LOSS_RESULTS = ROOT / "benchmarks" / "results" / "local-store-loss.json"
 KDIST = [sys.executable, "-c",
          "from kdist.cli import cli, main; from kdist.cli_run import run; "
          "'run' in cli.commands or cli.add_command(run); main()"]
@@ -202,6 +209,65 @@ def collect(lines: queue.Queue[tuple[str, str | None]], events: list[tuple[float
             item = lines.get_nowait()
     except queue.Empty:
         return
+
+
+# ---- store loss --------------------------------------------------------------------------
+
+
+def store_pid(run_dir: Path) -> int | None:
+    """The run's standalone store: the process running STORE_CODE in the run folder."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (entry.name.isdigit() and os.readlink(entry / "cwd") == str(run_dir)
+                    and STORE_CODE.encode() in (entry / "cmdline").read_bytes()):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def store_loss_kdist(cap: float, workdir: Path, detects: list[float]) -> float | None:
+    """`kdist run` of 2 nodes (standalone store); SIGKILL the store after KILL_AT seconds of
+    training; stopped with SIGINT once the nodes step again."""
+    spec = workdir / "kdist.yaml"
+    spec.write_text(f"name: bench\nimage: x:1\nentrypoint: trainers/train.py\n"
+                    f"args: {json.dumps(TRAIN_ARGS)}\nnodes: 2\n")
+    run_dir = (workdir / "run").resolve()
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    deadline, stepping, kill_wall = time.monotonic() + KILL_AT + cap + 60, 0.0, 0.0
+    resumed = False
+    for line in proc.stdout:
+        if time.monotonic() > deadline or (resumed and '"event":"step"' in line):
+            break
+        resumed = resumed or bool(kill_wall and '"event":"start"' in line)
+        stepping = stepping or (time.monotonic() if '"event":"step"' in line else 0.0)
+        if stepping and not kill_wall and time.monotonic() - stepping >= KILL_AT:
+            pid = store_pid(run_dir)
+            if pid is None:
+                break
+            os.kill(pid, signal.SIGKILL)
+            kill_wall = time.time()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lost = next((e["wall"] for e in events if e["event"] == "kdist.store-lost"), None)
+    if not kill_wall or lost is None:
+        return None
+    detects.append(lost - kill_wall)
+    # the old workers step on until their agent fails: count from the new group's first step
+    later = [e for e in events if e["wall"] > kill_wall]
+    start = next((i for i, e in enumerate(later) if e["event"] == "start"), len(later))
+    return next((e["wall"] - kill_wall for e in later[start:] if e["event"] == "step"), None)
+
+
+def bench_store_loss(runs: int, cap: float) -> dict[str, Any]:
+    detects: list[float] = []
+    took = median_of("store loss kdist", runs, lambda d: store_loss_kdist(cap, d, detects))
+    detect = round(statistics.median(detects), 2) if detects else None
+    return {"kill_to_step": took, "kill_to_kdist_detect_median_s": detect, "runs": runs,
+            "cpus": os.cpu_count(), "cap_s": cap}
 
 
 # ---- launch and scale --------------------------------------------------------------------
@@ -375,8 +441,18 @@ def main() -> None:
     parser.add_argument("--keep-alive", type=int, default=0, metavar="S",
                         help="rendezvous.keep_alive_interval for the scale runs (with 3 "
                              "attempts); default: the spec's (1 s x 5)")
+    parser.add_argument("--store-loss", action="store_true",
+                        help="measure only the recovery from losing the rendezvous store")
     args = parser.parse_args()
     runs = 1 if args.quick else max(args.runs, 3)
+    if args.store_loss:
+        loss = bench_store_loss(runs, args.cap)
+        print(f"store loss (kill -> step again): median {loss['kill_to_step']['median_s']} s, "
+              f"runs {loss['kill_to_step']['runs_s']}; kdist saw the loss after "
+              f"{loss['kill_to_kdist_detect_median_s']} s")
+        STORE_LOSS_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        STORE_LOSS_RESULTS.write_text(json.dumps(loss, indent=2) + "\n")
+        return
     torch_import = import_torch_time()
     results = {
         "runs": runs,

@@ -5,8 +5,9 @@ line (only the rendezvous host/port are local) in its own session, with its own 
 under the run directory (its log, error file and private /tmp), all of them started in the
 job's one shared working directory (the run's `checkpoints` folder, the local stand-in for the
 checkpoint volume); the standalone c10d store, when the spec asks for one, runs first as
-its own process. Output is read by one thread per process, written to a log file per process
-and handed to a `Console` in arrival order; `KDIST_METRIC` lines also go to `metrics.jsonl`.
+its own process (started again on its port should it die; see `supervise_store`). Output
+is read by one thread per process, written to a log file per process and handed to a
+`Console` in arrival order; `KDIST_METRIC` lines also go to `metrics.jsonl`.
 
 Stopping is done by process tree, not by process group: torchrun starts its workers in new
 sessions, so a node is every process that descends from its agent or carries its
@@ -39,7 +40,7 @@ from typing import IO, Any, Protocol
 from kdist import netsim
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
-from kdist.runstatus import JobStatus, barrier_note, format_elapsed
+from kdist.runstatus import JobStatus, NodeState, barrier_note, format_elapsed
 from kdist.torchlog import (
     Failure,
     NodeLog,
@@ -395,6 +396,8 @@ class LocalRun:
     t0: float = 0.0
     reason: str = ""  # why kdist stopped the job early, if it did
     stopping: bool = False  # kdist is stopping the nodes: their last words go to the logs only
+    store_lost_at: float = -1.0  # monotonic time the store was last found dead (-1: never)
+    node_restarts: dict[int, int] = field(default_factory=dict)  # after a store loss, per node
     metrics: IO[str] | None = None
     net: netsim.Placement = field(default_factory=netsim.HostNetwork)  # spec `network:`
 
@@ -454,8 +457,9 @@ class LocalRun:
                 raise KdistError(f"the rendezvous store did not start on port {self.port}; "
                                  f"see {self.store.log_path}")
 
-    def start_node(self) -> Proc:
-        index = len(self.nodes)
+    def start_node(self, index: int | None = None) -> Proc:
+        """Start node `index` (default: a new one); an existing index is started again."""
+        index = len(self.nodes) if index is None else index
         is_host = index == 0 and not self.plan.standalone_store
         host = self.net.store_host if self.plan.standalone_store else self.net.node(0).address
         argv = self.plan.torchrun_argv(host, self.port, is_host=is_host)
@@ -470,7 +474,11 @@ class LocalRun:
                "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase())}
         proc = start_process(f"node-{index}", index, cmd, self.workdir, env,
                              self.run_dir / f"node-{index}.log", self.lines)
-        self.nodes.append(proc)
+        if index < len(self.nodes):
+            self.nodes[index] = proc
+            self.status.nodes[index] = NodeState()
+        else:
+            self.nodes.append(proc)
         self.status.node(index)
         self.event("start", node=index, pid=proc.popen.pid, is_host=is_host)
         return proc
@@ -497,6 +505,7 @@ class LocalRun:
             if self.signals:
                 return
             self.fire_timers()
+            self.supervise_store()
             self.reap()
             if self.should_stop():
                 self.stop_nodes()
@@ -560,8 +569,44 @@ class LocalRun:
                 proc.exit_code, proc.exited_at = code, self.elapsed()
                 # torchrun stops its workers itself; sweep orphans so the pipe reaches EOF
                 kill_tree([], {RUN_ID_ENV: self.run_id, NODE_RANK_ENV: str(proc.index)})
+                if self.lost_to_store(proc):
+                    self.restart_node(proc)
+                    continue
                 self.status.node_exited(proc.index, code, proc.killed)
                 self.event("exit", node=proc.index, code=code, killed=proc.killed)
+
+    # -- losing the store: the supervisor starts it again on the same port, as the Deployment
+    # (k8s) and the restart policy (compose) do. torch's TCPStore clients never reconnect, so
+    # every agent fails at its next look at the store; a node that failed that way is started
+    # again (up to max_restarts times, as Kubernetes restarts its container) and its new agent
+    # joins a fresh rendezvous round: training resumes from the last checkpoint.
+
+    def supervise_store(self) -> None:
+        store = self.store
+        if store is None or store.popen.poll() is None:
+            return
+        self.store_lost_at = time.monotonic()
+        self.event("store-lost", code=store.popen.returncode)
+        store.reader.join(timeout=5)
+        self.drain(0)
+        self.start_store()
+        if self.store is not None and self.store is not store:
+            self.event("store-restart", pid=self.store.popen.pid, port=self.port)
+
+    def lost_to_store(self, proc: Proc) -> bool:
+        """Whether `proc` failed because the store went away (and has restarts left)."""
+        return (proc.exit_code not in (None, 0) and not proc.killed and not proc.stopped
+                and proc.started < self.store_lost_at
+                and self.node_restarts.get(proc.index, 0) < self.plan.spec.max_restarts)
+
+    def restart_node(self, proc: Proc) -> None:
+        proc.reader.join(timeout=5)  # its output first, while the index still names it
+        self.drain(0)
+        attempt = self.node_restarts.get(proc.index, 0) + 1
+        self.node_restarts[proc.index] = attempt
+        self.event("node-restart", node=proc.index, code=proc.exit_code, attempt=attempt,
+                   reason="the rendezvous store was lost")
+        self.start_node(proc.index)
 
     def should_stop(self) -> bool:
         """True when the job's outcome is settled but some nodes would keep running."""

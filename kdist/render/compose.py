@@ -76,6 +76,18 @@ def _resources(plan: LaunchPlan, i: int) -> dict[str, Any]:
     return out
 
 
+def node_restart(plan: LaunchPlan) -> str:
+    """Restart a node whose torchrun failed, up to max_restarts times, as Kubernetes does.
+
+    A lost store fails every agent (torch's store clients never reconnect); restarted, a node
+    waits for the restarted `rdzv` and joins a new round. A container stopped or killed through
+    Docker (`kdist kill`, `scale`, `stop`, Ctrl-C) is never restarted by its policy, and Docker
+    reads `on-failure:0` as "forever", hence "no" for max_restarts 0.
+    """
+    retries = plan.spec.max_restarts
+    return f"on-failure:{retries}" if retries > 0 else "no"
+
+
 def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
     s, name = plan.spec, node_service(i)
     host = STORE_COMPONENT if plan.standalone_store else node_service(0)
@@ -94,7 +106,7 @@ def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
         "stop_grace_period": "60s",  # > torchrun's 30 s worker shutdown
         "deploy": {"resources": _resources(plan, i)},
         "volumes": [f"{VOLUME}:{s.checkpoint.path}"],
-        "restart": "no",
+        "restart": node_restart(plan),
     }
     if plan.standalone_store:
         svc["depends_on"] = {STORE_COMPONENT: {"condition": "service_healthy"}}
