@@ -41,10 +41,12 @@ examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/
 	  $(BIN)/kdist render -t helm-values -f trainers/examples/$$ex.yaml -o manifests/$$ex || exit 1; \
 	done
 
-bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 25 min)
+bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 35 min)
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_local.py
+	$(BIN)/python benchmarks/bench_local.py --tutorial
+	$(BIN)/python benchmarks/bench_local.py --store-loss
 	$(BIN)/python benchmarks/bench_compose.py
 
 # kind: needs Docker and the kind binary; not runnable on machines without a registry (see README)

@@ -3,6 +3,7 @@
     python benchmarks/bench_local.py [--runs 3] [--quick] [--cap 150] [--scale 8,16,32]
                                      [--scale-cap 240] [--keep-alive S]
     python benchmarks/bench_local.py --store-loss [--runs 3] [--cap 150]
+    python benchmarks/bench_local.py --tutorial [--runs 3] [--cap 150]
 
 - recovery: a 3-node elastic job (nodes 2:3) loses a node that does not host the store
   (SIGKILL of its whole process tree); seconds from the kill to the first training step of
@@ -26,6 +27,12 @@ Medians of --runs runs (--quick: one run each). Writes benchmarks/results/local.
 with the standalone store loses the store (SIGKILL of its process); seconds from the kill to
 the first training step after it (kdist starts the store again on its port, the agents fail,
 kdist starts them again, a new round resumes from the checkpoint), and when kdist saw the loss.
+
+--tutorial measures only node-loss recovery of trainers/examples/tutorial (PyTorch's
+fault-tolerant torchrun tutorial: snapshot.pt in the working directory, no KDIST_METRIC) beside
+kdist's own trainer, both under `kdist run`, into benchmarks/results/local-tutorial.json: 3 nodes
+(2:3), node-2 killed; seconds from the kill to the first epoch a survivor finishes after it
+resumed from the snapshot (lines timed as they arrive on kdist's stdout).
 """
 
 from __future__ import annotations
@@ -209,6 +216,50 @@ def collect(lines: queue.Queue[tuple[str, str | None]], events: list[tuple[float
             item = lines.get_nowait()
     except queue.Empty:
         return
+
+
+# ---- recovery of a trainer that knows nothing of kdist ----------------------------------
+
+TUTORIAL_ARGS = ["100000", "2", "--epoch-sleep", "0.5"]
+TUTORIAL_RESULTS = ROOT / "benchmarks" / "results" / "local-tutorial.json"
+EPOCH_RE = re.compile(r"\[RANK\d+\] Epoch \d+")
+
+
+def recovery_tutorial(cap: float, workdir: Path) -> float | None:
+    """`kdist run --kill node-2@15s` of the tutorial trainer; stopped once a survivor finishes
+    an epoch after resuming from snapshot.pt."""
+    spec = workdir / "kdist.yaml"
+    spec.write_text(f"name: bench\nimage: x:1\nentrypoint: trainers/examples/tutorial/train.py\n"
+                    f"args: {json.dumps(TUTORIAL_ARGS)}\nnodes: \"2:3\"\nmax_restarts: 3\n")
+    run_dir = workdir / "run"
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir),
+                             "--kill", f"node-2@{KILL_AT}s"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    deadline, arrivals = time.monotonic() + KILL_AT + cap + 60, []
+    for line in proc.stdout:
+        arrivals.append((time.time(), line))
+        resumed = any("Resuming training from snapshot" in x for _, x in arrivals[-50:])
+        if (resumed and EPOCH_RE.search(line)) or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    kill_wall = next((e["wall"] for e in events if e["event"] == "kdist.kill"), None)
+    if kill_wall is None:
+        return None
+    after = [(wall, line) for wall, line in arrivals if wall > kill_wall]
+    start = next((i for i, (_, x) in enumerate(after) if "Resuming training" in x), len(after))
+    return next((wall - kill_wall for wall, x in after[start:] if EPOCH_RE.search(x)), None)
+
+
+def bench_tutorial(runs: int, cap: float) -> dict[str, Any]:
+    phases: list[dict[str, float]] = []
+    return {
+        "tutorial": median_of("recovery tutorial", runs, lambda d: recovery_tutorial(cap, d)),
+        "kdist_trainer": median_of("recovery kdist", runs, lambda d: recovery_kdist(cap, d, phases)),
+        "runs": runs, "cpus": os.cpu_count(), "cap_s": cap,
+    }
 
 
 # ---- store loss --------------------------------------------------------------------------
@@ -443,8 +494,18 @@ def main() -> None:
                              "attempts); default: the spec's (1 s x 5)")
     parser.add_argument("--store-loss", action="store_true",
                         help="measure only the recovery from losing the rendezvous store")
+    parser.add_argument("--tutorial", action="store_true",
+                        help="measure only node-loss recovery of the tutorial trainer and ours")
     args = parser.parse_args()
     runs = 1 if args.quick else max(args.runs, 3)
+    if args.tutorial:
+        both = bench_tutorial(runs, args.cap)
+        print(f"node-loss recovery under kdist run (kill -> survivors step again): tutorial "
+              f"trainer median {both['tutorial']['median_s']} s, runs {both['tutorial']['runs_s']}; "
+              f"kdist's trainer median {both['kdist_trainer']['median_s']} s, runs "
+              f"{both['kdist_trainer']['runs_s']}")
+        TUTORIAL_RESULTS.write_text(json.dumps(both, indent=2) + "\n")
+        return
     if args.store_loss:
         loss = bench_store_loss(runs, args.cap)
         print(f"store loss (kill -> step again): median {loss['kill_to_step']['median_s']} s, "
