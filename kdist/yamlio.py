@@ -91,13 +91,13 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 
 def _documents(text: str) -> list[Any]:
     loader = _BoundedLoader(text)
-    docs, sizes = [], dict[int, int]()
+    docs = []
     try:
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 break
-            _expanded_size(node, sizes)
+            _expanded_size(node, {})  # per document: anchors do not cross documents
             docs.append(loader.construct_document(node))
     finally:
         loader.dispose()
