@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from kdist import spec as s
@@ -507,7 +508,9 @@ def parse_yaml(text_: str, file: str) -> Any:
     """YAML 1.2 round-trip parse (keeps line/column; merge keys `<<: *base` are supported);
     syntax errors and nesting deeper than Python can follow become a SpecError."""
     try:
-        return YAML(typ="rt", pure=True).load(text_)
+        with warnings.catch_warnings():  # YAML allows an anchor to be defined again
+            warnings.simplefilter("ignore", ReusedAnchorWarning)
+            return YAML(typ="rt", pure=True).load(text_)
     except RecursionError:
         raise SpecError([Problem(file, 0, 0, "", "invalid YAML: nested too deeply")]) from None
     except MarkedYAMLError as e:
