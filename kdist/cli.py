@@ -55,9 +55,9 @@ def cli() -> None:
 @spec_option
 @target_option("compose", "k8s", "helm-values")
 @click.option("-o", "--output", default="-", show_default=True, metavar="DIR|FILE|-",
-              help="Folder to write the target's file into (compose.yaml, k8s.yaml or "
-                   "values.yaml), a file (an existing one, or a name ending in .yaml or .yml), "
-                   "or - for stdout.")
+              help="Folder to write the target's file into (docker-compose.yaml, k8s.yaml or "
+                   "helm-values.yaml), a file (an existing one, or a name ending in .yaml or "
+                   ".yml), or - for stdout.")
 @click.option("--force", is_flag=True,
               help="Replace an output file whose content differs (without it: an error).")
 @dev_options

@@ -12,12 +12,14 @@ from typing import Any, TypeVar
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
+from ruamel.yaml.events import MappingEndEvent, MappingStartEvent, SequenceEndEvent, SequenceStartEvent
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from kdist import spec as s
 from kdist.errors import Problem, SpecError
 from kdist.netem import DURATION_RE, PERCENT_RE, duration_us
 from kdist.quantity import cpu_cores, memory_bytes
+from kdist.yamlio import MAX_DEPTH
 
 T = TypeVar("T")
 Pos = tuple[int, int]  # 0-based (line, column) as ruamel reports them
@@ -504,10 +506,26 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
     return out
 
 
+def _check_depth(text_: str, file: str) -> None:
+    """A SpecError when collections nest deeper than MAX_DEPTH: found from the event stream,
+    which is cheap, before composing (which recurses, and slowly, per level)."""
+    depth = 0
+    for event in YAML(typ="rt", pure=True).parse(text_):
+        if isinstance(event, (MappingStartEvent, SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise SpecError([Problem(file, mark.line + 1, mark.column + 1, "",
+                                         f"invalid YAML: nested more than {MAX_DEPTH} levels deep")])
+        elif isinstance(event, (MappingEndEvent, SequenceEndEvent)):
+            depth -= 1
+
+
 def parse_yaml(text_: str, file: str) -> Any:
     """YAML 1.2 round-trip parse (keeps line/column; merge keys `<<: *base` are supported);
-    syntax errors and nesting deeper than Python can follow become a SpecError."""
+    syntax errors and nesting deeper than MAX_DEPTH become a SpecError."""
     try:
+        _check_depth(text_, file)
         with warnings.catch_warnings():  # YAML allows an anchor to be defined again
             warnings.simplefilter("ignore", ReusedAnchorWarning)
             return YAML(typ="rt", pure=True).load(text_)

@@ -35,7 +35,7 @@ from kdist.spec import JobSpec
 FUZZ = bool(os.environ.get("KDIST_FUZZ"))
 settings.register_profile("test", max_examples=100, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz", parent=settings.get_profile("test"), max_examples=2000)
+settings.register_profile("fuzz", parent=settings.get_profile("test"), max_examples=1000)
 settings.load_profile("fuzz" if FUZZ else "test")
 SCALE = 20 if FUZZ else 1  # the OpenAPI and docker samples grow with the run
 
@@ -167,7 +167,7 @@ def anchored_specs(draw: st.DrawFn) -> str:
     elif kind == "top-merge":
         lines = [f"<<: {{{', '.join(lines)}}}", f"{source}: {flow}"]
     elif kind == "deep":
-        n = draw(st.integers(1, 3000))
+        n = draw(st.integers(1, 3000 if FUZZ else 300))  # deeper is slow to scan (about 2 s)
         lines.append(f"{draw(st.sampled_from(FIELDS)).split('.')[0]}: {'[' * n}{']' * n}")
     elif kind == "bomb":
         width, depth = draw(st.integers(2, 10)), draw(st.integers(1, 9))
@@ -279,7 +279,7 @@ def test_plausible_specs_render_valid_kubernetes(tmp_path: Path) -> None:
     """Specs that load render for every target; the Kubernetes objects pass strict OpenAPI."""
     rendered = []
 
-    @settings(max_examples=40 * SCALE)
+    @settings(max_examples=30 * SCALE)
     @given(plausible_specs())
     def check(text: str) -> None:
         results = check_spec(tmp_path, text)
@@ -290,7 +290,7 @@ def test_plausible_specs_render_valid_kubernetes(tmp_path: Path) -> None:
             assert yaml.safe_load(results["render -t helm-values"].stdout)
 
     check()
-    assert len(rendered) >= 10 * SCALE, "too few plausible specs loaded to test the renderers"
+    assert len(rendered) >= 8 * SCALE, "too few plausible specs loaded to test the renderers"
 
 
 def compose_v2() -> bool:
@@ -305,13 +305,16 @@ def test_plausible_specs_pass_docker_compose_config(tmp_path: Path) -> None:
     """A sample (docker compose is slow): what renders, Compose reads without interpolating."""
     if not compose_v2():
         pytest.skip("docker compose v2 is not available")
-    @settings(max_examples=4 * SCALE)
+    checked = []
+
+    @settings(max_examples=3 * SCALE)
     @given(plausible_specs())
     def check(text: str) -> None:
         results = check_spec(tmp_path, text)
         out = results["render -t compose"]
         if out.exit_code != 0:
             return
+        checked.append(text)
         file = tmp_path / "docker-compose.yaml"
         file.write_text(out.stdout, encoding="utf-8")
         done = subprocess.run(["docker", "compose", "-f", str(file), "config", "-q"],
@@ -320,6 +323,7 @@ def test_plausible_specs_pass_docker_compose_config(tmp_path: Path) -> None:
         assert done.returncode == 0 and done.stderr == "", done.stderr
 
     check()
+    assert checked, "no generated spec rendered: nothing went through docker compose config"
 
 
 @st.composite
