@@ -200,7 +200,7 @@ def diff(ctx: click.Context, spec_file: Path, compose_file: Path | None, k8s_fil
     The torchrun line (but for the rendezvous host), env, rendezvous port and store, /dev/shm,
     GPUs, cpu, memory, the checkpoint mount and the number of nodes. Both come from a fresh
     render of the spec unless --compose / --k8s name a (hand-altered) manifest. Exits 1 when
-    any row differs, 0 otherwise.
+    any row differs, 2 when a manifest cannot be read, 0 otherwise.
     """
     from kdist.diff import compare
 
