@@ -12,14 +12,13 @@ from typing import Any, TypeVar
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
-from ruamel.yaml.events import MappingEndEvent, MappingStartEvent, SequenceEndEvent, SequenceStartEvent
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from kdist import spec as s
 from kdist.errors import Problem, SpecError
 from kdist.netem import DURATION_RE, PERCENT_RE, duration_us
 from kdist.quantity import cpu_cores, memory_bytes
-from kdist.yamlio import MAX_DEPTH
+from kdist.yamlio import MAX_DEPTH, too_deep
 
 T = TypeVar("T")
 Pos = tuple[int, int]  # 0-based (line, column) as ruamel reports them
@@ -507,18 +506,11 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
 
 
 def _check_depth(text_: str, file: str) -> None:
-    """A SpecError when collections nest deeper than MAX_DEPTH: found from the event stream,
-    which is cheap, before composing (which recurses, and slowly, per level)."""
-    depth = 0
-    for event in YAML(typ="rt", pure=True).parse(text_):
-        if isinstance(event, (MappingStartEvent, SequenceStartEvent)):
-            depth += 1
-            if depth > MAX_DEPTH:
-                mark = event.start_mark
-                raise SpecError([Problem(file, mark.line + 1, mark.column + 1, "",
-                                         f"invalid YAML: nested more than {MAX_DEPTH} levels deep")])
-        elif isinstance(event, (MappingEndEvent, SequenceEndEvent)):
-            depth -= 1
+    """A SpecError when collections nest deeper than MAX_DEPTH (before composing recurses)."""
+    mark = too_deep(text_)
+    if mark is not None:
+        raise SpecError([Problem(file, mark[0] + 1, mark[1] + 1, "",
+                                 f"invalid YAML: nested more than {MAX_DEPTH} levels deep")])
 
 
 def parse_yaml(text_: str, file: str) -> Any:

@@ -138,7 +138,8 @@ def test_dev_shm_smaller_than_the_spec_fails_with_several_processes(tmp_path: Pa
 
 def test_dev_shm_smaller_than_the_spec_warns_with_one_process(tmp_path: Path) -> None:
     want = 2 * shm_bytes() // 2**20
-    spec = write_spec(tmp_path, resources={"shm": f"{want}Mi", "memory": f"{want}Mi"}, rendezvous={"port": free_port()})
+    spec = write_spec(tmp_path, resources={"shm": f"{want}Mi", "memory": f"{want}Mi"},
+                      rendezvous={"port": free_port()})
     found = checks("-f", str(spec))["shm"]
     assert found["status"] == "warn" and "Bus error" in found["detail"]
 
