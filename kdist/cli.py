@@ -162,6 +162,6 @@ def main() -> None:
     except Exception as e:  # a bug in kdist: say so plainly; KDIST_DEBUG=1 shows the traceback
         if os.environ.get("KDIST_DEBUG"):
             raise
-        click.echo(f"kdist: internal error: {type(e).__name__}: {e} "
-                   "(rerun with KDIST_DEBUG=1 and report it)", err=True)
+        click.echo(printable(f"kdist: internal error: {type(e).__name__}: {e} "
+                             "(rerun with KDIST_DEBUG=1 and report it)"), err=True)
         sys.exit(70)
