@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
-.PHONY: venv demo test quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down
+.PHONY: venv demo test fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: venv  ## the example elastic job as 3 simulated nodes on this host; node-2
 
 test: venv lint  ## the whole test suite (Docker/helm tests skip with a reason when absent)
 	$(BIN)/pytest -q -ra --durations=15
+
+fuzz: venv  ## hostile-input property tests at length (KDIST_FUZZ=1: ~1000 examples each; prints counts)
+	KDIST_FUZZ=1 $(BIN)/pytest -q -s -p no:cacheprovider tests/test_fuzz_spec.py
 
 quickstart:  ## README's Quickstart line by line in a fresh clone of HEAD (needs git; ~4 min)
 	bash scripts/quickstart.sh
@@ -36,9 +39,9 @@ golden: venv  ## regenerate golden files and committed manifests (review the dif
 
 examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/
 	@for ex in $(EXAMPLES); do \
-	  $(BIN)/kdist render -t compose -f trainers/examples/$$ex.yaml -o manifests/$$ex && \
-	  $(BIN)/kdist render -t k8s -f trainers/examples/$$ex.yaml -o manifests/$$ex && \
-	  $(BIN)/kdist render -t helm-values -f trainers/examples/$$ex.yaml -o manifests/$$ex || exit 1; \
+	  $(BIN)/kdist render -t compose -f trainers/examples/$$ex.yaml -o manifests/$$ex --force && \
+	  $(BIN)/kdist render -t k8s -f trainers/examples/$$ex.yaml -o manifests/$$ex --force && \
+	  $(BIN)/kdist render -t helm-values -f trainers/examples/$$ex.yaml -o manifests/$$ex --force || exit 1; \
 	done
 
 bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 35 min)

@@ -14,8 +14,8 @@ import click
 from kdist import __version__
 from kdist.cli_dev import dev_options
 from kdist.cli_dev import dev_port as dev_port_of
-from kdist.cliopts import F, load_plan, spec_option, warn_network_ignored
-from kdist.errors import KdistError, SpecError
+from kdist.cliopts import F, load_plan, printable, spec_option, warn_network_ignored
+from kdist.errors import KdistError, SpecError, UsageError
 
 
 def target_option(*targets: str) -> Callable[[F], F]:
@@ -36,12 +36,12 @@ class KdistGroup(click.Group):
             return super().invoke(ctx)
         except SpecError as e:
             for problem in e.problems:
-                click.echo(str(problem), err=True)
+                click.echo(printable(str(problem)), err=True)
             n = len(e.problems)
             click.echo(f"kdist: {n} problem{'s' if n > 1 else ''} in the spec", err=True)
             ctx.exit(e.exit_code)
         except KdistError as e:
-            click.echo(f"kdist: {e}", err=True)
+            click.echo(printable(f"kdist: {e}"), err=True)
             ctx.exit(e.exit_code)
 
 
@@ -54,10 +54,15 @@ def cli() -> None:
 @cli.command()
 @spec_option
 @target_option("compose", "k8s", "helm-values")
-@click.option("-o", "--output", default="-", show_default=True, metavar="DIR|-",
-              help="Folder to write into, or - for stdout.")
+@click.option("-o", "--output", default="-", show_default=True, metavar="DIR|FILE|-",
+              help="Folder to write the target's file into (docker-compose.yaml, k8s.yaml or "
+                   "helm-values.yaml), a file (an existing one, or a name ending in .yaml or "
+                   ".yml), or - for stdout.")
+@click.option("--force", is_flag=True,
+              help="Replace an output file whose content differs (without it: an error).")
 @dev_options
-def render(spec_file: Path, target: str, output: str, dev: bool, dev_port: int | None) -> None:
+def render(spec_file: Path, target: str, output: str, force: bool, dev: bool,
+           dev_port: int | None) -> None:
     """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
     from kdist.fsio import write_all
     from kdist.render import FILENAMES
@@ -74,8 +79,37 @@ def render(spec_file: Path, target: str, output: str, dev: bool, dev_port: int |
     warn_network_ignored(plan, target)
     if output == "-":
         click.echo(text, nl=False)
-    else:
-        write_all({Path(output) / FILENAMES[target]: text})
+        return
+    path = output_file(Path(output), FILENAMES[target])
+    if _replaces(path, text, force):
+        write_all({path: text})
+
+
+def output_file(output: Path, filename: str) -> Path:
+    """`-o`: a folder (existing, or a new name) gets `filename`; an existing file or a name
+    ending in .yaml/.yml is the file itself."""
+    if output.is_dir():
+        return output / filename
+    if output.exists() or output.suffix in (".yaml", ".yml"):
+        return output
+    return output / filename
+
+
+def _replaces(path: Path, text: str, force: bool) -> bool:
+    """Whether to write `path`: not when it already holds `text`; an error when it holds
+    something else (without --force) or is not a regular file."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if not path.is_file():
+        raise UsageError(f"{path} exists and is not a regular file; use -o - for stdout")
+    try:
+        same = path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same and not force:
+        raise UsageError(f"{path} exists and differs from this render; pass --force to replace "
+                         "it")
+    return not same
 
 
 @cli.command()
@@ -141,6 +175,6 @@ def main() -> None:
     except Exception as e:  # a bug in kdist: say so plainly; KDIST_DEBUG=1 shows the traceback
         if os.environ.get("KDIST_DEBUG"):
             raise
-        click.echo(f"kdist: internal error: {type(e).__name__}: {e} "
-                   "(rerun with KDIST_DEBUG=1 and report it)", err=True)
+        click.echo(printable(f"kdist: internal error: {type(e).__name__}: {e} "
+                             "(rerun with KDIST_DEBUG=1 and report it)"), err=True)
         sys.exit(70)

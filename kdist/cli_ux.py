@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kdist.cliopts import load_plan, spec_option
+from kdist.cliopts import load_plan, printable, spec_option
 
 if TYPE_CHECKING:
     from kdist.diff import Row
@@ -136,45 +136,31 @@ def doctor(ctx: click.Context, spec_file: Path, target: str | None, in_node: boo
 
 
 def _read_yaml(path: Path, many: bool) -> Any:
-    """A YAML file (all its documents when `many`); unreadable or invalid input is a KdistError."""
-    import yaml
+    """A YAML file (all its documents when `many`), read within kdist.yamlio's budgets."""
+    from kdist.yamlio import read_documents
 
-    from kdist.errors import KdistError
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise KdistError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-    try:
-        if many:
-            return [d for d in yaml.safe_load_all(text) if d is not None]
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise KdistError(f"{where}: not valid YAML: {problem}") from None
+    return read_documents(path, many)
 
 
 def _renderings(spec_file: Path, compose_file: Path | None,
                 k8s_file: Path | None) -> tuple[Any, Any]:
     """The compose dict and the Kubernetes documents: from the files given, else rendered."""
-    from kdist.errors import KdistError
+    from kdist.errors import InputError
 
     compose = _read_yaml(compose_file, many=False) if compose_file else None
     docs = _read_yaml(k8s_file, many=True) if k8s_file else None
-    if compose is None or docs is None:
+    if compose_file is None or k8s_file is None:
         plan = load_plan(spec_file)
-        if compose is None:
+        if compose_file is None:
             from kdist.render import compose as render_compose
 
             compose = render_compose.render(plan)
-        if docs is None:
+        if k8s_file is None:
             from kdist.render import k8s as render_k8s
 
             docs = render_k8s.render(plan)
     if not isinstance(compose, dict):
-        raise KdistError(f"{compose_file}: not a Compose file (expected a mapping with services)")
+        raise InputError(f"{compose_file}: not a Compose file (expected a mapping with services)")
     return compose, docs
 
 
@@ -215,7 +201,7 @@ def diff(ctx: click.Context, spec_file: Path, compose_file: Path | None, k8s_fil
     GPUs, cpu, memory, the checkpoint mount, the working directory, the uid, the read-only root,
     the scratch mounts and the number of nodes. Both come from a fresh
     render of the spec unless --compose / --k8s name a (hand-altered) manifest. Exits 1 when
-    any row differs, 0 otherwise.
+    any row differs, 2 when a manifest cannot be read, 0 otherwise.
     """
     from kdist.diff import compare
 
@@ -227,7 +213,7 @@ def diff(ctx: click.Context, spec_file: Path, compose_file: Path | None, k8s_fil
         doc = {"same": not differ, "rows": [r.as_dict() for r in rows]}
         click.echo(json.dumps(doc, indent=2))
     else:
-        click.echo(format_rows(rows))
+        click.echo(printable(format_rows(rows)))
         what = f"{len(differ)} of {len(rows)} rows differ" if differ else \
             f"all {len(rows)} rows match"
         click.echo(f"kdist diff: {what}", err=bool(differ))

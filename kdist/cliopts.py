@@ -3,6 +3,7 @@ command modules it registers, so none of them imports kdist.cli)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -13,6 +14,16 @@ if TYPE_CHECKING:
     from kdist.plan import LaunchPlan
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# What a terminal acts on rather than shows: C0/C1 controls but tab and newline (ESC starts
+# escape sequences, CR overwrites a line), zero-width and bidirectional-override characters.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: each unprintable character as an escape (`\\x1b`)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                            else f"\\u{ord(m[0]):04x}", text)
 
 
 def spec_option(fn: F) -> F:

@@ -40,6 +40,8 @@ ORDER = ("torchrun", "nodes", "rendezvous", "env", "shm", "gpus", "cpu", "memory
 class DiffError(KdistError):
     """A manifest is not something `kdist diff` can read (no node service, no StatefulSet...)."""
 
+    exit_code = 2  # bad input; 1 means "the renderings differ"
+
 
 @dataclass(frozen=True)
 class Row:
@@ -107,21 +109,41 @@ def k8s_cores(value: Any) -> float:
         raise DiffError(f"not a Kubernetes cpu quantity: {value!r} (expected e.g. 2 or 500m)") from None
 
 
+def _command_end(script: str, start: int) -> int:
+    """Where the shell command that starts at `start` ends: the first newline outside quotes
+    (an argument may hold newlines), or the end of the script."""
+    quote, i = "", start
+    while i < len(script):
+        c = script[i]
+        if quote == "'":
+            quote = "" if c == "'" else quote
+        elif c == "\\":
+            i += 1  # the next character is escaped (in double quotes too)
+        elif c in "'\"":
+            quote = "" if quote == c else (quote or c)
+        elif c == "\n" and not quote:
+            return i
+        i += 1
+    return len(script)
+
+
 def torchrun_lines(script: str) -> list[list[str]]:
     """Every torchrun argv a node script runs (two when node 0 hosts the store on Kubernetes)."""
-    out = []
-    for line in script.splitlines():
-        text = line.strip()
+    out, start = [], 0
+    while start < len(script):
+        end = _command_end(script, start)
+        text = script[start:end].lstrip()
+        start = end + 1
         if text.startswith(("exec torchrun ", "torchrun ")):
             try:
                 words = shlex.split(text[text.index("torchrun"):])
             except ValueError as e:
-                raise DiffError(f"cannot split the torchrun line ({e}): {text[:80]}") from None
+                raise DiffError(f"cannot split the torchrun line ({e}): {text[:80]!r}") from None
             out.append(words[:-1] if words and words[-1] == "&" else words)
     return out
 
 
-def command_lines(command: Any, unescape: bool) -> list[list[str]]:
+def command_lines(command: Any) -> list[list[str]]:
     """torchrun argvs in a container command: `sh -c SCRIPT`, a bare argv, or a string."""
     if isinstance(command, list) and command and command[0] == "torchrun":
         return [[str(w) for w in command]]
@@ -130,7 +152,7 @@ def command_lines(command: Any, unescape: bool) -> list[list[str]]:
             str(w) for w in command)
     else:
         script = str(command or "")
-    return torchrun_lines(script.replace("$$", "$") if unescape else script)
+    return torchrun_lines(script)
 
 
 def normalise(argv: Sequence[str]) -> list[str]:
@@ -180,6 +202,17 @@ def token_diff(a: Sequence[str], b: Sequence[str]) -> str:
     return "; ".join(parts)
 
 
+def unescaped(node: Any) -> Any:
+    """A Compose document as Compose reads it: `$$` is a literal `$` in every string."""
+    if isinstance(node, str):
+        return node.replace("$$", "$")
+    if isinstance(node, dict):
+        return {unescaped(k): unescaped(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [unescaped(v) for v in node]
+    return node
+
+
 def _mapping(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -192,13 +225,11 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
 
 
 def _compose_env(value: Any) -> dict[str, str]:
-    """`environment:` as a mapping or as a list of KEY=VALUE; `$$` is a literal `$`."""
+    """`environment:` as a mapping or as a list of KEY=VALUE."""
     if isinstance(value, list):
         pairs = [str(item).partition("=") for item in value]
-        env = {k: v for k, _, v in pairs}
-    else:
-        env = {str(k): "" if v is None else str(v) for k, v in _mapping(value, "environment").items()}
-    return {k: v.replace("$$", "$") for k, v in env.items()}
+        return {k: v for k, _, v in pairs}
+    return {str(k): "" if v is None else str(v) for k, v in _mapping(value, "environment").items()}
 
 
 def _compose_volumes(value: Any) -> list[str]:
@@ -260,14 +291,15 @@ def _store_port(command: Any) -> int | None:
 
 
 def compose_side(compose: dict[str, Any]) -> Side:
-    services = _mapping(_mapping(compose, "the compose file").get("services"), "services")
+    compose = unescaped(_mapping(compose, "the compose file"))
+    services = _mapping(compose.get("services"), "services")
     nodes, started, ports = [], 0, dict[str, set[int]]()
     for name, svc in services.items():
         svc = _mapping(svc, f"service {name}")
         store = _store_port(svc.get("command"))
         if store is not None:
             ports.setdefault("store", set()).add(store)
-        lines = command_lines(svc.get("command"), unescape=True)
+        lines = command_lines(svc.get("command"))
         if not lines:
             continue
         nodes.append(_compose_node(str(name), svc, lines))
@@ -304,7 +336,7 @@ def _node_template(docs: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any],
         pod = _mapping(_mapping(_mapping(doc.get("spec"), "StatefulSet.spec").get("template"),
                                 "StatefulSet.spec.template").get("spec"), "pod spec")
         for container in pod.get("containers") or []:
-            if isinstance(container, dict) and command_lines(container.get("command"), False):
+            if isinstance(container, dict) and command_lines(container.get("command")):
                 return doc, pod, container
     raise DiffError("the Kubernetes manifest has no StatefulSet whose container runs torchrun")
 
@@ -320,7 +352,7 @@ def _k8s_node(sts: dict[str, Any], pod: dict[str, Any], container: dict[str, Any
     limits = _mapping(_mapping(container.get("resources"), "container resources").get("limits"),
                       "resources.limits")
     node = Node(str(_mapping(sts.get("metadata"), "metadata").get("name", "statefulset")),
-                lines=command_lines(container.get("command"), unescape=False),
+                lines=command_lines(container.get("command")),
                 env=_k8s_env(container.get("env")), gpus=str(limits.get("nvidia.com/gpu", 0)))
     node.shm_note = " (no /dev/shm volume: the runtime's 64Mi)"
     for path, volume in _mount_sources(pod, container):

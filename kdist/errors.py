@@ -43,3 +43,9 @@ class UsageError(KdistError):
     """A command was called with arguments that cannot work (e.g. an unknown target)."""
 
     exit_code = 2
+
+
+class InputError(KdistError):
+    """An input file other than the spec (a manifest given to `kdist diff`) cannot be read."""
+
+    exit_code = 2

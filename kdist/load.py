@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
 from kdist import spec as s
 from kdist.errors import Problem, SpecError
 from kdist.netem import DURATION_RE, PERCENT_RE, duration_us
+from kdist.quantity import cpu_cores, memory_bytes
+from kdist.yamlio import MAX_DEPTH, too_deep
 
 T = TypeVar("T")
 Pos = tuple[int, int]  # 0-based (line, column) as ruamel reports them
@@ -30,9 +33,38 @@ Rule = Callable[["Reader", Any, str, Pos], Any]
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-CPU_RE = re.compile(r"^(\d+(\.\d+)?|\d+m)$")
+MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", re.ASCII)
+CPU_RE = re.compile(r"^(\d+(\.\d+)?|\d+m)$", re.ASCII)
 MAX_NAME = 40  # leaves room for "-rdzv", "-<ordinal>" and controller-revision hashes in 63
+# Control characters (C0, DEL, C1): NUL cannot reach an exec argv, the rest garble logs and
+# terminals. Multi-line values (args, env values) may hold tabs and newlines.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL_IN_TEXT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Image references as Docker reads them (the distribution/reference grammar).
+_ALNUM, _SEP = r"[a-z0-9]+", r"(?:[._]|__|-+)"
+_PATH = rf"{_ALNUM}(?:{_SEP}{_ALNUM})*"
+_HOST = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_HOST}(?:\.{_HOST})*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_RE = re.compile(rf"^(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::\w[\w.-]{{0,127}})?(?:@{_DIGEST})?$",
+                      re.ASCII)
+# Kubernetes label keys (an optional DNS-subdomain prefix, then a name) and label values.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+LABEL_KEY_RE = re.compile(rf"^((?=[^/]{{1,253}}/){_DNS_LABEL}(\.{_DNS_LABEL})*/)?{_LABEL_NAME}$",
+                          re.ASCII)
+LABEL_VALUE_RE = re.compile(rf"^({_LABEL_NAME})?$", re.ASCII)
+MOUNT_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$", re.ASCII)
+# Checkpoint mount points that hide what the container needs or clash with kdist's own mounts.
+RESERVED_MOUNTS = ("/", "/tmp", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/usr", "/var", "/boot")
+RESERVED_TREES = ("/dev", "/proc", "/sys", "/run", "/var/run")
+MAX_NODES = 1000
+MAX_SECONDS = 2**31 - 1  # timeouts: what a signed 32-bit field holds (about 68 years)
+MAX_COUNT = 10_000
+MAX_MEMORY = 2**50  # 1Pi
+MAX_CPU = 4096
+MAX_TEXT = 4096  # characters in one value
+MAX_SPEC_BYTES = 2**20
 
 
 def plain(value: Any) -> Any:
@@ -54,12 +86,18 @@ def describe(value: Any) -> str:
     kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
     for kind, word in kinds.items():
         if type(value) is kind:
-            return f"{word} ({value!r})" if kind is str else f"{word} ({value})"
+            shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+            return f"{word} ({shown})" if kind is str else f"{word} ({value})"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
     return type(value).__name__
+
+
+def key_text(key: Any) -> str:
+    """A mapping key as a spec path shows it: quoted when it is not a plain printable string."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key else repr(key)
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:
@@ -74,6 +112,14 @@ def described(rule: Rule, schema: dict[str, Any]) -> Rule:
 
 
 # ---- scalar rules ---------------------------------------------------------------------------
+
+
+def no_control(v: str, allowed: re.Pattern[str] = CONTROL_RE) -> None:
+    """Invalid when `v` holds a control character (`allowed` picks which ones count)."""
+    found = allowed.search(v)
+    if found:
+        raise Invalid(f"must not contain control characters, got {found[0]!r} at position "
+                      f"{found.start()}")
 
 
 def integer(low: int, high: int | None = None) -> Rule:
@@ -95,17 +141,16 @@ def text(pattern: re.Pattern[str] | None = None, hint: str = "", max_len: int = 
             raise Invalid(f"{hint or 'expected a string'}, got {describe(v)}")
         if not v.strip():
             raise Invalid("must not be empty")
-        if pattern is not None and not pattern.match(v):
+        if len(v) > (max_len or MAX_TEXT):
+            raise Invalid(f"must be at most {max_len or MAX_TEXT} characters, got {len(v)}")
+        no_control(v)
+        if pattern is not None and not pattern.fullmatch(v):
             raise Invalid(f"{hint}, got {v!r}")
-        if max_len and len(v) > max_len:
-            raise Invalid(f"must be at most {max_len} characters, got {len(v)}")
         return v
 
-    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_len or MAX_TEXT}
     if pattern is not None:
         schema["pattern"] = pattern.pattern
-    if max_len:
-        schema["maxLength"] = max_len
     return described(rule, schema)
 
 
@@ -127,14 +172,21 @@ def quantity(kind: str) -> Rule:
     def rule(r: Reader, v: Any, path: str, pos: Pos) -> str:
         if type(v) in (int, float):
             v = str(v)
-        if type(v) is not str or not pattern.match(v):
+        if type(v) is not str or len(v) > 32 or not pattern.fullmatch(v):
             raise Invalid(f"expected a {kind} quantity like {example}, got {describe(v)}")
-        if float(re.sub(r"[^0-9.]", "", v)) <= 0:
+        amount = cpu_cores(v) if kind == "cpu" else memory_bytes(v)
+        high, shown = (MAX_CPU, str(MAX_CPU)) if kind == "cpu" else (MAX_MEMORY, "1Pi")
+        if amount <= 0:
             raise Invalid(f"must be greater than zero, got {v!r}")
+        if kind == "cpu" and amount < 0.001:
+            raise Invalid(f"must be at least 1m (0.001), got {v!r}")
+        if amount > high:
+            raise Invalid(f"must be at most {shown}, got {v!r}")
         return v
 
+    high = MAX_CPU if kind == "cpu" else MAX_MEMORY
     return described(rule, {"oneOf": [{"type": "string", "pattern": pattern.pattern},
-                                      {"type": "number", "exclusiveMinimum": 0}]})
+                                      {"type": "number", "exclusiveMinimum": 0, "maximum": high}]})
 
 
 def string_list(item: Rule) -> Rule:
@@ -147,34 +199,40 @@ def string_list(item: Rule) -> Rule:
 
 
 def scalar_text(r: Reader, v: Any, path: str, pos: Pos) -> str:
-    """Any YAML scalar as the string a shell or an env var would see."""
+    """Any YAML scalar as the string a shell or an env var would see (tabs and newlines kept)."""
     if isinstance(v, bool):
         return "true" if v else "false"
-    if type(v) in (int, float, str):
+    if type(v) in (int, float):
         return str(v)
+    if type(v) is str:
+        if len(v) > MAX_TEXT:
+            raise Invalid(f"must be at most {MAX_TEXT} characters, got {len(v)}")
+        no_control(v, CONTROL_IN_TEXT_RE)
+        return v
     raise Invalid(f"expected a string or number, got {describe(v)}")
 
 
 described(scalar_text, {"type": ["string", "number", "boolean"]})
 
 
-def string_map(key_re: re.Pattern[str], key_hint: str, reserved: str = "") -> Rule:
+def string_map(key_re: re.Pattern[str], key_hint: str, reserved: str = "",
+               item: Rule = scalar_text) -> Rule:
     def rule(r: Reader, v: Any, path: str, pos: Pos) -> tuple[tuple[str, str], ...]:
         if not isinstance(v, dict):
             raise Invalid(f"expected a mapping, got {describe(v)}")
         out = []
         for key, val in v.items():
-            kpos = r.key_pos(v, key, pos)
-            if not isinstance(key, str) or not key_re.match(key):
-                r.add(kpos, f"{path}.{key}", f"{key_hint}, got {key!r}")
+            kpos, sub = r.key_pos(v, key, pos), f"{path}.{key_text(key)}"
+            if not isinstance(key, str) or not key_re.fullmatch(key):
+                r.add(kpos, sub, f"{key_hint}, got {key!r}")
             elif reserved and key.startswith(reserved):
-                r.add(kpos, f"{path}.{key}", f"{reserved}* variables are set by kdist from the spec")
+                r.add(kpos, sub, f"{reserved}* variables are set by kdist from the spec")
             else:
-                out.append((key, r.value(scalar_text, val, f"{path}.{key}", r.val_pos(v, key, pos))))
+                out.append((key, r.value(item, val, sub, r.val_pos(v, key, pos))))
         return tuple(sorted(out))
 
     schema = {"type": "object", "propertyNames": {"pattern": key_re.pattern},
-              "additionalProperties": scalar_text}
+              "additionalProperties": item}
     if reserved:
         schema["propertyNames"] = {"pattern": key_re.pattern, "not": {"pattern": f"^{reserved}"}}
     return described(rule, schema)
@@ -198,13 +256,13 @@ def nodes(r: Reader, v: Any, path: str, pos: Pos) -> s.Nodes:
         count = raw.get("count", high)
     elif type(v) is int:
         low = high = count = v
-    elif type(v) is str and re.fullmatch(r"\d+:\d+", v.strip()):
+    elif type(v) is str and re.fullmatch(r"[0-9]{1,9}:[0-9]{1,9}", v.strip()):
         low, high = (int(x) for x in v.strip().split(":"))
         count = high
     else:
         raise Invalid(f"expected a node count like 2 or a range like \"2:4\", got {describe(v)}")
-    if not all(type(x) is int and x >= 1 for x in (low, high, count)):
-        raise Invalid("min, max and count must be integers >= 1")
+    if not all(type(x) is int and 1 <= x <= MAX_NODES for x in (low, high, count)):
+        raise Invalid(f"min, max and count must be integers from 1 to {MAX_NODES}")
     assert isinstance(low, int) and isinstance(high, int) and isinstance(count, int)
     if low > high:
         raise Invalid(f"min ({low}) is greater than max ({high})")
@@ -213,24 +271,77 @@ def nodes(r: Reader, v: Any, path: str, pos: Pos) -> s.Nodes:
     return s.Nodes(min=low, max=high, count=count)
 
 
-_COUNT = {"type": "integer", "minimum": 1}
+_COUNT = {"type": "integer", "minimum": 1, "maximum": MAX_NODES}
 described(nodes, {"oneOf": [
     _COUNT,
-    {"type": "string", "pattern": r"^\s*\d+:\d+\s*$"},
+    {"type": "string", "pattern": r"^\s*[0-9]{1,9}:[0-9]{1,9}\s*$"},
     {"type": "object", "properties": {"min": _COUNT, "max": _COUNT, "count": _COUNT},
      "required": ["min", "max"], "additionalProperties": False},
 ]})
 
 
 DNS_NAME = text(LABEL_RE, "expected a DNS-1123 label (lowercase letters, digits and '-')", 63)
-ABS_PATH = text(re.compile(r"^/\S*$"), "expected an absolute path in the container like /checkpoints")
+LABEL_KEY = text(LABEL_KEY_RE, "expected a Kubernetes label key like kubernetes.io/arch", 317)
+SECONDS = integer(1, MAX_SECONDS)
+
+
+def label_value(r: Reader, v: Any, path: str, pos: Pos) -> str:
+    """A Kubernetes label value: at most 63 characters, alphanumeric at both ends ("" allowed)."""
+    value = scalar_text(r, v, path, pos)
+    if len(value) > 63 or not LABEL_VALUE_RE.fullmatch(value):
+        raise Invalid("expected a Kubernetes label value (at most 63 letters, digits, '-', '_' "
+                      f"or '.', alphanumeric at both ends), got {value!r}")
+    return value
+
+
+described(label_value, {"type": ["string", "number", "boolean"], "pattern": LABEL_VALUE_RE.pattern,
+                        "maxLength": 63})
+
+
+_MOUNT_TEXT = text(max_len=1024)
+
+
+def mount_path(r: Reader, v: Any, path: str, pos: Pos) -> str:
+    """The checkpoint mount point: absolute, normalised, not a directory the container needs."""
+    value: str = _MOUNT_TEXT(r, v, path, pos)
+    if not MOUNT_RE.fullmatch(value) and value != "/":
+        raise Invalid("expected an absolute path in the container like /checkpoints (letters, "
+                      f"digits, '.', '_', '-' and '/', no trailing '/'), got {value!r}")
+    if {".", ".."} & set(value.split("/")):
+        raise Invalid(f"must not contain '.' or '..' components, got {value!r}")
+    reserved = [p for p in RESERVED_TREES if value == p or value.startswith(p + "/")]
+    if value in RESERVED_MOUNTS or reserved:
+        raise Invalid(f"{value} is a directory the container needs (or kdist mounts itself); "
+                      "use a path of its own like /checkpoints")
+    return value
+
+
+described(mount_path, {"type": "string", "pattern": MOUNT_RE.pattern, "maxLength": 1024})
+
+
+def toleration(r: Reader, v: Any, path: str, pos: Pos) -> s.Toleration:
+    """A toleration the API server accepts: an empty key needs Exists, Exists takes no value."""
+    t = r.section(s.Toleration, v, path, pos)
+    if t is INVALID:
+        return INVALID
+    if not t.key and t.operator != "Exists":
+        raise Invalid("a toleration without a key must have operator: Exists (it then tolerates "
+                      "every taint); give a key or operator: Exists")
+    if t.operator == "Exists" and t.value:
+        raise Invalid(f"operator Exists takes no value, got value {t.value!r}")
+    return t
+
+
+described(toleration, {"section": s.Toleration})
 
 RULES: dict[type, dict[str, Rule]] = {
     s.JobSpec: {
         "name": text(NAME_RE, "expected a DNS-1035 label: lowercase letters, digits and '-', "
                      "starting with a letter", MAX_NAME),
-        "image": text(re.compile(r"^\S+$"), "expected an image reference without spaces"),
-        "entrypoint": text(re.compile(r"^\S+$"), "expected the training script path, no spaces"),
+        "image": text(IMAGE_RE, "expected an image reference like registry.example.com/team/"
+                      "trainer:1.0 (lowercase repository, optional :tag and @digest)", 512),
+        "entrypoint": text(re.compile(r"^[^\s-]\S*$"), "expected the training script path: no "
+                           "spaces, not starting with '-' (torchrun would read it as its own option)"),
         "args": string_list(scalar_text),
         "nodes": nodes,
         "procs_per_node": integer(1, 64),
@@ -259,16 +370,16 @@ RULES: dict[type, dict[str, Rule]] = {
     s.Rendezvous: {
         "port": integer(1, 65535),
         "store": choice("standalone", "node0"),
-        "join_timeout": integer(1),
-        "last_call_timeout": integer(1),
-        "close_timeout": integer(1),
-        "keep_alive_interval": integer(1),
-        "keep_alive_max_attempt": integer(1),
-        "read_timeout": integer(1),
-        "wait_timeout": integer(0),
+        "join_timeout": SECONDS,
+        "last_call_timeout": SECONDS,
+        "close_timeout": SECONDS,
+        "keep_alive_interval": SECONDS,
+        "keep_alive_max_attempt": integer(1, MAX_COUNT),
+        "read_timeout": SECONDS,
+        "wait_timeout": integer(0, MAX_SECONDS),
     },
     s.Checkpoint: {
-        "path": ABS_PATH,
+        "path": mount_path,
         "size": quantity("memory"),
         "storage_class": DNS_NAME,
         "access_mode": choice("ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"),
@@ -282,18 +393,18 @@ RULES: dict[type, dict[str, Rule]] = {
     s.Build: {"context": text(), "dockerfile": text()},
     s.K8sOptions: {
         "namespace": DNS_NAME,
-        "node_selector": string_map(re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}$"),
-                                    "expected a label key like kubernetes.io/arch"),
-        "tolerations": string_list(section(s.Toleration)),
+        "node_selector": string_map(LABEL_KEY_RE, "expected a Kubernetes label key like "
+                                    "kubernetes.io/arch", item=label_value),
+        "tolerations": string_list(toleration),
         "service_account": DNS_NAME,
         "priority_class": DNS_NAME,
         "image_pull_secrets": string_list(DNS_NAME),
         "queue": DNS_NAME,
     },
     s.Toleration: {
-        "key": text(),
+        "key": LABEL_KEY,
         "operator": choice("Equal", "Exists"),
-        "value": scalar_text,
+        "value": label_value,
         "effect": choice("NoSchedule", "PreferNoSchedule", "NoExecute"),
     },
 }
@@ -313,13 +424,15 @@ class Reader:
 
     @staticmethod
     def key_pos(m: Any, key: Any, default: Pos) -> Pos:
-        lc = getattr(m, "lc", None)
-        return tuple(lc.key(key)) if lc is not None else default
+        """Where `key` is written; a key merged in with `<<: *anchor` has no position of its
+        own in this mapping: `default` (the mapping's) then."""
+        known = key in (getattr(getattr(m, "lc", None), "data", None) or {})
+        return tuple(m.lc.key(key)) if known else default
 
     @staticmethod
     def val_pos(m: Any, key: Any, default: Pos) -> Pos:
-        lc = getattr(m, "lc", None)
-        return tuple(lc.value(key)) if lc is not None else default
+        known = key in (getattr(getattr(m, "lc", None), "data", None) or {})
+        return tuple(m.lc.value(key)) if known else default
 
     @staticmethod
     def item_pos(seq: Any, i: int, default: Pos) -> Pos:
@@ -339,7 +452,7 @@ class Reader:
         rules = RULES[cls]
         kwargs: dict[str, Any] = {}
         for key in v:
-            kpos, sub = self.key_pos(v, key, pos), f"{path}.{key}" if path else str(key)
+            kpos, sub = self.key_pos(v, key, pos), f"{path}.{key_text(key)}" if path else key_text(key)
             if key not in rules:
                 hint = did_you_mean(str(key), list(rules))
                 self.add(kpos, sub, f"unknown key{hint}; expected one of {', '.join(rules)}")
@@ -378,6 +491,10 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
         out.append(("rendezvous.keep_alive_max_attempt",
                     "keep_alive_interval x keep_alive_max_attempt must be >= 5 s; "
                     "tighter settings drop live nodes"))
+    if memory_bytes(res.shm) > memory_bytes(res.memory):
+        out.append(("resources.shm", f"/dev/shm ({res.shm}) is larger than the memory limit "
+                    f"({res.memory}): it counts against that limit on both targets; lower shm "
+                    "or raise memory"))
     if rdzv.last_call_timeout >= rdzv.join_timeout:
         out.append(("rendezvous.last_call_timeout",
                     f"must be less than join_timeout ({rdzv.join_timeout})"))
@@ -388,10 +505,24 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
     return out
 
 
+def _check_depth(text_: str, file: str) -> None:
+    """A SpecError when collections nest deeper than MAX_DEPTH (before composing recurses)."""
+    mark = too_deep(text_)
+    if mark is not None:
+        raise SpecError([Problem(file, mark[0] + 1, mark[1] + 1, "",
+                                 f"invalid YAML: nested more than {MAX_DEPTH} levels deep")])
+
+
 def parse_yaml(text_: str, file: str) -> Any:
-    """YAML 1.2 round-trip parse (keeps line/column); syntax errors become a SpecError."""
+    """YAML 1.2 round-trip parse (keeps line/column; merge keys `<<: *base` are supported);
+    syntax errors and nesting deeper than MAX_DEPTH become a SpecError."""
     try:
-        return YAML(typ="rt", pure=True).load(text_)
+        _check_depth(text_, file)
+        with warnings.catch_warnings():  # YAML allows an anchor to be defined again
+            warnings.simplefilter("ignore", ReusedAnchorWarning)
+            return YAML(typ="rt", pure=True).load(text_)
+    except RecursionError:
+        raise SpecError([Problem(file, 0, 0, "", "invalid YAML: nested too deeply")]) from None
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line, mark.column) if mark is not None else (0, 0)
@@ -418,11 +549,16 @@ def load_text(text_: str, file: str = "kdist.yaml") -> s.JobSpec:
 
 
 def read_text(path: Path) -> str:
-    """File contents as text, or a SpecError that says why it cannot be read."""
+    """File contents as text, or a SpecError that says why it cannot be read. At most
+    MAX_SPEC_BYTES are read, so a device or an endless pipe ends in a message too."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
         raise SpecError([Problem(str(path), 0, 0, "", f"cannot read: {e.strerror}")]) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError([Problem(str(path), 0, 0, "", f"larger than {MAX_SPEC_BYTES // 2**20} MiB: "
+                                 "not a job spec")])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

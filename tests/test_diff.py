@@ -253,25 +253,26 @@ def test_both_files_need_no_spec(tmp_path: Path) -> None:
 
 
 def test_bad_manifests_are_messages(tmp_path: Path) -> None:
+    """Bad input exits 2 (1 means the renderings differ)."""
     no_sts = write(tmp_path / "k8s.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n")
     result = invoke("-f", str(MINIMAL), "--k8s", str(no_sts))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no StatefulSet whose container runs torchrun" in result.stderr
     broken = write(tmp_path / "broken.yaml", "services: [\n")
     result = invoke("-f", str(MINIMAL), "--compose", str(broken))
-    assert result.exit_code == 1 and f"{broken}:" in result.stderr and "not valid YAML" in result.stderr
+    assert result.exit_code == 2 and f"{broken}:" in result.stderr and "not valid YAML" in result.stderr
     result = invoke("-f", str(MINIMAL), "--compose", str(tmp_path / "missing.yaml"))
-    assert result.exit_code == 1 and "cannot read" in result.stderr
+    assert result.exit_code == 2 and "cannot read" in result.stderr
     scalar = write(tmp_path / "scalar.yaml", "just text\n")
     result = invoke("-f", str(MINIMAL), "--compose", str(scalar))
-    assert result.exit_code == 1 and "not a Compose file" in result.stderr
+    assert result.exit_code == 2 and "not a Compose file" in result.stderr
     no_nodes = write(tmp_path / "c.yaml", "services: {web: {image: nginx:1}}\n")
     result = invoke("-f", str(MINIMAL), "--compose", str(no_nodes))
-    assert result.exit_code == 1 and "no node service" in result.stderr
+    assert result.exit_code == 2 and "no node service" in result.stderr
     garbage = write(tmp_path / "g.yaml", "services:\n  node-0:\n    command: [torchrun, t.py]\n"
                     "    deploy: {resources: {limits: {cpus: lots}}}\n")
     result = invoke("-f", str(MINIMAL), "--compose", str(garbage))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "the compose file has a value kdist diff cannot read" in result.stderr and "lots" in result.stderr
 
 

@@ -127,7 +127,7 @@ def test_present_interface_is_ok(tmp_path: Path) -> None:
 
 def test_dev_shm_smaller_than_the_spec_fails_with_several_processes(tmp_path: Path) -> None:
     want = 2 * shm_bytes() // 2**20
-    spec = write_spec(tmp_path, procs_per_node=2, resources={"shm": f"{want}Mi"},
+    spec = write_spec(tmp_path, procs_per_node=2, resources={"shm": f"{want}Mi", "memory": f"{want}Mi"},
                       rendezvous={"port": free_port()})
     found = checks("-f", str(spec))["shm"]
     assert found["status"] == "fail"
@@ -138,7 +138,8 @@ def test_dev_shm_smaller_than_the_spec_fails_with_several_processes(tmp_path: Pa
 
 def test_dev_shm_smaller_than_the_spec_warns_with_one_process(tmp_path: Path) -> None:
     want = 2 * shm_bytes() // 2**20
-    spec = write_spec(tmp_path, resources={"shm": f"{want}Mi"}, rendezvous={"port": free_port()})
+    spec = write_spec(tmp_path, resources={"shm": f"{want}Mi", "memory": f"{want}Mi"},
+                      rendezvous={"port": free_port()})
     found = checks("-f", str(spec))["shm"]
     assert found["status"] == "warn" and "Bus error" in found["detail"]
 
@@ -181,7 +182,7 @@ def test_in_node_resolves_the_store_host_as_rendered_for_kubernetes(tmp_path: Pa
 
 def test_in_node_small_shm_fails(tmp_path: Path) -> None:
     want = 2 * shm_bytes() // 2**20
-    spec = write_spec(tmp_path, procs_per_node=2, resources={"shm": f"{want}Mi"})
+    spec = write_spec(tmp_path, procs_per_node=2, resources={"shm": f"{want}Mi", "memory": f"{want}Mi"})
     result = invoke("-f", str(spec), "--in-node", "--rdzv-host", "localhost")
     assert result.exit_code == 1
     assert "kdist doctor: FAIL shm: /dev/shm is " in result.stderr

@@ -19,7 +19,8 @@ GOOD = sorted((FIXTURES / "features").glob("*/kdist.yaml")) + sorted(
     (ROOT / "trainers" / "examples").glob("*.yaml"))
 # What only kdist checks: rules across fields, and quantities that match the pattern but are 0.
 KDIST_ONLY = ("greater than zero", "at most one process per GPU", "keep_alive_interval x",
-              "must be less than join_timeout", "is greater than max", "must be within min:max")
+              "must be less than join_timeout", "is greater than max", "must be within min:max",
+              "larger than the memory limit")
 
 
 def test_schema_is_a_valid_json_schema() -> None:

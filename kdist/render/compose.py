@@ -32,6 +32,18 @@ def escape(value: str) -> str:
     return value.replace("$", "$$")
 
 
+def escaped(node: Any) -> Any:
+    """Every string in a Compose document (keys too) escaped: no value reaches Compose's
+    interpolation, so `$HOME` or `${SECRET}` in the spec stays as written."""
+    if isinstance(node, str):
+        return escape(node)
+    if isinstance(node, dict):
+        return {escaped(k): escaped(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [escaped(v) for v in node]
+    return node
+
+
 def _hardening(plan: LaunchPlan) -> dict[str, Any]:
     """As strict as the Kubernetes pods: same uid, read-only root, /tmp the only scratch space."""
     return {
@@ -51,7 +63,7 @@ def _store_service(plan: LaunchPlan) -> dict[str, Any]:
     return {
         "image": plan.spec.image,
         "hostname": STORE_COMPONENT,
-        "command": [escape(a) for a in plan.store_argv()],
+        "command": plan.store_argv(),
         "environment": {"HOME": TMP},
         **_hardening(plan),
         "healthcheck": {
@@ -97,10 +109,9 @@ def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
         svc["build"] = {"context": s.compose.build.context, "dockerfile": s.compose.build.dockerfile}
     svc |= {
         "hostname": name,
-        "command": ["sh", "-c", escape(plan.node_script(host, is_host=hosts_store))],
+        "command": ["sh", "-c", plan.node_script(host, is_host=hosts_store)],
         "working_dir": plan.workdir,
-        "environment": {k: escape(v) for k, v in
-                        {**plan.env(), "HOME": TMP, "PET_LOCAL_ADDR": name}.items()},
+        "environment": {**plan.env(), "HOME": TMP, "PET_LOCAL_ADDR": name},
         **_hardening(plan),
         "shm_size": compose_size(s.resources.shm),
         "stop_grace_period": "60s",  # > torchrun's 30 s worker shutdown
@@ -122,9 +133,10 @@ def render(plan: LaunchPlan) -> dict[str, Any]:
     for i in range(plan.spec.nodes.max):
         services[node_service(i)] = _node_service(plan, i)
     services |= netem_services(plan, {k: v for k, v in services.items() if k != STORE_COMPONENT})
-    return {
+    doc: dict[str, Any] = escaped({
         "name": plan.name,
         "services": services,
         "networks": {NETWORK: {"driver": "bridge"}},
         "volumes": {VOLUME: {}},
-    }
+    })
+    return doc
