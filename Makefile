@@ -52,7 +52,7 @@ bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (ab
 	$(BIN)/python benchmarks/bench_local.py --store-loss
 	$(BIN)/python benchmarks/bench_compose.py
 
-# kind: needs Docker and the kind binary; not runnable on machines without a registry (see README)
+# kind: needs Docker and the kind binary; not runnable on machines without a registry (see docs/targets.md)
 KDIST ?= $(BIN)/kdist
 KIND_CLUSTER ?= kdist
 kind-up:  ## kind >= v0.25 cluster (1 control plane, 2 workers); default StorageClass serves ReadWriteMany

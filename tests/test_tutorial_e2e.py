@@ -1,6 +1,6 @@
 """PyTorch's fault-tolerant torchrun tutorial (trainers/examples/tutorial), unchanged, on every
 simulated target: a node is lost mid-run and the job still ends with exit 0, every rank of the
-next round resumes from the same snapshot epoch > 0, and model_final.pth is where the README
+next round resumes from the same snapshot epoch > 0, and model_final.pth is where docs/outputs.md
 says. Real torchrun processes (`kdist run`) and a real Docker Engine (`kdist up`, marked docker).
 """
 
@@ -129,7 +129,7 @@ def pod_run_options(plan: LaunchPlan, volume: str) -> list[str]:
 
 @pytest.mark.docker
 def test_user_image_runs_with_the_pods_security_settings(tmp_path: Path, image: str) -> None:  # noqa: F811
-    """The README's recipe (FROM the trainer image, COPY the project), started as the k8s pod
+    """The recipe of docs/outputs.md (FROM the trainer image, COPY the project), started as the k8s pod
     starts it: its securityContext (read-only root, uid 1000), mounts and working directory."""
     project = tmp_path / "project"
     (project / "train").mkdir(parents=True)
