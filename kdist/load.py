@@ -17,6 +17,7 @@ from ruamel.yaml.scalarbool import ScalarBoolean
 from kdist import spec as s
 from kdist.errors import Problem, SpecError
 from kdist.netem import DURATION_RE, PERCENT_RE, duration_us
+from kdist.plan import IMAGE_PROJECT_DIR
 from kdist.quantity import cpu_cores, memory_bytes
 from kdist.yamlio import MAX_DEPTH, too_deep
 
@@ -313,6 +314,9 @@ def mount_path(r: Reader, v: Any, path: str, pos: Pos) -> str:
     if value in RESERVED_MOUNTS or reserved:
         raise Invalid(f"{value} is a directory the container needs (or kdist mounts itself); "
                       "use a path of its own like /checkpoints")
+    if value == IMAGE_PROJECT_DIR:
+        raise Invalid(f"mounting the volume at {value} would hide the project's code in the "
+                      "image; use a path of its own like /checkpoints")
     return value
 
 

@@ -1,10 +1,9 @@
-"""Checks of the spec against the project folder and the pods' filesystem, made before anything
-starts (`kdist run`) and by `kdist validate`: the entrypoint exists in the project, and the
-job's working directory (the checkpoint volume, checkpoint.path) is a place a node can write.
+"""The check of the spec against the project folder, made before anything starts (`kdist run`,
+`kdist up`) and by `kdist validate`: the entrypoint exists in the project.
 
-A node's root filesystem is read-only (Kubernetes `readOnlyRootFilesystem`, Compose
-`read_only`); the writable places are the checkpoint volume, /tmp and /dev/shm (emptyDirs or
-tmpfs, private to a node) and nothing else. The project's code is in the image at /app.
+The project's code is in the image at /app; nodes start in the checkpoint volume (a node's root
+filesystem is read-only, so that volume, /tmp and /dev/shm are all it can write). Where the volume
+may be mounted is a rule of the loader (kdist/load.py, `checkpoint.path`).
 """
 
 from __future__ import annotations
@@ -17,33 +16,6 @@ from kdist.errors import Problem, SpecError
 from kdist.load import Pos, _pos_of, parse_yaml, read_text
 from kdist.plan import IMAGE_PROJECT_DIR
 from kdist.spec import JobSpec
-
-# mount points a node already has, or kernel filesystems: never the checkpoint volume's path
-TAKEN = {
-    "/tmp": "each node's private /tmp (an emptyDir on Kubernetes, a tmpfs on Compose): not shared "
-            "between nodes and lost with the node",
-    "/dev": "the device filesystem (/dev/shm is each node's shared memory)",
-    "/proc": "the kernel's process filesystem",
-    "/sys": "the kernel's sysfs",
-}
-
-
-def _under(path: str, top: str) -> bool:
-    return path == top or path.startswith(top.rstrip("/") + "/")
-
-
-def workdir_problem(path: str) -> str:
-    """Why no node can use `path` as the shared, writable working directory ("" when it can)."""
-    path = posixpath.normpath(path)
-    if path == "/":
-        return "the root filesystem is read-only on every node; use a folder like /checkpoints"
-    for top, what in TAKEN.items():
-        if _under(path, top):
-            return f"{path} is {what}; use a folder like /checkpoints"
-    if _under(IMAGE_PROJECT_DIR, path):
-        return (f"mounting the volume at {path} would hide the project's code in the image "
-                f"({IMAGE_PROJECT_DIR}); use a folder like /checkpoints")
-    return ""
 
 
 def entrypoint_problem(entrypoint: str, project: Path, local: bool) -> str:
@@ -77,15 +49,12 @@ def _files_named(project: Path, name: str) -> list[str]:
 
 
 def check(job: JobSpec, text: str, file: str, project: Path, local: bool = False) -> list[Problem]:
-    """Problems located at the spec's lines: the entrypoint, then checkpoint.path."""
-    doc = parse_yaml(text, file)
-    out = []
-    for path, message in (("entrypoint", entrypoint_problem(job.entrypoint, project, local)),
-                          ("checkpoint.path", workdir_problem(job.checkpoint.path))):
-        if message:
-            pos: Pos = _pos_of(doc, path)
-            out.append(Problem(file, pos[0] + 1, pos[1] + 1, path, message))
-    return out
+    """The entrypoint's problem, located at its line in the spec ([] when there is none)."""
+    message = entrypoint_problem(job.entrypoint, project, local)
+    if not message:
+        return []
+    pos: Pos = _pos_of(parse_yaml(text, file), "entrypoint")
+    return [Problem(file, pos[0] + 1, pos[1] + 1, "entrypoint", message)]
 
 
 def check_file(job: JobSpec, spec_file: Path, project: Path, local: bool = False) -> None:

@@ -1,5 +1,5 @@
 """The job's working directory (the checkpoint volume) on every target, and the checks made before
-anything starts: the entrypoint exists, the working directory is writable (kdist/workdir.py)."""
+anything starts: the entrypoint exists (kdist/workdir.py), the volume path is one a node can use."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from kdist.errors import SpecError
 from kdist.load import load_text
 from kdist.plan import LaunchPlan
 from kdist.render import compose, k8s
-from kdist.workdir import check, entrypoint_problem, workdir_problem
+from kdist.workdir import check, entrypoint_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 KDIST = [sys.executable, "-c",
@@ -58,12 +59,14 @@ def test_a_relative_entrypoint_is_resolved_against_the_image_project_dir() -> No
 
 @pytest.mark.parametrize("path", ["/", "/tmp", "/tmp/ckpt", "/dev/shm", "/proc/x", "/sys", "/app"])
 def test_a_working_directory_no_node_can_use_is_refused(path: str) -> None:
-    assert workdir_problem(path)
+    with pytest.raises(SpecError) as error:
+        load_text(spec(path=path))
+    assert [p.path for p in error.value.problems] == ["checkpoint.path"]
 
 
 @pytest.mark.parametrize("path", ["/checkpoints", "/data/run-1", "/app/outputs", "/tmpdata"])
 def test_a_working_directory_of_its_own_is_accepted(path: str) -> None:
-    assert workdir_problem(path) == ""
+    assert LaunchPlan(load_text(spec(path=path))).workdir == path
 
 
 def test_entrypoint_problems_name_the_project_and_a_near_file() -> None:
@@ -78,10 +81,9 @@ def test_entrypoint_problems_name_the_project_and_a_near_file() -> None:
 
 
 def test_problems_point_at_the_spec_lines() -> None:
-    text = spec(entrypoint="nope.py", path="/tmp")
+    text = spec(entrypoint="nope.py")
     problems = check(load_text(text, "k.yaml"), text, "k.yaml", ROOT)
-    assert [(p.line, p.column, p.path) for p in problems] == [
-        (3, 13, "entrypoint"), (6, 9, "checkpoint.path")]
+    assert [(p.line, p.column, p.path) for p in problems] == [(3, 13, "entrypoint")]
 
 
 def test_kdist_run_refuses_before_anything_starts(tmp_path: Path) -> None:
@@ -93,5 +95,6 @@ def test_kdist_run_refuses_before_anything_starts(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert f"{path}:3:13: entrypoint: trainers/trian.py not found in the project folder" \
         in result.stderr
-    assert f"{path}:6:9: checkpoint.path: /dev/shm is the device filesystem" in result.stderr
+    assert f"{path}:6:9: checkpoint.path: /dev/shm is a directory the container needs" \
+        in result.stderr
     assert "Traceback" not in result.stderr and not run_dir.exists()

@@ -1,13 +1,11 @@
-"""Spec rules that look outside the spec: the entrypoint in the project folder and the working
-directory on the nodes (kdist/workdir.py, shared with `kdist run`)."""
+"""A spec rule that looks outside the spec: the entrypoint in the project folder
+(kdist/workdir.py, shared with `kdist run`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from kdist.validate.objects import Sink
-
-RULE_OF = {"entrypoint": "spec-entrypoint", "checkpoint.path": "spec-workdir"}
 
 
 def check_paths(text: str, file: str, project: Path, sink: Sink) -> None:
@@ -16,4 +14,4 @@ def check_paths(text: str, file: str, project: Path, sink: Sink) -> None:
     from kdist.workdir import check
 
     for p in check(load_text(text, file), text, file, project):
-        sink.at(RULE_OF[p.path], file, p.line, p.column, f"{p.path}: {p.message}", path=p.path)
+        sink.at("spec-entrypoint", file, p.line, p.column, f"{p.path}: {p.message}", path=p.path)
