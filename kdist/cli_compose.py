@@ -132,7 +132,10 @@ def _hopeless(job: ComposeJob, status: RunStatus) -> str:
     from kdist.runstatus import barrier_note
     from kdist.torchlog import certain_failure, stuck_at_barrier
 
-    failed = [i for i, n in status.nodes.items() if n.ended == "failed"]
+    # a node whose workers did not fail by themselves (its agent lost the store, or a peer went
+    # away) is restarted by its restart policy (kdist/render/compose.py) and rejoins
+    failed = [i for i, n in status.nodes.items() if n.ended == "failed"
+              and (f := n.log.failure()) is not None and not f.secondary]
     if not status.nodes_up or not (failed or any(n.log.exits for n in status.nodes.values())):
         return ""
     marks = job.marks()  # `kdist kill` and `kdist scale` mark a node before they stop it
