@@ -26,6 +26,7 @@ from kdist.errors import KdistError
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
     from kdist.backends.compose import ComposeJob, JobStatus
     from kdist.runstatus import JobStatus as RunStatus
+    from kdist.torchlog import NodeLog
 
 
 def _open(spec_file: Path, rewrite: bool = False) -> ComposeJob:
@@ -121,10 +122,11 @@ def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
     if exited is None:
         status.observe(node, text)
         return status.node(node).shown
+    shown = status.node(node).log.flush()  # a traceback held until its next line ends here
     status.node_exited(node, int(exited[1]))
     if out is not None:
         out.event("exit", elapsed, {"node": node, "code": int(exited[1])})
-    return [text]
+    return [*shown, text]
 
 
 def _hopeless(job: ComposeJob, status: RunStatus) -> str:
@@ -132,10 +134,7 @@ def _hopeless(job: ComposeJob, status: RunStatus) -> str:
     from kdist.runstatus import barrier_note
     from kdist.torchlog import certain_failure, stuck_at_barrier
 
-    # a node whose workers did not fail by themselves (its agent lost the store, or a peer went
-    # away) is restarted by its restart policy (kdist/render/compose.py) and rejoins
-    failed = [i for i, n in status.nodes.items() if n.ended == "failed"
-              and (f := n.log.failure()) is not None and not f.secondary]
+    failed = [i for i, n in status.nodes.items() if n.ended == "failed" and not _rejoins(n.log)]
     if not status.nodes_up or not (failed or any(n.log.exits for n in status.nodes.values())):
         return ""
     marks = job.marks()  # `kdist kill` and `kdist scale` mark a node before they stop it
@@ -151,6 +150,17 @@ def _hopeless(job: ComposeJob, status: RunStatus) -> str:
     else:
         return ""
     return reason + barrier_note(status)
+
+
+def _rejoins(log: NodeLog) -> bool:
+    """The node failed only because a peer or the store went away (its agent's own error says
+    so): its restart policy (kdist/render/compose.py) brings it back into the job."""
+    from kdist.torchlog import is_peer_error
+
+    failure = log.failure()
+    if failure is not None:
+        return failure.secondary
+    return bool(log.agent_error) and is_peer_error([log.agent_error])
 
 
 def _failed_by_themselves(status: RunStatus) -> list[str]:

@@ -139,6 +139,7 @@ class NodeLog:
     errors: dict[int, RankError] = field(default_factory=dict)  # each rank's last traceback
     report: Failure | None = None  # torchrun's Root Cause block
     plain_error: RankError | None = None  # the last worker traceback without `[rankN]:`
+    agent_error: str = ""  # the exception line of the agent's own last traceback
     _plain: list[str] | None = None
     _rdzv: dict[str, str] | None = None
     _tracebacks: dict[int, list[str]] = field(default_factory=dict)
@@ -187,18 +188,25 @@ class NodeLog:
         if continued and len(self._plain) < MAX_TRACEBACK:
             self._plain.append(line)
             return []
-        held, self._plain = self._plain, None
+        return [*self.flush(), *self.feed(line)]
+
+    def flush(self) -> list[str]:
+        """End a traceback held without a rank prefix (its process has exited); returns what a
+        quiet terminal shows of it (nothing of the agent's own)."""
+        held, self._plain = self._plain or [], None
         exception = exception_line([x for x in held if not x.startswith(" ")])
-        if not exception:
-            return [*held, *self.feed(line)]
         if exception.startswith(AGENT_MODULE):
-            return self.feed(line)
-        self.plain_error = RankError(-1, exception, tuple(clean_traceback(held)))
-        return [*held, *self.feed(line)]
+            self.agent_error = exception
+            return []
+        if exception:
+            self.plain_error = RankError(-1, exception, tuple(clean_traceback(held)))
+        return held
 
     def feed_all(self, lines: Iterable[str]) -> NodeLog:
+        """A whole log (a traceback held at its end is read too)."""
         for line in lines:
             self.feed(line)
+        self.flush()
         return self
 
     def _feed_rank(self, rank: int, text: str) -> None:

@@ -8,6 +8,7 @@ may be mounted is a rule of the loader (kdist/load.py, `checkpoint.path`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import posixpath
 from pathlib import Path
@@ -32,20 +33,21 @@ def entrypoint_problem(entrypoint: str, project: Path, local: bool) -> str:
     full = project / path
     if full.is_file():
         return ""
-    near = _files_named(project, path.name)[:3]
+    near = _near_files(project, posixpath.normpath(entrypoint))
     hint = f" (did you mean {', '.join(near)}?)" if near else ""
     return (f"{entrypoint} not found in the project folder {project} (a relative entrypoint is "
             f"resolved against it, and against {IMAGE_PROJECT_DIR} in the image){hint}")
 
 
-def _files_named(project: Path, name: str) -> list[str]:
-    """Files called `name` in the project, hidden folders (.venv, .git) left out."""
-    found = []
+def _near_files(project: Path, wanted: str) -> list[str]:
+    """Up to 3 scripts of the project like `wanted`: the same name elsewhere, else a close
+    spelling (hidden folders such as .venv and .git left out)."""
+    scripts = []
     for folder, dirs, files in os.walk(project):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-        if name in files:
-            found.append(str((Path(folder) / name).relative_to(project)))
-    return sorted(found)
+        scripts += [str((Path(folder) / f).relative_to(project)) for f in files if f.endswith(".py")]
+    same = sorted(s for s in scripts if posixpath.basename(s) == posixpath.basename(wanted))
+    return same[:3] or difflib.get_close_matches(wanted, sorted(scripts), n=3, cutoff=0.6)
 
 
 def check(job: JobSpec, text: str, file: str, project: Path, local: bool = False) -> list[Problem]:

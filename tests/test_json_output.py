@@ -206,6 +206,35 @@ def test_up_stops_the_nodes_once_the_job_cannot_succeed() -> None:
     assert "never read" not in result.stdout
 
 
+STORE_LOST = """\
+Traceback (most recent call last):
+  File "/usr/lib/python3/torch/distributed/elastic/rendezvous/c10d_rendezvous_backend.py", \
+line 114, in _call_store
+    return getattr(self._store, store_op)(*args, **kwargs)
+torch.distributed.DistNetworkError: Broken pipe
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/usr/local/bin/torchrun", line 8, in <module>
+    sys.exit(main())
+torch.distributed.elastic.rendezvous.api.RendezvousConnectionError: The connection to the \
+C10d store has failed. See inner exception for details.
+(container exited with code 1)"""
+
+
+def test_up_waits_for_a_node_that_only_lost_the_store() -> None:
+    """Its restart policy brings a node back whose agent lost the store; one whose container
+    exits 1 with nothing in its log still ends the job (the test above)."""
+    lines = ["node-0 | [RANK0] Epoch 3 | Steps: 4"]
+    lines += [f"node-1 | {line}" for line in STORE_LOST.splitlines()] + ["node-0 | still read"]
+    fake = Lines(lines)
+    result = CliRunner().invoke(click.command()(
+        lambda: _follow_with_status(fake)))  # type: ignore[arg-type]
+    assert result.exit_code == 0, result.output
+    assert fake.stopped == [] and "still read" in result.stdout, result.stderr
+
+
 @pytest.mark.docker
 def test_up_json_lines_of_a_real_compose_job(job: Callable[..., Job]) -> None:  # noqa: F811
     j = job("json", nodes=2, max_restarts=0, args=train_args(20, 0, "--fail-at-step", "3"))

@@ -96,3 +96,11 @@ def test_kdist_run_refuses_before_anything_starts(tmp_path: Path) -> None:
     assert f"{path}:3:13: entrypoint: trainers/trian.py not found in the project folder" \
         in result.stderr
     assert "Traceback" not in result.stderr and not run_dir.exists()
+
+
+def test_a_misspelt_entrypoint_gets_a_did_you_mean(tmp_path: Path) -> None:
+    (tmp_path / "train.py").write_text("print('train')\n")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "trian.py").write_text("")  # hidden folders are not searched
+    assert entrypoint_problem("trian.py", tmp_path, local=True).endswith("(did you mean train.py?)")
+    assert "did you mean" not in entrypoint_problem("eval.py", tmp_path, local=True)
