@@ -65,7 +65,8 @@ def _yaml_word(word: str) -> str:
 def starter_spec(template: str, name: str, script: str | None = None,
                  args: tuple[str, ...] = ()) -> str:
     """The template with the job's name and, for a user's script, its entrypoint and args."""
-    text = template.replace("name: my-job ", f"name: {job_name(name)} ", 1)
+    named = f"name: {job_name(name)}"
+    text = re.sub(r"^name: my-job +", f"{named:<28} ", template, count=1, flags=re.M)
     if script is None:
         return text
     entry = (_commented(f"entrypoint: {_yaml_word(script)}", "the script torchrun starts, "
