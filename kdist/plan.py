@@ -1,7 +1,7 @@
 """Target-independent decisions, made once: names, labels, the torchrun argv, env, ports.
 
 Every target (local, compose, k8s, helm) launches `torchrun_argv(...)`; only the rendezvous
-endpoint host differs between targets (invariant 1 in DESIGN.md).
+endpoint host differs between targets (invariant 1 in docs/architecture.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DESIGN.md invariant 3: `helm template charts/kdist -f <helm values>` equals the k8s renderer.
+"""docs/architecture.md invariant 3: `helm template charts/kdist -f <helm values>` equals the k8s renderer.
 
 The tests that run helm are marked `helm` and skip when helm is not on PATH; the ones that only
 read the chart's files (defaults, documentation, schema) always run.

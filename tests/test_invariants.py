@@ -1,4 +1,4 @@
-"""DESIGN.md invariants 1, 2 and 4: one torchrun line, deterministic output, valid documents."""
+"""docs/architecture.md invariants 1, 2 and 4: one torchrun line, deterministic output, valid documents."""
 
 from __future__ import annotations
 

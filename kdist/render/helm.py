@@ -1,7 +1,7 @@
 """Helm target: a spec as values for `charts/kdist` (`kdist render --target helm-values`).
 
 `helm template RELEASE charts/kdist -f <values>` renders the same objects as
-`kdist render --target k8s` (DESIGN.md invariant 3; tests/test_helm.py compares them object by
+`kdist render --target k8s` (docs/architecture.md invariant 3; tests/test_helm.py compares them object by
 object). Object names come from `name` in the values, never from the release name, so any
 release name gives the same objects.
 
