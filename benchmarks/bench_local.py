@@ -141,6 +141,14 @@ def rendezvous_overhead(run_dir: Path) -> float | None:
     return max(complete) - max(ready)
 
 
+def stop_run(proc: subprocess.Popen[str], run_dir: Path) -> tuple[list[dict[str, Any]], float | None]:
+    """SIGINT to `kdist run`; its metrics.jsonl events and the wall time of its --kill."""
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return events, next((e["wall"] for e in events if e["event"] == "kdist.kill"), None)
+
+
 # ---- recovery ----------------------------------------------------------------------------
 
 
@@ -160,10 +168,7 @@ def recovery_kdist(cap: float, workdir: Path, phases: list[dict[str, float]]) ->
         if (killed and '"world_size":2' in line and '"event":"step"' in line) \
                 or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    kill_wall = next((e["wall"] for e in events if e["event"] == "kdist.kill"), None)
+    events, kill_wall = stop_run(proc, run_dir)
     if kill_wall is None:
         return None
     took = first_recovered_step([(e["wall"], e) for e in events], kill_wall)
@@ -242,10 +247,7 @@ def recovery_tutorial(cap: float, workdir: Path) -> float | None:
         resumed = any("Resuming training from snapshot" in x for _, x in arrivals[-50:])
         if (resumed and EPOCH_RE.search(line)) or time.monotonic() > deadline:
             break
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    events = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    kill_wall = next((e["wall"] for e in events if e["event"] == "kdist.kill"), None)
+    _, kill_wall = stop_run(proc, run_dir)
     if kill_wall is None:
         return None
     after = [(wall, line) for wall, line in arrivals if wall > kill_wall]
