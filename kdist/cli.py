@@ -139,6 +139,9 @@ def init(script: str | None, args: tuple[str, ...], path: Path, name: str | None
     click.echo(f"wrote {path}{what}; nodes start in the checkpoint volume, where relative paths "
                f"the trainer writes (snapshots, final model) land; next: kdist run{spec}",
                err=True)
+    if entrypoint:
+        click.echo("for kdist up / apply: the spec's image must hold your project at /app, e.g. "
+                   "`FROM kdist-trainer:0.1.0` + `COPY . /app/` (docs/outputs.md)", err=True)
 
 
 @cli.command()

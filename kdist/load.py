@@ -455,16 +455,19 @@ class Reader:
             raise Invalid(f"expected a mapping, got {describe(v)}")
         rules = RULES[cls]
         kwargs: dict[str, Any] = {}
+        meant: set[str] = set()  # required keys that a misspelt key already points to
         for key in v:
             kpos, sub = self.key_pos(v, key, pos), f"{path}.{key_text(key)}" if path else key_text(key)
             if key not in rules:
                 hint = did_you_mean(str(key), list(rules))
+                meant |= {k for k in REQUIRED.get(cls, ()) if hint and hint == did_you_mean(str(key), [k])}
                 self.add(kpos, sub, f"unknown key{hint}; expected one of {', '.join(rules)}")
                 continue
             kwargs[key] = self.value(rules[key], v[key], sub, self.val_pos(v, key, pos))
         for key in REQUIRED.get(cls, ()):
             if key not in v:
-                self.add(pos, f"{path}.{key}" if path else key, "is required")
+                if key not in meant:  # else the typo's did-you-mean already says it
+                    self.add(pos, f"{path}.{key}" if path else key, "is required")
                 kwargs[key] = INVALID
         if any(x is INVALID for x in kwargs.values()):
             return INVALID  # type: ignore[no-any-return]

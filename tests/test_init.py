@@ -28,7 +28,8 @@ def test_init_names_the_script_and_its_args(project: Path) -> None:
     result = CliRunner().invoke(cli, ["init", "train.py", "--", "30", "2", "--epoch-sleep", "1"])
     assert result.exit_code == 0, result.output
     assert "wrote kdist.yaml for train.py" in result.stderr
-    assert result.stderr.rstrip().endswith("next: kdist run")
+    first, image = result.stderr.rstrip().splitlines()
+    assert first.endswith("next: kdist run") and "COPY . /app/" in image
     job = load_file(project / "kdist.yaml")
     assert job.entrypoint == "train.py" and job.args == ("30", "2", "--epoch-sleep", "1")
     text = (project / "kdist.yaml").read_text()
