@@ -120,6 +120,10 @@ def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
     Returns what a quiet terminal shows of it (kdist.torchlog drops torchrun's agent lines)."""
     exited = EXITED_TEXT.match(text.strip())
     if exited is None:
+        if status.node(node).ended:  # Docker restarted the container (its restart policy)
+            from kdist.runstatus import NodeState
+
+            status.nodes[node] = NodeState()
         status.observe(node, text)
         return status.node(node).shown
     shown = status.node(node).log.flush()  # a traceback held until its next line ends here

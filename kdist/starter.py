@@ -45,7 +45,11 @@ def pick_script(folder: Path, script: str | None) -> str | None:
         if not script.endswith(".py"):
             raise UsageError(f"{script} is not a Python script; name the training script "
                              "(-f names the spec file)")
-        return Path(script).as_posix()
+        inside = (folder / script).resolve()
+        if not inside.is_relative_to(folder.resolve()):
+            raise UsageError(f"{script} is outside the project folder {folder}; the image holds "
+                             "the project, so run kdist init in the folder that contains it")
+        return inside.relative_to(folder.resolve()).as_posix()
     found = training_scripts(folder)
     if len(found) == 1:
         return found[0]

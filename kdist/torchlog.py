@@ -322,11 +322,13 @@ def first_failure(failures: Sequence[tuple[str, Failure | None]]) -> int | None:
 
 def certain_failure(logs: Sequence[NodeLog]) -> str:
     """Why retrying cannot help, or "": every node's first attempt failed with the same error
-    (a bad import or argument), or a worker failed with the same error as one in an earlier
-    rendezvous round (the rank may have moved to another node)."""
+    (a bad import or argument; one node alone proves nothing, its error may be transient), or a
+    worker failed with the same error as one in an earlier rendezvous round (the rank may have
+    moved to another node)."""
     firsts = [log.exits[0] if log.exits else None for log in logs]
     errors = {f.exception for f in firsts if f is not None}
-    if logs and None not in firsts and len(errors) == 1 and all(f and f.attempt == 0 for f in firsts):
+    if len(logs) > 1 and None not in firsts and len(errors) == 1 \
+            and all(f and f.attempt == 0 for f in firsts):
         error = errors.pop()
         if error and not is_peer_error([error]):
             return f"every node's first attempt failed the same way: {error}"

@@ -54,7 +54,7 @@ def test_dev_service_is_published_on_loopback_only_and_hardened() -> None:
                              "published": "8888"}]
     assert svc["user"] == "1234:1234" and svc["init"] is True and svc["read_only"] is True
     assert svc["cap_drop"] == ["ALL"] and svc["security_opt"] == ["no-new-privileges:true"]
-    assert "privileged" not in svc and "cap_add" not in svc and svc["tmpfs"] == ["/tmp"]
+    assert "privileged" not in svc and "cap_add" not in svc and svc["tmpfs"] == ["/tmp:exec"]
     assert svc["networks"] == [compose.NETWORK] and svc["profiles"] == [dev.DEV_PROFILE]
     assert svc["volumes"] == [f"{compose.VOLUME}:/data/ckpt", ".:/app"]
     assert "deploy" in svc and "reservations" not in svc["deploy"]["resources"]

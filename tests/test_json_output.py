@@ -235,6 +235,19 @@ def test_up_waits_for_a_node_that_only_lost_the_store() -> None:
     assert fake.stopped == [] and "still read" in result.stdout, result.stderr
 
 
+def test_a_restarted_container_counts_as_running_again() -> None:
+    """Docker restarted node-1 (its restart policy): its new lines make it a live node again,
+    so a later recovered worker failure is not read as the node's end."""
+    from kdist.cli_compose import _observe
+    from kdist.runstatus import JobStatus
+
+    status = JobStatus()
+    _observe(status, 1, "(container exited with code 1)", None, 1.0)
+    assert status.node(1).ended == "failed"
+    _observe(status, 1, "[RANK1] Epoch 5 | Steps: 4", None, 2.0)
+    assert status.node(1).ended == "" and status.node(1).alive
+
+
 @pytest.mark.docker
 def test_up_json_lines_of_a_real_compose_job(job: Callable[..., Job]) -> None:  # noqa: F811
     j = job("json", nodes=2, max_restarts=0, args=train_args(20, 0, "--fail-at-step", "3"))

@@ -393,9 +393,8 @@ def test_job_success_rules() -> None:
 def test_when_kdist_stops_the_remaining_nodes() -> None:
     up, ok, killed = NodeResult(0, None), NodeResult(1, 0, at=10.0), NodeResult(2, -9, True)
 
-    def reason(*nodes: NodeResult, adds: bool = False, store: int | None = None,
-               now: float = 11.0) -> str:
-        return stop_reason(nodes, 2, adds, store, now, linger=60)
+    def reason(*nodes: NodeResult, adds: bool = False, now: float = 11.0) -> str:
+        return stop_reason(nodes, 2, adds, now, linger=60)
 
     assert reason(up, NodeResult(1, None)) == ""
     assert reason(up, ok) == ""  # one node finished first: the others are in the exit barrier
@@ -403,7 +402,6 @@ def test_when_kdist_stops_the_remaining_nodes() -> None:
     assert reason(up, NodeResult(1, 1)) == "node-1 failed; stopped the other nodes"
     assert reason(up, killed) == "1 node(s) left, fewer than nodes.min=2: the job cannot continue"
     assert reason(up, killed, adds=True) == ""  # a node is still to come
-    assert reason(up, NodeResult(1, None), store=1) == "the rendezvous store exited with code 1"
     assert reason(ok, killed) == ""  # nothing left to stop
 
 

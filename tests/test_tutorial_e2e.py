@@ -122,7 +122,7 @@ def pod_run_options(plan: LaunchPlan, volume: str) -> list[str]:
         elif path == "/dev/shm":
             options += ["--shm-size", str(memory_bytes(source["emptyDir"]["sizeLimit"]))]
         else:
-            options += ["--tmpfs", path]
+            options += ["--tmpfs", f"{path}:exec"]  # an emptyDir allows exec
     env = [f"{e['name']}={e['value']}" for e in container["env"] if "value" in e]
     return options + [x for pair in env for x in ("-e", pair)]
 

@@ -39,7 +39,7 @@ def test_every_target_starts_nodes_in_the_checkpoint_volume() -> None:
     assert plan.workdir == "/data"
     node = compose.render(plan)["services"]["node-0"]
     assert node["working_dir"] == "/data" and "checkpoints:/data" in node["volumes"]
-    assert node["read_only"] is True and node["tmpfs"] == ["/tmp"]
+    assert node["read_only"] is True and node["tmpfs"] == ["/tmp:exec"]
     assert node["environment"]["HOME"] == "/tmp"
     sts = next(d for d in k8s.render(plan) if d["kind"] == "StatefulSet")
     container = sts["spec"]["template"]["spec"]["containers"][0]

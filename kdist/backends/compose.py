@@ -29,8 +29,7 @@ from kdist.plan import STORE_COMPONENT, LaunchPlan
 from kdist.render.compose import SCALE_PROFILE, node_service
 from kdist.render.compose_netem import helper_name
 from kdist.render.dev import DEV_PROFILE
-from kdist.torchlog import NodeLog
-from kdist.torchlog import is_peer_error as peer_lost
+from kdist.torchlog import NodeLog, is_peer_error
 
 STATE_DIR = Path(".kdist") / "compose"
 COMPOSE_FILE = "docker-compose.yaml"
@@ -285,11 +284,6 @@ def cause_line(block: Sequence[str]) -> str:
         if text.strip().startswith(("error", "kdist:", "exitcode")):
             return text.strip()
     return block[-1].strip() if block else ""
-
-
-def is_peer_error(block: Sequence[str]) -> bool:
-    """True when a failure only reflects another node's loss (connection reset, closed rdzv)."""
-    return peer_lost(block)
 
 
 def node_index(service: str) -> int:

@@ -610,12 +610,9 @@ class LocalRun:
 
     def should_stop(self) -> bool:
         """True when the job's outcome is settled but some nodes would keep running."""
-        store_code = self.store.popen.poll() if self.store is not None else None
         self.reason = stop_reason(self.node_results(), self.plan.spec.nodes.min,
-                                  any(t.action == "add" for t in self.timers), store_code,
+                                  any(t.action == "add" for t in self.timers),
                                   self.elapsed(), self.options.linger)
-        if store_code is not None and self.store is not None:
-            self.reason += f"; see {self.store.log_path}"
         if not self.reason and self.plan.spec.max_restarts > 0:
             logs = [self.status.node(p.index).log for p in self.nodes if not p.killed]
             certain = certain_failure(logs)
@@ -680,19 +677,18 @@ class LocalRun:
 
 
 def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
-                store_code: int | None, now: float, linger: float) -> str:
+                now: float, linger: float) -> str:
     """Why the nodes still running should be stopped now, or "" to let them run.
 
     The outcome is settled when a node failed by itself (the job cannot succeed any more),
-    when the store is gone, or when fewer than nodes.min are left and none will be added
-    (rendezvous would wait for join_timeout). After a node finished successfully the others
-    get `linger` seconds (torchrun's exit barrier holds them only until all are done).
+    or when fewer than nodes.min are left and none will be added (rendezvous would wait for
+    join_timeout). After a node finished successfully the others get `linger` seconds
+    (torchrun's exit barrier holds them only until all are done). A lost store is no reason:
+    supervise_store starts it again and nodes that failed with it are restarted.
     """
     running = [n for n in nodes if n.exit_code is None]
     if not running:
         return ""
-    if store_code is not None:
-        return f"the rendezvous store exited with code {store_code}"
     failed = [n for n in nodes if n.exit_code not in (None, 0) and not n.killed]
     if failed:
         return f"node-{failed[0].index} failed; stopped the other nodes"

@@ -10,7 +10,7 @@ from kdist.render.compose_netem import netem_services
 
 NETWORK = "kdist"
 VOLUME = "checkpoints"
-TMP = "/tmp"  # a tmpfs where Kubernetes has an emptyDir; HOME points there as in the pods
+TMP = "/tmp"  # a tmpfs (exec, like an emptyDir; in RAM) where the pods have an emptyDir; HOME too
 SCALE_PROFILE = "scale"  # nodes beyond `nodes.count`, started by `kdist scale`
 
 
@@ -52,7 +52,7 @@ def _hardening(plan: LaunchPlan) -> dict[str, Any]:
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
         "read_only": True,
-        "tmpfs": [TMP],
+        "tmpfs": [f"{TMP}:exec"],
         "networks": [NETWORK],
     }
 

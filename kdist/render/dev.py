@@ -82,7 +82,7 @@ def dev_service(plan: LaunchPlan, host_port: int = DEFAULT_PORT) -> dict[str, An
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
         "read_only": True,
-        "tmpfs": ["/tmp"],
+        "tmpfs": [f"{compose.TMP}:exec"],
         "networks": [compose.NETWORK],
         "ports": [_port(host_port)],
         "shm_size": compose.compose_size(res.shm),
