@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdist.torchlog import GLOG_RE, NodeLog
+from kdist.torchlog import NodeLog
 
 METRIC_PREFIX = "KDIST_METRIC "
 
@@ -182,12 +182,6 @@ def parse_metric(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) and "event" in value else None
-
-
-def torchrun_message(line: str) -> str | None:
-    """The message part of a torchrun (glog-formatted) log line, or None."""
-    match = GLOG_RE.match(line)
-    return match["msg"] if match else None
 
 
 def _int_or(value: object, default: int | None) -> int | None:

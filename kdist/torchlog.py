@@ -76,10 +76,6 @@ class RankError:
     exception: str
     traceback: tuple[str, ...]
 
-    @property
-    def secondary(self) -> bool:
-        return is_peer_error(self.traceback[-3:])
-
 
 @dataclass(frozen=True)
 class WorkerExit:

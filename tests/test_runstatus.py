@@ -7,7 +7,6 @@ from kdist.runstatus import (
     format_elapsed,
     format_status,
     parse_metric,
-    torchrun_message,
 )
 from kdist.torchlog import Failure, NodeLog
 
@@ -127,13 +126,6 @@ def test_metric_lines_are_parsed_and_others_ignored() -> None:
     assert parse_metric("KDIST_METRIC {not json") is None
     assert parse_metric('KDIST_METRIC ["event"]') is None
     assert parse_metric("[kdist rank0] INFO world_size=3") is None
-
-
-def test_torchrun_message_strips_the_glog_prefix() -> None:
-    line = f"I1124 00:48:08.015000 13490 {AGENT}:553]   group_world_size=3"
-    assert torchrun_message(line) == "  group_world_size=3"
-    assert torchrun_message("[W1124 00:34:28.680157121 socket.cpp:469] [c10d] poll") is None
-    assert torchrun_message('KDIST_METRIC {"event":"start"}') is None
 
 
 def test_a_node_loss_shows_as_a_new_round_a_restart_and_a_smaller_world() -> None:
