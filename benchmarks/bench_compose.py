@@ -34,10 +34,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kdist.backends.compose import ComposeJob, detect, project_for  # noqa: E402
-from kdist.load import load_text  # noqa: E402
 from kdist.plan import LaunchPlan  # noqa: E402
-from kdist.render import render  # noqa: E402
+from kdist.spec.load import load_text  # noqa: E402
+from kdist.targets import render  # noqa: E402
+from kdist.targets.compose.job import ComposeJob, detect, project_for  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "compose.json"
 EXAMPLE = ROOT / "trainers" / "examples" / "cpu-gloo.yaml"

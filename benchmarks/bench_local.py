@@ -55,7 +55,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kdist.backends.local import (
+from kdist.plan import STORE_CODE, LaunchPlan
+from kdist.spec.load import load_file, load_text
+from kdist.targets.local.job import (
     LOCAL_HOST,
     NODE_RANK_ENV,
     RUN_ID_ENV,
@@ -63,14 +65,12 @@ from kdist.backends.local import (
     kill_tree,
     start_process,
 )
-from kdist.load import load_file, load_text
-from kdist.plan import STORE_CODE, LaunchPlan
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "local.json"
 STORE_LOSS_RESULTS = ROOT / "benchmarks" / "results" / "local-store-loss.json"
 KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli_run import run; "
+         "from kdist.cli import cli, main; from kdist.cli.run import run; "
          "'run' in cli.commands or cli.add_command(run); main()"]
 TRAIN_ARGS = ["--synthetic", "--max-steps", "100000", "--checkpoint-every", "10",
               "--batch-size", "16", "--step-sleep", "0.2"]

@@ -31,9 +31,9 @@ EXAMPLE = ROOT / "trainers" / "examples" / "smoke-node0.yaml"
 
 def generate(folder: Path, count: int) -> list[Path]:
     """`count` files, each the headless Service + StatefulSet kdist renders, renamed."""
-    from kdist.load import load_file
     from kdist.plan import LaunchPlan
-    from kdist.render import k8s
+    from kdist.spec.load import load_file
+    from kdist.targets.k8s import render as k8s
     from kdist.yamlio import dump_all
 
     docs = k8s.render(LaunchPlan(load_file(EXAMPLE)))
@@ -90,7 +90,7 @@ def kdist_command(folder: Path) -> list[str]:
     kdist = shutil.which("kdist", path=str(Path(sys.executable).parent)) or "kdist"
     registered = subprocess.run([kdist, "validate", "--help"], capture_output=True, check=False)
     base = [kdist, "validate"] if registered.returncode == 0 else [
-        sys.executable, "-m", "kdist.cli_validate"]
+        sys.executable, "-m", "kdist.cli.validate"]
     return [*base, "--kubernetes-version", "1.31", "--no-docker", str(folder)]
 
 

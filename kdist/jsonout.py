@@ -22,8 +22,8 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kdist.k8s_status import K8sJobStatus
-    from kdist.runstatus import JobStatus
+    from kdist.progress import JobStatus
+    from kdist.targets.k8s.status import K8sJobStatus
 
 # status fields that change with every training step: throttled, not emitted on each change
 METRIC_FIELDS = ("step", "loss", "samples_per_s", "checkpoint")

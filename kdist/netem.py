@@ -1,7 +1,8 @@
 """Network conditions as Linux netem arguments (pure: no I/O).
 
 Every simulated node's egress gets `tc qdisc replace dev IF root netem delay LATENCY JITTER
-loss LOSS`, locally (kdist run, kdist/netsim.py) and on Compose (a `node-N-netem` helper service).
+loss LOSS`, locally (kdist run, kdist/targets/local/netsim.py) and on Compose (a `node-N-netem`
+helper service).
 Both ends of a node-to-node connection delay what they send, so the added round trip between two
 nodes is about 2 x latency; to the rendezvous store (which has no netem) it is about 1 x latency.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from kdist.spec import Network
+from kdist.spec.model import Network
 
 DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$")  # no named groups: JSON Schema too
 PERCENT_RE = re.compile(r"^(100(?:\.0+)?|\d{1,2}(?:\.\d+)?)%$")  # 0% to 100%

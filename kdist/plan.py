@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass
 from importlib import resources
 
-from kdist.spec import JobSpec
+from kdist.spec.model import JobSpec
 
 STORE_COMPONENT = "rdzv"
 NODE_COMPONENT = "node"

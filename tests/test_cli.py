@@ -14,7 +14,7 @@ from conftest import FIXTURES
 
 from kdist import __version__
 from kdist.cli import cli
-from kdist.load import load_file
+from kdist.spec.load import load_file
 
 SPEC = FIXTURES / "features" / "minimal" / "kdist.yaml"
 
@@ -98,8 +98,8 @@ def test_init_writes_a_spec_that_loads_and_refuses_to_overwrite(
 
 
 def test_run_lengthens_keep_alives_only_when_simulated_nodes_crowd_the_cores() -> None:
-    from kdist.backends.local import CROWDED_NODES_PER_CORE, ROOMY_KEEP_ALIVE, roomy_plan
     from kdist.plan import LaunchPlan
+    from kdist.targets.local.job import CROWDED_NODES_PER_CORE, ROOMY_KEEP_ALIVE, roomy_plan
 
     plan = LaunchPlan(load_file(SPEC))
     assert roomy_plan(plan, CROWDED_NODES_PER_CORE * 2, cores=2) is None

@@ -19,8 +19,14 @@ import yaml
 from click.testing import CliRunner
 from conftest import ROOT
 
-from kdist.backends import compose as backend
-from kdist.backends.compose import (
+from kdist.cli import KdistGroup
+from kdist.cli.compose import COMMANDS, format_status, format_torchrun, register, status_dict
+from kdist.errors import UsageError
+from kdist.plan import LaunchPlan
+from kdist.spec.load import load_file
+from kdist.targets.compose import job as backend
+from kdist.targets.compose import render as render_compose
+from kdist.targets.compose.job import (
     ComposeJob,
     Container,
     DockerError,
@@ -36,12 +42,6 @@ from kdist.backends.compose import (
     project_for,
     root_cause,
 )
-from kdist.cli import KdistGroup
-from kdist.cli_compose import COMMANDS, format_status, format_torchrun, register, status_dict
-from kdist.errors import UsageError
-from kdist.load import load_file
-from kdist.plan import LaunchPlan
-from kdist.render import compose as render_compose
 
 EXAMPLES = ROOT / "trainers" / "examples"
 ENGINE = Engine("20.10.24", ("docker", "compose"), "2.26.1")
@@ -131,7 +131,7 @@ esac
 def test_cli_says_what_is_missing(tmp_path: Path, scripts: dict[str, str], words: str) -> None:
     (tmp_path / "bin").mkdir()
     env = _fake_bin(tmp_path / "bin", scripts)
-    code = ("import sys; from kdist.cli import cli, main; from kdist.cli_compose import register; "
+    code = ("import sys; from kdist.cli import cli, main; from kdist.cli.compose import register; "
             "register(cli); main()")
     spec = str(EXAMPLES / "cpu-gloo.yaml")
     got = subprocess.run([sys.executable, "-c", code, "status", "-f", spec], env=env, cwd=tmp_path,
@@ -247,7 +247,7 @@ def test_status_table_and_json() -> None:
 
 def test_status_says_what_torchruns_agents_logged() -> None:
     """Rounds, restarts, world sizes and members from real node logs (node-1 killed)."""
-    from kdist.runstatus import JobStatus
+    from kdist.progress import JobStatus
 
     agents = JobStatus()
     assert format_torchrun(agents) == "torchrun: no rendezvous round completed yet"
@@ -376,7 +376,7 @@ def test_unreachable_engine_with_the_real_docker_cli(tmp_path: Path) -> None:
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
     (tmp_path / "trainers").mkdir()  # the spec's entrypoint, checked before the engine
     (tmp_path / "trainers" / "train.py").write_text("")
-    code = ("import sys; from kdist.cli import cli, main; from kdist.cli_compose import register; "
+    code = ("import sys; from kdist.cli import cli, main; from kdist.cli.compose import register; "
             "register(cli); main()")
     got = subprocess.run([sys.executable, "-c", code, "up", "-d", "-f",
                           str(EXAMPLES / "cpu-gloo.yaml")], env=env, cwd=tmp_path,

@@ -17,12 +17,13 @@ import yaml
 from click.testing import CliRunner
 from conftest import ROOT
 
-from kdist.backends import dev as backend
-from kdist.backends.compose import ComposeJob, DockerError, Engine, project_for
 from kdist.cli import cli
-from kdist.load import load_file
 from kdist.plan import LaunchPlan
-from kdist.render import compose, dev
+from kdist.spec.load import load_file
+from kdist.targets.compose import dev_job as backend
+from kdist.targets.compose import dev_render as dev
+from kdist.targets.compose import render as compose
+from kdist.targets.compose.job import ComposeJob, DockerError, Engine, project_for
 
 EXAMPLES = ROOT / "trainers" / "examples"
 SPEC = ROOT / "tests" / "fixtures" / "features" / "dev" / "kdist.yaml"

@@ -16,7 +16,7 @@ import pytest
 import test_compose_e2e as e2e
 from conftest import ROOT
 
-from kdist.backends.dev import status_code
+from kdist.targets.compose.dev_job import status_code
 
 pytestmark = pytest.mark.docker
 Job = e2e.Job

@@ -14,11 +14,13 @@ from click.testing import CliRunner, Result
 from conftest import FIXTURES, ROOT
 
 from kdist.cli import KdistGroup
-from kdist.cli_ux import diff, doctor
-from kdist.diff import compare, normalise, token_diff
-from kdist.load import load_file
+from kdist.cli.tools import diff, doctor
 from kdist.plan import LaunchPlan
-from kdist.render import compose, k8s, render
+from kdist.spec.load import load_file
+from kdist.targets import render
+from kdist.targets.compose import render as compose
+from kdist.targets.k8s import render as k8s
+from kdist.tools.diff import compare, normalise, token_diff
 
 SPECS = sorted((FIXTURES / "features").glob("*/kdist.yaml")) + sorted(
     (ROOT / "trainers" / "examples").glob("*.yaml"))

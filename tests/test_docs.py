@@ -11,12 +11,12 @@ from pathlib import Path
 
 from conftest import ROOT, Golden
 
-from kdist.schema import job_schema
+from kdist.spec.schema import job_schema
 
 
 def cli_reference() -> str:
-    """The reference as a fresh process prints it (see kdist.clidocs: no state from other tests)."""
-    done = subprocess.run([sys.executable, "-m", "kdist.clidocs"], capture_output=True, text=True,
+    """The reference as a fresh process prints it (see kdist.cli.docs: no state from other tests)."""
+    done = subprocess.run([sys.executable, "-m", "kdist.cli.docs"], capture_output=True, text=True,
                           check=True, cwd=ROOT)
     return done.stdout
 

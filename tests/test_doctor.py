@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib.util
 import json
@@ -22,13 +23,14 @@ from click.testing import CliRunner, Result
 from conftest import ROOT
 
 from kdist.cli import KdistGroup
-from kdist.cli_ux import diff, doctor
-from kdist.diff import compare
-from kdist.doctor import CHECKS, check_gpu_sets, visible_gpus
-from kdist.load import load_file
+from kdist.cli.tools import diff, doctor
 from kdist.plan import LaunchPlan
-from kdist.render import compose, k8s
-from kdist.spec import JobSpec
+from kdist.spec.load import load_file
+from kdist.spec.model import JobSpec
+from kdist.targets.compose import render as compose
+from kdist.targets.k8s import render as k8s
+from kdist.tools.diff import compare
+from kdist.tools.doctor import CHECKS, check_gpu_sets, visible_gpus
 from kdist.validate.rules import RULES
 
 
@@ -282,10 +284,14 @@ def test_a_bad_spec_is_a_message_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_registering_the_commands_imports_no_backend() -> None:
-    code = ("import sys, kdist.cli_ux; "
+    code = ("import sys, kdist.cli.tools; "
             "print(sorted(m for m in sys.modules if m.startswith('kdist') or m == 'yaml'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['kdist', 'kdist.cli_ux', 'kdist.cliopts']"
+    loaded = ast.literal_eval(out.stdout.strip())
+    assert "kdist.cli.tools" in loaded
+    # the command modules, the errors and the json records; no backend, renderer or yaml
+    assert [m for m in loaded if not m.startswith("kdist.cli")
+            and m not in ("kdist", "kdist.errors", "kdist.jsonout")] == []
 
 
 # ---- docs/troubleshooting.md names only things that exist ------------------------------------
@@ -302,7 +308,7 @@ def test_troubleshooting_names_real_rules_checks_fields_and_rows() -> None:
         for part in field.split("."):
             types = {f.name: f.type for f in dataclasses.fields(cls)}
             assert part in types, f"docs/troubleshooting.md: no spec field {field}"
-            cls = getattr(sys.modules["kdist.spec"], str(types[part]).split(" |")[0], None)
+            cls = getattr(sys.modules["kdist.spec.model"], str(types[part]).split(" |")[0], None)
     p = LaunchPlan(load_file(ROOT / "tests" / "fixtures" / "features" / "minimal" / "kdist.yaml"))
     names = {r.name for r in compare(compose.render(p), k8s.render(p))}
     rows = set(re.findall(r"row `([a-z ]+)`", text))

@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kdist.cli import cli
-from kdist.load import RULES
-from kdist.spec import JobSpec
+from kdist.spec.load import RULES
+from kdist.spec.model import JobSpec
 
 FUZZ = bool(os.environ.get("KDIST_FUZZ"))
 settings.register_profile("test", max_examples=100, deadline=None, database=None,
@@ -329,9 +329,10 @@ def test_plausible_specs_pass_docker_compose_config(tmp_path: Path) -> None:
 @st.composite
 def edited_manifests(draw: st.DrawFn) -> tuple[str, str]:
     """A fresh render of the minimal spec with values anywhere replaced: (which, YAML text)."""
-    from kdist.load import load_file
     from kdist.plan import LaunchPlan
-    from kdist.render import compose, k8s
+    from kdist.spec.load import load_file
+    from kdist.targets.compose import render as compose
+    from kdist.targets.k8s import render as k8s
 
     plan = LaunchPlan(load_file(MINIMAL))
     which = draw(st.sampled_from(["compose", "k8s"]))

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from conftest import FIXTURES, Golden
 
 from kdist.cli import cli
-from kdist.load import load_file
 from kdist.plan import LaunchPlan
-from kdist.render import FILENAMES, TARGETS, render
+from kdist.spec.load import load_file
+from kdist.targets import FILENAMES, TARGETS, render
 
 FEATURES = sorted(p for p in (FIXTURES / "features").iterdir() if p.is_dir())
 ERRORS = sorted(p for p in (FIXTURES / "errors").iterdir() if p.is_dir())
@@ -26,7 +26,7 @@ def test_feature_renders_as_golden(feature: Path, target: str, golden: Golden) -
 
 def test_dev_render_is_golden(golden: Golden) -> None:
     """`kdist render --target compose --dev` (the JupyterLab service) for the `dev` feature."""
-    from kdist.render.dev import render_text
+    from kdist.targets.compose.dev_render import render_text
 
     feature = FIXTURES / "features" / "dev"
     plan = LaunchPlan(load_file(feature / "kdist.yaml"))

@@ -20,10 +20,11 @@ import pytest
 import yaml
 from conftest import FIXTURES, ROOT
 
-from kdist.load import load_file, load_text
 from kdist.plan import WAIT_CODE, LaunchPlan, program
-from kdist.render import helm, k8s
-from kdist.spec import JobSpec, Nodes
+from kdist.spec.load import load_file, load_text
+from kdist.spec.model import JobSpec, Nodes
+from kdist.targets.helm import render as helm
+from kdist.targets.k8s import render as k8s
 from kdist.yamlio import dump
 
 CHART = ROOT / "charts" / "kdist"

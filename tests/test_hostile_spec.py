@@ -14,9 +14,10 @@ from click.testing import CliRunner, Result
 from conftest import FIXTURES
 
 from kdist.cli import cli
-from kdist.load import load_text
 from kdist.plan import LaunchPlan
-from kdist.render import compose, k8s
+from kdist.spec.load import load_text
+from kdist.targets.compose import render as compose
+from kdist.targets.k8s import render as k8s
 
 MINIMAL = FIXTURES / "features" / "minimal" / "kdist.yaml"
 BASE = "name: job\nimage: trainer:1.0\nentrypoint: train.py\nnodes: 2\n"

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from kdist.cli import cli
-from kdist.load import load_file
-from kdist.workdir import check
+from kdist.spec.load import load_file
+from kdist.tools.workdir import check
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "trainers" / "examples" / "tutorial"

@@ -16,9 +16,11 @@ import pytest
 import yaml
 from conftest import FIXTURES, ROOT
 
-from kdist.load import load_file
 from kdist.plan import LaunchPlan
-from kdist.render import FILENAMES, TARGETS, compose, k8s, render
+from kdist.spec.load import load_file
+from kdist.targets import FILENAMES, TARGETS, render
+from kdist.targets.compose import render as compose
+from kdist.targets.k8s import render as k8s
 
 SPECS = sorted((FIXTURES / "features").glob("*/kdist.yaml")) + sorted(
     (ROOT / "trainers" / "examples").glob("*.yaml"))

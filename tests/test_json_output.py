@@ -23,13 +23,13 @@ from test_kube_client import FakeApi, Reply, status_body
 from test_local_run import KDIST, ROOT, explain, write_spec
 from test_runstatus import NODE0_LOG
 
-from kdist.backends import k8s as backend
-from kdist.backends.compose import HOPELESS
 from kdist.cli import KdistGroup, cli
-from kdist.cli_compose import _follow_with_status
-from kdist.cli_json import JsonLines, json_lines
-from kdist.cli_run import run
-from kdist.runstatus import JobStatus
+from kdist.cli.compose import _follow_with_status
+from kdist.cli.jsonlines import JsonLines, json_lines
+from kdist.cli.run import run
+from kdist.progress import JobStatus
+from kdist.targets.compose.job import HOPELESS
+from kdist.targets.k8s import job as backend
 from kdist.torchlog import is_agent_line
 
 SMOKE = ROOT / "trainers" / "examples" / "smoke-node0.yaml"
@@ -238,8 +238,8 @@ def test_up_waits_for_a_node_that_only_lost_the_store() -> None:
 def test_a_restarted_container_counts_as_running_again() -> None:
     """Docker restarted node-1 (its restart policy): its new lines make it a live node again,
     so a later recovered worker failure is not read as the node's end."""
-    from kdist.cli_compose import _observe
-    from kdist.runstatus import JobStatus
+    from kdist.cli.compose import _observe
+    from kdist.progress import JobStatus
 
     status = JobStatus()
     _observe(status, 1, "(container exited with code 1)", None, 1.0)

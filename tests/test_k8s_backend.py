@@ -1,4 +1,4 @@
-"""kdist.backends.k8s and kdist.cli_k8s against a real local HTTP server acting as the API server.
+"""kdist.targets.k8s.job and kdist.cli.k8s against a real local HTTP server acting as the API server.
 
 Only the API server is stood in for (FakeApi, from test_kube_client): kubeconfig loading, the
 client, the backend and the CLI run for real. Recorded objects come from tests/fixtures/k8s_api.
@@ -21,19 +21,19 @@ from click.testing import CliRunner, Result
 from conftest import FIXTURES, ROOT
 from test_kube_client import FakeApi, Reply, free_port, status_body, write_kubeconfig
 
-from kdist.backends import k8s as backend
-from kdist.backends.k8s import (
+from kdist.cli import cli
+from kdist.errors import UsageError
+from kdist.plan import LaunchPlan
+from kdist.spec.load import load_file
+from kdist.targets.k8s import job as backend
+from kdist.targets.k8s import render as k8s
+from kdist.targets.k8s.job import (
     JobFinished,
     K8sJob,
     WaitTimeout,
     manifests,
     object_path,
 )
-from kdist.cli import cli
-from kdist.errors import UsageError
-from kdist.load import load_file
-from kdist.plan import LaunchPlan
-from kdist.render import k8s
 
 EXAMPLES = sorted((ROOT / "trainers" / "examples").glob("*.yaml"))
 CPU = ROOT / "trainers" / "examples" / "cpu-gloo.yaml"  # job cifar-cpu, nodes 2:3, no namespace
@@ -620,7 +620,7 @@ def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str
     assert scaled.stderr.splitlines()[0] == ("kdist: k8s.queue 'team-a' is set: this scale bypasses "
                                              "Kueue's admission and quota")
     code = ("import sys; sys.modules['kubernetes'] = None; from kdist.cli import cli, main; "
-            "from kdist.cli_k8s import register; register(cli); sys.argv[0] = 'kdist'; main()")
+            "from kdist.cli.k8s import register; register(cli); sys.argv[0] = 'kdist'; main()")
     done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU)],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (2, "kdist: the Kubernetes commands need the "
@@ -629,7 +629,7 @@ def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str
 
 
 def test_entry_point_prints_no_traceback(env: dict[str, str]) -> None:
-    code = ("import sys; from kdist.cli import cli, main; from kdist.cli_k8s import register; "
+    code = ("import sys; from kdist.cli import cli, main; from kdist.cli.k8s import register; "
             "register(cli); sys.argv[0] = 'kdist'; main()")
     done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU), "--context", "nope"],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
@@ -645,7 +645,8 @@ from click.testing import CliRunner
 from kdist.cli import cli
 for args in (["--help"], ["apply", "--help"], ["render", "-t", "k8s", "-f", {str(CPU)!r}]):
     assert CliRunner().invoke(cli, args).exit_code == 0, args
-heavy = ("kdist.kube", "kdist.backends.k8s", "kdist.k8s_status", "kubernetes", "urllib3")
+heavy = ("kdist.targets.k8s.kube", "kdist.targets.k8s.job", "kdist.targets.k8s.status",
+         "kubernetes", "urllib3")
 print([m for m in sys.modules if m.startswith(heavy)])
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -4,7 +4,7 @@ A StatefulSet restarts containers that exit, so a finished job records its outco
 StatefulSet and scales it (and the store) to zero. The trainer container holds no token: it
 hands its exit code to the finish sidecar (kdist/node/finish.py) through a shared folder. Only
 the API server is stood in for (recording exact requests at the HTTP boundary); both containers'
-commands run as rendered by kdist/render/k8s.py. The test plays the kubelet: it starts the
+commands run as rendered by kdist/targets/k8s/render.py. The test plays the kubelet: it starts the
 sidecar, waits for its startupProbe file, then starts (and "restarts") the trainer container.
 """
 
@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from kdist.k8s_status import LeftNode, job_status
-from kdist.load import load_file, load_text
 from kdist.plan import FINISH_DIR, LaunchPlan
-from kdist.render import k8s
+from kdist.spec.load import load_file, load_text
+from kdist.targets.k8s import render as k8s
+from kdist.targets.k8s.status import LeftNode, job_status
 
 SPEC = """name: job
 image: trainer:1

@@ -1,4 +1,4 @@
-"""kdist.k8s_status over recorded API objects (tests/fixtures/k8s_api): phase and per-pod rows."""
+"""kdist.targets.k8s.status over recorded API objects (tests/fixtures/k8s_api): phase and per-pod rows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from conftest import FIXTURES
 
-from kdist.k8s_status import K8sJobStatus, job_status, pod_row
+from kdist.targets.k8s.status import K8sJobStatus, job_status, pod_row
 
 API = FIXTURES / "k8s_api"
 

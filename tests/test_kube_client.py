@@ -1,4 +1,4 @@
-"""kdist.kube: kubeconfig loading and the REST client, against a real local HTTP server.
+"""kdist.targets.k8s.kube: kubeconfig loading and the REST client, against a real local HTTP server.
 
 There is no API server here and none is faked beyond the HTTP boundary: FakeApi is an
 http.server on 127.0.0.1 that records every request exactly (method, path, query, headers, body)
@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-from kdist.kube import (
+from kdist.targets.k8s.kube import (
     ClusterUnreachable,
     ContextNotFound,
     Forbidden,
@@ -37,8 +37,8 @@ from kdist.kube import (
     Rejected,
     Unauthorized,
 )
-from kdist.kube.client import APPLY_PATCH, KubeClient, Target
-from kdist.kube.config import IN_CLUSTER, connect, load_kubeconfig
+from kdist.targets.k8s.kube.client import APPLY_PATCH, KubeClient, Target
+from kdist.targets.k8s.kube.config import IN_CLUSTER, connect, load_kubeconfig
 
 # ---- the HTTP boundary ---------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from kdist.errors import SpecError
-from kdist.load import load_text
-from kdist.spec import Nodes
+from kdist.spec.load import load_text
+from kdist.spec.model import Nodes
 
 BASE = {"name": "job", "image": "img:1", "entrypoint": "train.py", "nodes": 2}
 

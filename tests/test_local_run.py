@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from kdist.backends.local import (
+from kdist.cli import KdistGroup
+from kdist.cli.run import TerminalConsole, describe_event, run
+from kdist.errors import UsageError
+from kdist.plan import LaunchPlan
+from kdist.progress import JobStatus
+from kdist.spec.load import load_text
+from kdist.targets.local.job import (
     Kill,
     NodeResult,
     RunOptions,
@@ -33,17 +39,11 @@ from kdist.backends.local import (
     resolve_entrypoint,
     stop_reason,
 )
-from kdist.cli import KdistGroup
-from kdist.cli_run import TerminalConsole, describe_event, run
-from kdist.errors import UsageError
-from kdist.load import load_text
-from kdist.plan import LaunchPlan
-from kdist.runstatus import JobStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 # `kdist run` whether or not kdist.cli registers the command itself
 KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli_run import run; "
+         "from kdist.cli import cli, main; from kdist.cli.run import run; "
          "'run' in cli.commands or cli.add_command(run); main()"]
 
 

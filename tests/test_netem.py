@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from conftest import FIXTURES
 
 from kdist.cli import cli
-from kdist.load import load_file, load_text
 from kdist.netem import duration_us, netem_args, tc_argv
 from kdist.plan import LaunchPlan
-from kdist.render import compose
-from kdist.spec import Network
+from kdist.spec.load import load_file, load_text
+from kdist.spec.model import Network
+from kdist.targets.compose import render as compose
 from kdist.validate import Options, validate
 
 SPEC = FIXTURES / "features" / "network" / "kdist.yaml"

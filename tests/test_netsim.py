@@ -1,4 +1,5 @@
-"""Simulated network conditions for `kdist run` (kdist/netsim.py): real namespaces, veths, netem.
+"""Simulated network conditions for `kdist run` (kdist/targets/local/netsim.py): real namespaces,
+veths, netem.
 
 Everything here is real: `ip netns`, a bridge, veth pairs, tc netem, TCP connections timed between
 namespaces, and whole `kdist run` jobs. Needs root and iproute2; the latency tests also need a
@@ -19,10 +20,10 @@ from pathlib import Path
 import pytest
 from test_local_run import KDIST, ROOT, explain, kdist_run, start_until_stepping
 
-from kdist import netsim
 from kdist.errors import KdistError
 from kdist.netem import netem_args
-from kdist.spec import Network
+from kdist.spec.model import Network
+from kdist.targets.local import netsim
 
 SERVER = """\
 import socket, sys

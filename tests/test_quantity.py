@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kdist.quantity import cpu_cores, docker_bytes, human_bytes, k8s_bytes, memory_bytes
+from kdist.spec.quantity import cpu_cores, docker_bytes, human_bytes, k8s_bytes, memory_bytes
 
 
 @pytest.mark.parametrize(("value", "expected"), [

@@ -15,8 +15,8 @@ from click.testing import CliRunner, Result
 from conftest import FIXTURES
 
 from kdist.cli import KdistGroup
-from kdist.cli_report import report
-from kdist.report import LEFT, WIDTH, RunModel, make_frame, parse, render_html, summary_rows
+from kdist.cli.report import report
+from kdist.tools.report import LEFT, WIDTH, RunModel, make_frame, parse, render_html, summary_rows
 
 RUN = FIXTURES / "report" / "elastic-run"
 CHARTS = ("chart-loss", "chart-throughput", "chart-world", "chart-nodes")

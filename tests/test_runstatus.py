@@ -1,8 +1,8 @@
-"""kdist.runstatus over lines captured from real torch 2.13 runs (`kdist run`, gloo, CPU)."""
+"""kdist.progress over lines captured from real torch 2.13 runs (`kdist run`, gloo, CPU)."""
 
 from __future__ import annotations
 
-from kdist.runstatus import (
+from kdist.progress import (
     JobStatus,
     format_elapsed,
     format_status,
@@ -234,7 +234,7 @@ def test_round_events_name_world_size_restart_and_members() -> None:
 
 
 def test_barrier_note_names_the_nodes_in_torchruns_exit_barrier() -> None:
-    from kdist.runstatus import barrier_note
+    from kdist.progress import barrier_note
 
     status = JobStatus()
     observe_all(status, 0, NODE0_LOG)  # ends in "Waiting 300 seconds for other agents"

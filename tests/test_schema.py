@@ -11,8 +11,8 @@ from conftest import FIXTURES, ROOT
 from test_load import BAD_VALUES, FIELDS, dump, with_value
 
 from kdist.errors import SpecError
-from kdist.load import load_text
-from kdist.schema import job_schema
+from kdist.spec.load import load_text
+from kdist.spec.schema import job_schema
 
 VALIDATOR = jsonschema.Draft202012Validator(job_schema())
 GOOD = sorted((FIXTURES / "features").glob("*/kdist.yaml")) + sorted(

@@ -18,15 +18,15 @@ import pytest
 import yaml
 from test_compose_e2e import IMAGE, Attached, Job, image  # noqa: F401  (image: a fixture)
 
-from kdist.load import load_text
 from kdist.plan import LaunchPlan
-from kdist.quantity import memory_bytes
-from kdist.render import k8s
+from kdist.spec.load import load_text
+from kdist.spec.quantity import memory_bytes
+from kdist.targets.k8s import render as k8s
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "trainers" / "examples" / "tutorial.yaml"
 KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli_run import run; "
+         "from kdist.cli import cli, main; from kdist.cli.run import run; "
          "'run' in cli.commands or cli.add_command(run); main()"]
 RESUMED_RE = re.compile(r"\[RANK(\d+)\] Resuming training from snapshot at Epoch (\d+)")
 SAVED = "Training snapshot saved at snapshot.pt"

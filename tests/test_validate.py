@@ -17,10 +17,11 @@ import yaml
 from click.testing import CliRunner, Result
 from conftest import ROOT, Golden
 
-from kdist.cli_validate import validate as validate_command
-from kdist.load import load_file
+from kdist.cli.validate import validate as validate_command
 from kdist.plan import LaunchPlan
-from kdist.render import compose, k8s
+from kdist.spec.load import load_file
+from kdist.targets.compose import render as compose
+from kdist.targets.k8s import render as k8s
 from kdist.validate import RULES, Options, supported_versions, validate
 from kdist.validate import docker as docker_mod
 from kdist.validate.report import rules_markdown
@@ -256,7 +257,7 @@ def test_nasty_inputs_exit_codes(tmp_path: Path) -> None:
 
 def test_real_entry_point_has_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "x.yaml").write_bytes(b"\x00binary")
-    done = subprocess.run([sys.executable, "-m", "kdist.cli_validate", "--no-docker",
+    done = subprocess.run([sys.executable, "-m", "kdist.cli.validate", "--no-docker",
                            str(tmp_path / "x.yaml"), str(tmp_path / "nope.yaml")],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout
@@ -399,7 +400,7 @@ def test_default_path_is_kdist_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_importing_the_command_stays_light() -> None:
-    code = ("import sys, kdist.cli_validate; "
+    code = ("import sys, kdist.cli.validate; "
             "print(any(m.startswith(('jsonschema', 'kdist.validate')) for m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True)

@@ -37,7 +37,7 @@ def _limit() -> None:
 def run(*args: str, cwd: Path, stdin: Any = subprocess.DEVNULL) -> tuple[int, str, float]:
     """(exit status, stdout + stderr, seconds) of `kdist validate --no-docker -o github ARGS`."""
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "kdist.cli_validate", "--no-docker", "-o",
+    done = subprocess.run([sys.executable, "-m", "kdist.cli.validate", "--no-docker", "-o",
                            "github", *args], cwd=cwd, stdin=stdin, capture_output=True,
                           text=True, timeout=TIMEOUT, preexec_fn=_limit, check=False)
     out = done.stdout + done.stderr

@@ -1,5 +1,5 @@
 """The job's working directory (the checkpoint volume) on every target, and the checks made before
-anything starts: the entrypoint exists (kdist/workdir.py), the volume path is one a node can use."""
+anything starts: the entrypoint exists (kdist/tools/workdir.py), the volume path is one a node can use."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 
 from kdist.errors import SpecError
-from kdist.load import load_text
 from kdist.plan import LaunchPlan
-from kdist.render import compose, k8s
-from kdist.workdir import check, entrypoint_problem
+from kdist.spec.load import load_text
+from kdist.targets.compose import render as compose
+from kdist.targets.k8s import render as k8s
+from kdist.tools.workdir import check, entrypoint_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli_run import run; "
+         "from kdist.cli import cli, main; from kdist.cli.run import run; "
          "'run' in cli.commands or cli.add_command(run); main()"]
 SPEC = """\
 name: paths

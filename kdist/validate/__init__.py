@@ -1,6 +1,6 @@
 """`kdist validate`: strict schema, cross-object and security checks for specs and manifests.
 
-Library code: returns a Report, never prints or exits (kdist/cli_validate.py does that).
+Library code: returns a Report, never prints or exits (kdist/cli/validate.py does that).
 Heavy imports stay inside this package so `kdist --help` does not pay for them.
 """
 

@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from kdist.quantity import docker_bytes
+from kdist.spec.quantity import docker_bytes
 from kdist.validate import torchrun
 from kdist.validate.compose import Service, env_pairs
 from kdist.validate.k8s_torchrun import LOCAL_HOSTS

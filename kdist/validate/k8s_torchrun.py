@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kdist.quantity import k8s_bytes
+from kdist.spec.quantity import k8s_bytes
 from kdist.validate import netpol, torchrun
 from kdist.validate.k8s_refs import governing_service, is_headless, publishes_not_ready
 from kdist.validate.objects import (

@@ -1,5 +1,5 @@
 """A spec rule that looks outside the spec: the entrypoint in the project folder
-(kdist/workdir.py, shared with `kdist run`)."""
+(kdist/tools/workdir.py, shared with `kdist run`)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from kdist.validate.objects import Sink
 
 def check_paths(text: str, file: str, project: Path, sink: Sink) -> None:
     """Findings for a spec that loads (specs.load found no problem in it)."""
-    from kdist.load import load_text
-    from kdist.workdir import check
+    from kdist.spec.load import load_text
+    from kdist.tools.workdir import check
 
     for p in check(load_text(text, file), text, file, project):
         sink.at("spec-entrypoint", file, p.line, p.column, f"{p.path}: {p.message}", path=p.path)

@@ -84,9 +84,10 @@ def disabled_rules(doc: Doc | None, sink: Sink) -> frozenset[str]:
 def load(text: str, file: str, sink: Sink) -> SpecUnit | None:
     """Load and render; SpecError problems become `spec` findings."""
     from kdist.errors import KdistError, SpecError
-    from kdist.load import load_text
     from kdist.plan import LaunchPlan
-    from kdist.render import compose, k8s
+    from kdist.spec.load import load_text
+    from kdist.targets.compose import render as compose
+    from kdist.targets.k8s import render as k8s
     from kdist.yamlio import dump
 
     doc = _spec_doc(text, file)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kdist.quantity import human_bytes
+from kdist.spec.quantity import human_bytes
 
 # torchrun options that take a value / that are flags (torch.distributed.run.get_args_parser)
 VALUE_OPTIONS = (

@@ -1,6 +1,6 @@
 """The finish sidecar of a Kubernetes node pod: the only container that holds an API token.
 
-kdist/render/k8s.py runs this file's text as `python3 -c TEXT NAME STORE NODES_MIN DIR` in a
+kdist/targets/k8s/render.py runs this file's text as `python3 -c TEXT NAME STORE NODES_MIN DIR` in a
 native sidecar; the Helm chart ships the same bytes as charts/kdist/files/finish.py. STORE is
 the standalone store's Deployment, or "" without one. DIR is an emptyDir shared with the
 trainer container, whose script (kdist/plan.py) writes DIR/exit-code when its torchrun ends for

@@ -1,5 +1,5 @@
 {{/*
-Helpers for charts/kdist. Every string here mirrors kdist/plan.py and kdist/render/k8s.py:
+Helpers for charts/kdist. Every string here mirrors kdist/plan.py and kdist/targets/k8s/render.py:
 `helm template` must equal `kdist render --target k8s` object by object (tests/test_helm.py).
 Object names come from .Values.name, never from the release name.
 */}}
@@ -325,7 +325,7 @@ imagePullSecrets:
 {{- end }}
 
 {{/*
-Checks across values that values.schema.json cannot express (kdist/load.py's cross checks).
+Checks across values that values.schema.json cannot express (kdist/spec/load.py's cross checks).
 Renders nothing; fails the render with a message naming the values.
 */}}
 {{- define "kdist.validate" -}}

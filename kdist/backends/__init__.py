@@ -1,1 +1,0 @@
-"""Backends: the only modules with side effects (processes, Docker, the Kubernetes API)."""

@@ -1,0 +1,184 @@
+"""The kdist command line: the one place that turns library errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kdist import __version__
+from kdist.cli.dev import dev_options
+from kdist.cli.dev import dev_port as dev_port_of
+from kdist.cli.options import F, load_plan, printable, spec_option, warn_network_ignored
+from kdist.errors import KdistError, SpecError, UsageError
+
+
+def target_option(*targets: str) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        return click.option(
+            "-t", "--target", type=click.Choice(targets), required=True,
+            help="What to render for.",
+        )(fn)
+
+    return decorate
+
+
+class KdistGroup(click.Group):
+    """Turns KdistError into `kdist: message` on stderr and the error's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpecError as e:
+            for problem in e.problems:
+                click.echo(printable(str(problem)), err=True)
+            n = len(e.problems)
+            click.echo(f"kdist: {n} problem{'s' if n > 1 else ''} in the spec", err=True)
+            ctx.exit(e.exit_code)
+        except KdistError as e:
+            click.echo(printable(f"kdist: {e}"), err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=KdistGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kdist")
+def cli() -> None:
+    """Run one elastic PyTorch job spec (kdist.yaml) locally, on Docker Compose or Kubernetes."""
+
+
+@cli.command()
+@spec_option
+@target_option("compose", "k8s", "helm-values")
+@click.option("-o", "--output", default="-", show_default=True, metavar="DIR|FILE|-",
+              help="Folder to write the target's file into (docker-compose.yaml, k8s.yaml or "
+                   "helm-values.yaml), a file (an existing one, or a name ending in .yaml or "
+                   ".yml), or - for stdout.")
+@click.option("--force", is_flag=True,
+              help="Replace an output file whose content differs (without it: an error).")
+@dev_options
+def render(spec_file: Path, target: str, output: str, force: bool, dev: bool,
+           dev_port: int | None) -> None:
+    """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
+    from kdist.fsio import write_all
+    from kdist.targets import FILENAMES
+    from kdist.targets import render as render_target
+
+    port = dev_port_of(dev, dev_port, target)
+    plan = load_plan(spec_file)
+    if dev:
+        from kdist.targets.compose.dev_render import render_text as render_dev
+
+        text = render_dev(plan, port)
+    else:
+        text = render_target(plan, target)
+    warn_network_ignored(plan, target)
+    if output == "-":
+        click.echo(text, nl=False)
+        return
+    path = output_file(Path(output), FILENAMES[target])
+    if _replaces(path, text, force):
+        write_all({path: text})
+
+
+def output_file(output: Path, filename: str) -> Path:
+    """`-o`: a folder (existing, or a new name) gets `filename`; an existing file or a name
+    ending in .yaml/.yml is the file itself."""
+    if output.is_dir():
+        return output / filename
+    if output.exists() or output.suffix in (".yaml", ".yml"):
+        return output
+    return output / filename
+
+
+def _replaces(path: Path, text: str, force: bool) -> bool:
+    """Whether to write `path`: not when it already holds `text`; an error when it holds
+    something else (without --force) or is not a regular file."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if not path.is_file():
+        raise UsageError(f"{path} exists and is not a regular file; use -o - for stdout")
+    try:
+        same = path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        same = False
+    if not same and not force:
+        raise UsageError(f"{path} exists and differs from this render; pass --force to replace "
+                         "it")
+    return not same
+
+
+@cli.command()
+@click.argument("script", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-f", "--file", "path", type=click.Path(dir_okay=False, path_type=Path),
+              default="kdist.yaml", show_default=True, help="The spec file to write.")
+@click.option("--name", help="Job name (default: the folder's name, made DNS-safe).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(script: str | None, args: tuple[str, ...], path: Path, name: str | None,
+         force: bool) -> None:
+    """Write a commented kdist.yaml for SCRIPT (kdist init train.py -- ARGS).
+
+    Without SCRIPT: the one training script in this folder (a .py file that imports torch and
+    runs as __main__), or kdist's demo trainer in a clone of its repository.
+    """
+    from kdist.fsio import write_all
+    from kdist.tools.starter import pick_script, starter_spec
+
+    if path.exists() and not force:
+        raise KdistError(f"{path} exists; pass --force to overwrite it")
+    entrypoint = pick_script(Path.cwd(), script)
+    text = resources.files("kdist").joinpath("templates/kdist.yaml").read_text(encoding="utf-8")
+    write_all({path: starter_spec(text, name or path.resolve().parent.name, entrypoint, args)})
+    what = f" for {entrypoint}" if entrypoint else ""
+    spec = "" if path == Path("kdist.yaml") else f" -f {path}"
+    click.echo(f"wrote {path}{what}; nodes start in the checkpoint volume, where relative paths "
+               f"the trainer writes (snapshots, final model) land; next: kdist run{spec}",
+               err=True)
+    if entrypoint:
+        click.echo("for kdist up / apply: the spec's image must hold your project at /app, e.g. "
+                   "`FROM kdist-trainer:0.1.0` + `COPY . /app/` (docs/outputs.md)", err=True)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of kdist.yaml (for editors: see README, "Editor support")."""
+    import json
+
+    from kdist.spec.schema import job_schema
+
+    click.echo(json.dumps(job_schema(), indent=2))
+
+
+def _register() -> None:
+    """Commands that live in their own modules (kept out of `render`'s import path)."""
+    from kdist.cli import compose as cli_compose
+    from kdist.cli import k8s as cli_k8s
+    from kdist.cli.report import report
+    from kdist.cli.run import run
+    from kdist.cli.tools import diff, doctor
+    from kdist.cli.validate import validate
+
+    for command in (run, validate, doctor, diff, report):
+        cli.add_command(command)
+    cli_compose.register(cli)
+    cli_k8s.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    """Console entry point. An unexpected exception is reported in one line, not a traceback."""
+    try:
+        cli.main(prog_name="kdist")
+    except Exception as e:  # a bug in kdist: say so plainly; KDIST_DEBUG=1 shows the traceback
+        if os.environ.get("KDIST_DEBUG"):
+            raise
+        click.echo(printable(f"kdist: internal error: {type(e).__name__}: {e} "
+                             "(rerun with KDIST_DEBUG=1 and report it)"), err=True)
+        sys.exit(70)

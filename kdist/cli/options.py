@@ -1,0 +1,73 @@
+"""Option decorators and helpers shared by every CLI module (imported by kdist.cli and the
+command modules it registers, so none of them imports kdist.cli)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from kdist.plan import LaunchPlan
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# What a terminal acts on rather than shows: C0/C1 controls but tab and newline (ESC starts
+# escape sequences, CR overwrites a line), zero-width and bidirectional-override characters.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: each unprintable character as an escape (`\\x1b`)."""
+    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                            else f"\\u{ord(m[0]):04x}", text)
+
+
+def spec_option(fn: F) -> F:
+    """`-f/--file`: the job spec, shared by every command that reads one."""
+    return click.option(
+        "-f", "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
+    )(fn)
+
+
+def file_only_option(fn: F) -> F:
+    """`--file` without `-f`, for `kdist logs`, where `-f` means follow (as in docker and kubectl)."""
+    return click.option(
+        "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
+    )(fn)
+
+
+def job_target_option(fn: F) -> F:
+    """`--target compose|k8s` for commands that act on a running job."""
+    return click.option("--target", type=click.Choice(["compose", "k8s"]), default="compose",
+                        show_default=True, help="Where the job runs.")(fn)
+
+
+JSON_LINES_HELP = ("text: for people (node logs, a live status line on a terminal); json: for "
+                   "scripts: only JSON lines on stdout (status snapshots, events, a final result "
+                   "line with the exit code and root cause), node logs on stderr.")
+
+
+def output_option(*formats: str, help: str = JSON_LINES_HELP) -> Callable[[F], F]:
+    """`-o/--output`, default text; `kdist run`/`up` take text|json, `kdist apply` adds yaml."""
+    return click.option("-o", "--output", type=click.Choice(formats or ("text", "json")),
+                        default="text", show_default=True, help=help)
+
+
+def load_plan(spec_file: Path) -> LaunchPlan:
+    from kdist.plan import LaunchPlan
+    from kdist.spec.load import load_file
+
+    return LaunchPlan(load_file(spec_file))
+
+
+def warn_network_ignored(plan: LaunchPlan, target: str) -> None:
+    """`network:` is a simulation feature: say so when a Kubernetes target leaves it out."""
+    if plan.spec.network is not None and target in ("k8s", "helm-values"):
+        click.echo("kdist: warning: network conditions are a simulation feature (kdist run, kdist "
+                   "up); the k8s and helm-values targets ignore `network`", err=True)
