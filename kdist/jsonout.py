@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from kdist.progress import JobStatus
-    from kdist.targets.k8s.status import K8sJobStatus
+    from kdist.status import JobState
 
 # status fields that change with every training step: throttled, not emitted on each change
 METRIC_FIELDS = ("step", "loss", "samples_per_s", "checkpoint")
@@ -54,11 +53,11 @@ def job_status(status: JobStatus, elapsed: float, target: str) -> dict[str, Any]
     }
 
 
-def k8s_status(status: K8sJobStatus, context: str, elapsed: float) -> dict[str, Any]:
-    """An `apply --wait` snapshot: phase, summary and every pod row."""
-    return {**asdict(status), "context": context, "running": status.running,
-            "summary": status.summary(), "type": "status", "target": "k8s",
-            "elapsed": _seconds(elapsed)}
+def job_state(state: JobState, elapsed: float) -> dict[str, Any]:
+    """An `apply --wait` snapshot: kdist status's JSON (phase, summary, a row per pod)."""
+    from kdist.status import state_dict
+
+    return {**state_dict(state), "type": "status", "elapsed": _seconds(elapsed)}
 
 
 def event(target: str, name: str, elapsed: float, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,11 +19,13 @@ import yaml
 from click.testing import CliRunner
 from conftest import ROOT
 
-from kdist.cli import KdistGroup
-from kdist.cli.compose import COMMANDS, format_status, format_torchrun, register, status_dict
+from kdist.cli import KdistGroup, cli
+from kdist.cli.compose import COMMANDS, register
+from kdist.cli.jobs import format_torchrun
 from kdist.errors import UsageError
 from kdist.plan import LaunchPlan
 from kdist.spec.load import load_file
+from kdist.status import format_state, state_dict
 from kdist.targets.compose import job as backend
 from kdist.targets.compose import render as render_compose
 from kdist.targets.compose.job import (
@@ -33,8 +35,6 @@ from kdist.targets.compose.job import (
     DockerUnavailable,
     Engine,
     ImageMissing,
-    JobStatus,
-    NodeStatus,
     PortInUse,
     clean_line,
     explain,
@@ -42,6 +42,7 @@ from kdist.targets.compose.job import (
     project_for,
     root_cause,
 )
+from kdist.targets.compose.status import JobStatus, NodeStatus, to_state
 
 EXAMPLES = ROOT / "trainers" / "examples"
 ENGINE = Engine("20.10.24", ("docker", "compose"), "2.26.1")
@@ -131,8 +132,7 @@ esac
 def test_cli_says_what_is_missing(tmp_path: Path, scripts: dict[str, str], words: str) -> None:
     (tmp_path / "bin").mkdir()
     env = _fake_bin(tmp_path / "bin", scripts)
-    code = ("import sys; from kdist.cli import cli, main; from kdist.cli.compose import register; "
-            "register(cli); main()")
+    code = "from kdist.cli import main; main()"
     spec = str(EXAMPLES / "cpu-gloo.yaml")
     got = subprocess.run([sys.executable, "-c", code, "status", "-f", spec], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
@@ -212,7 +212,7 @@ def test_phases() -> None:
     crashed = NodeStatus("node-1", container("node-1", "exited", 1))
     running = NodeStatus("node-2", container("node-2"))
     standby = NodeStatus("node-2", None, standby=True)
-    assert status_of(NodeStatus("node-0", None)).phase == "not started"
+    assert status_of(NodeStatus("node-0", None)).phase == "not-started"
     assert status_of(ok, running).phase == "running"
     assert status_of(ok, killed, standby).phase == "succeeded"
     assert status_of(ok, crashed).phase == "failed"
@@ -235,14 +235,19 @@ def test_status_table_and_json() -> None:
     status = status_of(NodeStatus("node-0", container("node-0", "exited", 0, restarts=1)),
                        NodeStatus("node-1", container("node-1", "exited", 137), backend.KILLED),
                        NodeStatus("node-2", None, standby=True))
-    table = format_status(status).splitlines()
-    assert table[0] == "job job: succeeded (0 of 3 nodes running)"
-    assert table[1].split() == ["SERVICE", "STATE", "EXIT", "RESTARTS", "NOTE"]
-    assert table[3].split() == ["node-0", "exited", "0", "1"]
-    assert table[4].split()[:4] == ["node-1", "exited", "137", "0"] and "kdist kill" in table[4]
-    data = status_dict(status)
-    assert data["phase"] == "succeeded" and data["nodes"][2]["container"] is None
-    assert data["nodes"][1]["stopped_by"] == backend.KILLED
+    state = to_state(status, "job", 2)
+    table = format_state(state).splitlines()
+    assert table[0] == "job job (project job): succeeded: exit code 0"
+    assert table[1].split() == ["NODE", "STATE", "EXIT", "RESTARTS", "HOST", "NOTE"]
+    assert table[2].split() == ["node-0", "exited", "0", "1", "-"]
+    assert table[3].split()[:5] == ["node-1", "exited", "137", "0", "-"] and "kdist kill" in table[3]
+    assert table[4].split()[:2] == ["node-2", "not"] and "standby" in table[4]
+    data = state_dict(state)
+    assert (data["target"], data["phase"], data["exit_code"]) == ("compose", "succeeded", 0)
+    assert data["nodes"][2] == {"name": "node-2", "state": "not created", "running": False,
+                                "exit_code": None, "restarts": 0, "host": None,
+                                "note": "standby (kdist scale starts it)"}
+    assert data["nodes"][1]["note"] == backend.KILLED
 
 
 def test_status_says_what_torchruns_agents_logged() -> None:
@@ -339,7 +344,8 @@ def test_commands_register_and_have_help() -> None:
     for name in group.commands:
         result = CliRunner().invoke(group, [name, "--help"])
         assert result.exit_code == 0, result.output
-    assert "-f, --follow" in CliRunner().invoke(group, ["logs", "--help"]).output
+    logs = CliRunner().invoke(cli, ["logs", "--help"]).output
+    assert "-f, --follow" in logs and "compose|k8s" in logs
 
 
 def test_usage_errors_exit_2_without_a_traceback(tmp_path: Path) -> None:

@@ -11,17 +11,17 @@ from conftest import FIXTURES, Golden
 from kdist.cli import cli
 from kdist.plan import LaunchPlan
 from kdist.spec.load import load_file
-from kdist.targets import FILENAMES, TARGETS, render
+from kdist.targets import get, names, render
 
 FEATURES = sorted(p for p in (FIXTURES / "features").iterdir() if p.is_dir())
 ERRORS = sorted(p for p in (FIXTURES / "errors").iterdir() if p.is_dir())
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", names("render"))
 @pytest.mark.parametrize("feature", FEATURES, ids=lambda p: p.name)
 def test_feature_renders_as_golden(feature: Path, target: str, golden: Golden) -> None:
     plan = LaunchPlan(load_file(feature / "kdist.yaml"))
-    golden.check(feature / FILENAMES[target], render(plan, target))
+    golden.check(feature / get(target).filename, render(plan, target))
 
 
 def test_dev_render_is_golden(golden: Golden) -> None:

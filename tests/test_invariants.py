@@ -18,7 +18,7 @@ from conftest import FIXTURES, ROOT
 
 from kdist.plan import LaunchPlan
 from kdist.spec.load import load_file
-from kdist.targets import FILENAMES, TARGETS, render
+from kdist.targets import get, names, render
 from kdist.targets.compose import render as compose
 from kdist.targets.k8s import render as k8s
 
@@ -67,7 +67,7 @@ def test_one_torchrun_command_line_for_every_target(spec: Path) -> None:
     assert len(hosts) == (0 if plan.standalone_store else 2)  # node 0 in compose and in k8s
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", names("render"))
 def test_rendering_is_byte_identical_across_processes(target: str) -> None:
     spec = FIXTURES / "features" / "elastic" / "kdist.yaml"
     outs = set()
@@ -79,10 +79,10 @@ def test_rendering_is_byte_identical_across_processes(target: str) -> None:
     assert len(outs) == 1
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", names("render"))
 @pytest.mark.parametrize("example", EXAMPLES, ids=spec_id)
 def test_committed_manifests_equal_a_fresh_render(example: Path, target: str) -> None:
-    committed = ROOT / "manifests" / example.stem / FILENAMES[target]
+    committed = ROOT / "manifests" / example.stem / get(target).filename
     assert committed.exists(), f"{committed} missing: run `make examples`"
     fresh = render(LaunchPlan(load_file(example)), target)
     assert committed.read_text() == fresh, f"{committed} drifted: run `make examples`"

@@ -289,10 +289,10 @@ def test_apply_wait_json_lines(env: dict[str, str], api: FakeApi,  # noqa: F811
     applied = [e["object"] for e in of_type(recs, "event", "applied")]
     assert applied[0] == "networkpolicy.networking.k8s.io/cifar-cpu"
     assert applied[-1] == "statefulset.apps/cifar-cpu"
-    assert [s["phase"] for s in of_type(recs, "status")] == ["Pending", "Running", "Succeeded"]
-    assert of_type(recs, "status")[0]["nodes"][1]["reason"] == "Unschedulable"
+    assert [s["phase"] for s in of_type(recs, "status")] == ["pending", "running", "succeeded"]
+    assert "Unschedulable" in of_type(recs, "status")[0]["nodes"][1]["note"]
     final = recs[-1]
-    assert (final["exit_code"], final["target"], final["job"]["phase"]) == (0, "k8s", "Succeeded")
+    assert (final["exit_code"], final["target"], final["job"]["phase"]) == (0, "k8s", "succeeded")
     patches = [r for r in api.requests if r.method == "PATCH"]
     assert len(patches) == len(applied)  # the same requests as without json
 

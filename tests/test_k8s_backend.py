@@ -171,7 +171,7 @@ def test_namespace_precedence(tmp_path: Path, env: dict[str, str], api: FakeApi)
 
 def test_a_finished_job_is_not_reapplied(env: dict[str, str], api: FakeApi) -> None:
     api.on("GET", STS, Reply(200, fixture("statefulset-succeeded")))
-    with pytest.raises(JobFinished, match=r"job cifar-cpu already finished .*Succeeded: exit code 0"):
+    with pytest.raises(JobFinished, match=r"job cifar-cpu already finished .*succeeded: exit code 0"):
         list(job(env).apply())
     assert [r.method for r in api.requests] == ["GET"]
 
@@ -183,14 +183,14 @@ def test_status_reads_the_statefulset_and_the_jobs_pods(env: dict[str, str], api
     api.on("GET", STS, Reply(200, fixture("statefulset-running")))
     api.on("GET", PODS, Reply(200, fixture("pods-restarting")))
     s = job(env).status()
-    assert (s.phase, s.running) == ("Running", 2)
+    assert (s.phase, s.running) == ("running", 2)
     assert api.requests[1].query == {"labelSelector": [SELECTOR]}
     assert [n.restarts for n in s.nodes] == [0, 3, 1]
 
 
 def test_status_not_found(env: dict[str, str], api: FakeApi) -> None:
     api.on("GET", PODS, Reply(200, fixture("pods-empty")))
-    assert job(env).status().phase == "NotFound"
+    assert job(env).status().phase == "not-started"
 
 
 def test_watch_yields_snapshots_until_finished(env: dict[str, str], api: FakeApi) -> None:
@@ -202,7 +202,7 @@ def test_watch_yields_snapshots_until_finished(env: dict[str, str], api: FakeApi
                                  Reply(200, fixture("pods-finished"))))
     slept: list[float] = []
     phases = [s.phase for s in job(env).watch(sleep=slept.append)]
-    assert phases == ["Pending", "Running", "Succeeded"]
+    assert phases == ["pending", "running", "succeeded"]
     assert slept == [2.0, 2.0]
 
 
@@ -210,7 +210,7 @@ def test_watch_times_out(env: dict[str, str], api: FakeApi) -> None:
     api.on("GET", STS, Reply(200, fixture("statefulset-running")))
     api.on("GET", PODS, Reply(200, fixture("pods-running")))
     clock = itertools.count(0, 5).__next__
-    with pytest.raises(WaitTimeout, match=r"timed out after 3s .* Running: 3 of 3 nodes running"):
+    with pytest.raises(WaitTimeout, match=r"timed out after 3s .* running: 3 of 3 nodes running"):
         list(job(env).watch(timeout=3, sleep=lambda _s: None, clock=clock))
 
 
@@ -347,9 +347,9 @@ def test_cli_apply_then_wait_until_succeeded(env: dict[str, str], api: FakeApi,
     assert out[-1] == "statefulset.apps/cifar-cpu serverside-applied"
     progress = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "] " in line]
     assert progress == [
-        "Pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 ImagePullBackOff",
-        "Running: 3 of 3 nodes running (min 2)",
-        "Succeeded: exit code 0, reported by cifar-cpu-1; 1 pods stopping"]
+        "pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 ImagePullBackOff",
+        "running: 3 of 3 nodes running (min 2)",
+        "succeeded: exit code 0; reported by cifar-cpu-1, 1 pods stopping"]
     assert result.stderr.splitlines()[-1] == "kdist: job cifar-cpu succeeded"
 
 
@@ -371,13 +371,15 @@ def test_cli_status_table_and_json(env: dict[str, str], api: FakeApi) -> None:
     table = run(env, "status", "-f", str(CPU))
     assert table.exit_code == 0
     lines = table.stdout.splitlines()
-    assert lines[0] == ("job cifar-cpu (namespace default, context kind-kdist): Running: 2 of 3 nodes "
+    assert lines[0] == ("job cifar-cpu (namespace default, context kind-kdist): running: 2 of 3 nodes "
                         "running (min 2); cifar-cpu-1 CrashLoopBackOff, cifar-cpu-2 restarted 1x "
                         "(last exit 137)")
-    assert lines[1].split() == ["POD", "STATE", "READY", "RESTARTS", "LAST", "EXIT", "NODE", "NOTE"]
-    assert lines[3].split()[:6] == ["cifar-cpu-1", "Waiting", "0/1", "3", "1", "kdist-worker2"]
+    assert lines[1].split() == ["NODE", "STATE", "EXIT", "RESTARTS", "HOST", "NOTE"]
+    assert lines[3].split()[:5] == ["cifar-cpu-1", "Waiting", "1", "3", "kdist-worker2"]
+    assert "CrashLoopBackOff" in lines[3]
     data = json.loads(run(env, "status", "-f", str(CPU), "--json").stdout)
-    assert (data["phase"], data["running"], data["nodes"][2]["last_exit_code"]) == ("Running", 2, 137)
+    assert (data["target"], data["phase"], data["running"]) == ("k8s", "running", 2)
+    assert (data["nodes"][2]["exit_code"], data["nodes"][2]["host"]) == (137, "kdist-worker")
 
 
 @pytest.mark.parametrize(("code", "reason", "message", "expected"), [
@@ -590,10 +592,11 @@ def test_wait_says_why_pods_are_pending_and_times_out(env: dict[str, str], api: 
         "failed error: admission webhook \"validate.kyverno.svc\" denied the request: image "
         "registry not allowed",
         "pod/cifar-cpu-2: Failed: Failed to pull image \"kdist-trainer:0.1.0\": not found"]
-    shown = [line.split("] pending: ", 1)[1] for line in result.stderr.splitlines() if "] pending: " in line]
+    shown = [line.split("] why pending: ", 1)[1] for line in result.stderr.splitlines()
+             if "] why pending: " in line]
     assert shown == why  # each once, oldest first; the other job's event is not shown
     last = result.stderr.split("kdist: timed out after 0.3s waiting for job cifar-cpu to finish: ")[1]
-    assert last == ("Pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 "
+    assert last == ("pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, cifar-cpu-2 "
                     "ImagePullBackOff; it keeps running (kdist status; --timeout changes the limit, "
                     "0 for none)" + "".join(f"\n  {w}" for w in why) + "\n")
     events = [r for r in api.requests if r.path.endswith("/events")]

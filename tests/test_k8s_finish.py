@@ -31,7 +31,7 @@ import pytest
 from kdist.plan import FINISH_DIR, LaunchPlan
 from kdist.spec.load import load_file, load_text
 from kdist.targets.k8s import render as k8s
-from kdist.targets.k8s.status import LeftNode, job_status
+from kdist.targets.k8s.status import LeftNode, job_status, to_state
 
 SPEC = """name: job
 image: trainer:1
@@ -367,8 +367,8 @@ def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path
     pods = [{"metadata": {"name": n, "labels": {"app.kubernetes.io/component": "node"}},
              "status": running} for n in ("job-0", "job-1")]
     status = job_status("job", "team", 1, 2, api.cluster.sts(), pods)  # kdist status
-    assert (status.phase, status.running, status.left) == ("Running", 1, (LeftNode("job-1", 3),))
-    assert status.summary().endswith("; job-1 left the job (exit 3)")
+    assert (status.phase, status.running, status.left) == ("running", 1, (LeftNode("job-1", 3),))
+    assert to_state(status, "ctx").summary().endswith("; job-1 left the job (exit 3)")
 
     second = Pod(tmp_path, api, plan, "job-0")
     second.start_sidecar()

@@ -7,7 +7,7 @@ from typing import Any
 
 from conftest import FIXTURES
 
-from kdist.targets.k8s.status import K8sJobStatus, job_status, pod_row
+from kdist.targets.k8s.status import K8sJobStatus, job_status, pod_row, to_state
 
 API = FIXTURES / "k8s_api"
 
@@ -21,34 +21,38 @@ def status(sts: str | None, pods: str, nodes_min: int = 2, nodes_max: int = 3) -
                       load(sts) if sts else None, load(pods)["items"])
 
 
+def summary(s: K8sJobStatus) -> str:
+    return to_state(s, "kind-kdist").summary()
+
+
 def test_running() -> None:
     s = status("statefulset-running", "pods-running")
-    assert (s.phase, s.running, s.replicas, s.finished) == ("Running", 3, 3, False)
+    assert (s.phase, s.running, s.replicas, s.finished) == ("running", 3, 3, False)
     assert [(n.name, n.index, n.state, n.ready, n.node_name) for n in s.nodes] == [
         ("cifar-cpu-0", 0, "Running", True, "kdist-worker"),
         ("cifar-cpu-1", 1, "Running", True, "kdist-worker2"),
         ("cifar-cpu-2", 2, "Running", True, "kdist-worker")]
     assert [(p.name, p.component, p.index, p.state) for p in s.store] == [
         ("cifar-cpu-rdzv-6b8f9d7c5-x4k2p", "rdzv", None, "Running")]
-    assert s.summary() == "Running: 3 of 3 nodes running (min 2)"
+    assert summary(s) == "running: 3 of 3 nodes running (min 2)"
 
 
 def test_pending_with_unschedulable_and_image_pull_reasons() -> None:
     s = status("statefulset-pending", "pods-pending")
-    assert (s.phase, s.running) == ("Pending", 1)
+    assert (s.phase, s.running) == ("pending", 1)
     unsched, pull = s.nodes[1], s.nodes[2]
     assert (unsched.phase, unsched.state, unsched.reason, unsched.node_name) == (
         "Pending", "Pending", "Unschedulable", "")
     assert unsched.message.startswith("0/3 nodes are available: 1 node(s) had untolerated taint")
     assert (pull.state, pull.reason, pull.ready) == ("Waiting", "ImagePullBackOff", False)
     assert "pull access denied" in pull.message
-    assert s.summary() == ("Pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, "
+    assert summary(s) == ("pending: 1 of 3 nodes running (needs 2); cifar-cpu-1 Unschedulable, "
                            "cifar-cpu-2 ImagePullBackOff")
 
 
 def test_a_restarting_node_is_shown_per_pod_while_the_job_runs() -> None:
     s = status("statefulset-running", "pods-restarting")
-    assert (s.phase, s.running) == ("Running", 2)  # 2 of 3 are enough with nodes 2:3
+    assert (s.phase, s.running) == ("running", 2)  # 2 of 3 are enough with nodes 2:3
     crash, oom = s.nodes[1], s.nodes[2]
     assert (crash.state, crash.reason, crash.restarts, crash.last_exit_code, crash.last_reason) == (
         "Waiting", "CrashLoopBackOff", 3, 1, "Error")
@@ -58,43 +62,43 @@ def test_a_restarting_node_is_shown_per_pod_while_the_job_runs() -> None:
     assert (oom.state, oom.restarts, oom.last_exit_code, oom.last_reason) == (
         "Running", 1, 137, "OOMKilled")
     assert oom.note() == "last exit 137 (OOMKilled)"
-    assert s.summary() == ("Running: 2 of 3 nodes running (min 2); cifar-cpu-1 CrashLoopBackOff, "
+    assert summary(s) == ("running: 2 of 3 nodes running (min 2); cifar-cpu-1 CrashLoopBackOff, "
                            "cifar-cpu-2 restarted 1x (last exit 137)")
 
 
 def test_restarting_below_min_is_pending() -> None:
     s = status("statefulset-running", "pods-restarting", nodes_min=3, nodes_max=3)
-    assert s.phase == "Pending"
+    assert s.phase == "pending"
 
 
 def test_succeeded_from_the_annotation_when_scaled_to_zero() -> None:
     s = status("statefulset-succeeded", "pods-finished")
     assert (s.phase, s.exit_code, s.finished_by, s.replicas, s.finished) == (
-        "Succeeded", 0, "cifar-cpu-1", 0, True)
+        "succeeded", 0, "cifar-cpu-1", 0, True)
     assert [(n.name, n.state) for n in s.nodes] == [("cifar-cpu-0", "Terminating")]
-    assert s.summary() == "Succeeded: exit code 0, reported by cifar-cpu-1; 1 pods stopping"
+    assert summary(s) == "succeeded: exit code 0; reported by cifar-cpu-1, 1 pods stopping"
     gone = status("statefulset-succeeded", "pods-empty")
-    assert (gone.phase, gone.nodes, gone.summary()) == (
-        "Succeeded", (), "Succeeded: exit code 0, reported by cifar-cpu-1")
+    assert (gone.phase, gone.nodes, summary(gone)) == (
+        "succeeded", (), "succeeded: exit code 0; reported by cifar-cpu-1")
 
 
 def test_failed_from_the_annotation() -> None:
     s = status("statefulset-failed", "pods-empty")
-    assert (s.phase, s.exit_code, s.finished_by) == ("Failed", 1, "cifar-cpu-0")
-    assert s.summary() == "Failed: exit code 1, reported by cifar-cpu-0"
+    assert (s.phase, s.exit_code, s.finished_by) == ("failed", 1, "cifar-cpu-0")
+    assert summary(s) == "failed: exit code 1; reported by cifar-cpu-0"
 
 
 def test_not_found_without_a_statefulset() -> None:
     s = status(None, "pods-empty")
-    assert (s.phase, s.replicas, s.finished) == ("NotFound", 0, False)
-    assert s.summary() == "NotFound: no StatefulSet cifar-cpu in namespace default"
+    assert (s.phase, s.replicas, s.finished) == ("not-started", 0, False)
+    assert summary(s) == "not-started: nothing runs; no StatefulSet cifar-cpu in namespace default"
 
 
 def test_an_unknown_outcome_value_is_ignored() -> None:
     sts = load("statefulset-running")
     sts["metadata"]["annotations"] = {"kdist.dev/outcome": "Maybe"}
     s = job_status("cifar-cpu", "default", 2, 3, sts, load("pods-running")["items"])
-    assert s.phase == "Running"
+    assert s.phase == "running"
 
 
 def test_evicted_pod_reason_comes_from_pod_status() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,18 +13,8 @@ import click
 from kdist import __version__
 from kdist.cli.dev import dev_options
 from kdist.cli.dev import dev_port as dev_port_of
-from kdist.cli.options import F, load_plan, printable, spec_option, warn_network_ignored
+from kdist.cli.options import load_plan, printable, spec_option, target_option, warn_network_ignored
 from kdist.errors import KdistError, SpecError, UsageError
-
-
-def target_option(*targets: str) -> Callable[[F], F]:
-    def decorate(fn: F) -> F:
-        return click.option(
-            "-t", "--target", type=click.Choice(targets), required=True,
-            help="What to render for.",
-        )(fn)
-
-    return decorate
 
 
 class KdistGroup(click.Group):
@@ -53,7 +42,7 @@ def cli() -> None:
 
 @cli.command()
 @spec_option
-@target_option("compose", "k8s", "helm-values")
+@target_option("render", required=True)
 @click.option("-o", "--output", default="-", show_default=True, metavar="DIR|FILE|-",
               help="Folder to write the target's file into (docker-compose.yaml, k8s.yaml or "
                    "helm-values.yaml), a file (an existing one, or a name ending in .yaml or "
@@ -65,7 +54,7 @@ def render(spec_file: Path, target: str, output: str, force: bool, dev: bool,
            dev_port: int | None) -> None:
     """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
     from kdist.fsio import write_all
-    from kdist.targets import FILENAMES
+    from kdist.targets import get
     from kdist.targets import render as render_target
 
     port = dev_port_of(dev, dev_port, target)
@@ -80,7 +69,7 @@ def render(spec_file: Path, target: str, output: str, force: bool, dev: bool,
     if output == "-":
         click.echo(text, nl=False)
         return
-    path = output_file(Path(output), FILENAMES[target])
+    path = output_file(Path(output), get(target).filename)
     if _replaces(path, text, force):
         write_all({path: text})
 
@@ -157,6 +146,7 @@ def schema() -> None:
 def _register() -> None:
     """Commands that live in their own modules (kept out of `render`'s import path)."""
     from kdist.cli import compose as cli_compose
+    from kdist.cli import jobs as cli_jobs
     from kdist.cli import k8s as cli_k8s
     from kdist.cli.report import report
     from kdist.cli.run import run
@@ -166,6 +156,7 @@ def _register() -> None:
     for command in (run, validate, doctor, diff, report):
         cli.add_command(command)
     cli_compose.register(cli)
+    cli_jobs.register(cli)
     cli_k8s.register(cli)
 
 

@@ -1,6 +1,5 @@
-"""`kdist up | down | logs | status | scale | kill`: the job as a Docker Compose project.
-
-`status`, `logs` and `scale` also take `--target k8s` and hand over to kdist.cli.k8s.
+"""`kdist up | down | kill`: the job as a Docker Compose project (`status`, `logs` and `scale`
+are kdist/cli/jobs.py's, for every target).
 
 The commands only turn kdist.targets.compose.job's data into output; library errors (KdistError)
 become messages and exit codes in kdist.cli's group. Register them with `register(cli)`.
@@ -8,7 +7,6 @@ become messages and exit codes in kdist.cli's group. Register them with `registe
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -19,13 +17,14 @@ import click
 
 from kdist.cli import dev as cli_dev
 from kdist.cli.jsonlines import JsonLines, current, json_lines
-from kdist.cli.k8s import k8s_options
-from kdist.cli.options import file_only_option, job_target_option, load_plan, spec_option
+from kdist.cli.options import load_plan, spec_option
 from kdist.errors import KdistError
+from kdist.targets import NODE_LINE
 
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
     from kdist.progress import JobStatus as RunStatus
-    from kdist.targets.compose.job import ComposeJob, JobStatus
+    from kdist.targets.compose.job import ComposeJob
+    from kdist.targets.compose.status import JobStatus
     from kdist.torchlog import NodeLog
 
 
@@ -35,42 +34,6 @@ def _open(spec_file: Path, rewrite: bool = False) -> ComposeJob:
     return ComposeJob.open(load_plan(spec_file), Path.cwd(), rewrite=rewrite)
 
 
-def format_status(status: JobStatus) -> str:
-    """The `kdist status` table: one row per service."""
-    rows = [("SERVICE", "STATE", "EXIT", "RESTARTS", "NOTE")]
-    if status.store is not None:
-        s = status.store
-        rows.append((s.service, s.state, str(s.exit_code) if s.stopped else "-", str(s.restarts),
-                     s.health or ""))
-    for n in status.nodes:
-        c = n.container
-        rows.append((n.service, n.state, "-" if n.exit_code is None else str(n.exit_code),
-                     "-" if c is None else str(c.restarts), n.note))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths, strict=True)) + "  " + r[4]
-             for r in rows]
-    running = sum(1 for n in status.nodes if n.running)
-    head = f"job {status.name}: {status.phase} ({running} of {len(status.nodes)} nodes running)"
-    return "\n".join([head, *(line.rstrip() for line in lines)])
-
-
-def status_dict(status: JobStatus) -> dict[str, Any]:
-    def container(c: Any) -> dict[str, Any] | None:
-        if c is None:
-            return None
-        return {"name": c.name, "state": c.state, "exit_code": c.exit_code if c.stopped else None,
-                "restarts": c.restarts, "oom_killed": c.oom_killed, "health": c.health}
-
-    return {
-        "name": status.name,
-        "phase": status.phase,
-        "store": container(status.store),
-        "nodes": [{"service": n.service, "container": container(n.container),
-                   "stopped_by": n.stopped_by or None, "note": n.note} for n in status.nodes],
-    }
-
-
-NODE_LINE = re.compile(r"^node-(\d+)\s*\| ?(.*)$")
 EXITED_TEXT = re.compile(r"^\(container exited with code (-?\d+)\)$")
 
 
@@ -173,19 +136,23 @@ def _failed_by_themselves(status: RunStatus) -> list[str]:
     return [f"node-{i}" for i, f in failures.items() if f is not None and not f.secondary]
 
 
-def _show_outcome(status: JobStatus) -> None:
+def _show_outcome(job: ComposeJob, status: JobStatus) -> None:
     """The final `kdist status` table on stdout; with json, the result line's `job`."""
+    from kdist.status import format_state, state_dict
+    from kdist.targets.compose.status import to_state
+
+    state = to_state(status, job.project.name, job.project.min_nodes)
     out = current()
     if out is None:
-        click.echo(format_status(status))
+        click.echo(format_state(state))
     else:
-        out.job = status_dict(status)
+        out.job = state_dict(state)
 
 
 def _failure_cause(error: KdistError) -> dict[str, Any] | None:
     """The root cause of `kdist up`'s JobFailed, for the json result line."""
     from kdist import jsonout
-    from kdist.targets.compose.job import JobFailed
+    from kdist.status import JobFailed
 
     if not isinstance(error, JobFailed) or not error.node:
         return None
@@ -236,7 +203,7 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, ve
         job.stop()
         ctx.exit(130)
     status = job.finish()
-    _show_outcome(status)
+    _show_outcome(job, status)
     cli_dev.remind(server)
     if status.phase != "succeeded":
         raise job.failure(status) or KdistError(
@@ -261,102 +228,6 @@ def down(spec_file: Path, volumes: bool) -> None:
 
 
 @click.command()
-@file_only_option
-@click.option("-f", "--follow", is_flag=True, help="Keep streaming new lines (Ctrl-C stops).")
-@click.option("--node", "nodes", multiple=True, metavar="NODE",
-              help="Only this node: node-1, 1 or rdzv (repeatable).  [default: every service]")
-@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines of each.")
-@click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with the engine's timestamp.")
-@job_target_option
-@k8s_options
-@click.pass_context
-def logs(ctx: click.Context, spec_file: Path, follow: bool, nodes: tuple[str, ...], tail: int | None,
-         timestamps: bool, target: str, context: str | None, namespace: str | None) -> None:
-    """The job's logs, one `node-N | ` prefix per line."""
-    if target == "k8s":
-        from kdist.cli.k8s import k8s_logs
-
-        return k8s_logs(load_plan(spec_file), context, namespace, follow=follow, nodes=nodes,
-                        tail=tail)
-    job = _open(spec_file)
-    try:
-        for line in job.logs(follow=follow, services=nodes, tail=tail, timestamps=timestamps):
-            click.echo(line)
-    except KeyboardInterrupt:
-        ctx.exit(130)
-
-
-@click.command()
-@spec_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@job_target_option
-@k8s_options
-def status(spec_file: Path, as_json: bool, target: str, context: str | None,
-           namespace: str | None) -> None:
-    """The job's phase, and per node its state, exit code and restarts."""
-    if target == "k8s":
-        from kdist.cli.k8s import k8s_status
-
-        return k8s_status(load_plan(spec_file), context, namespace, as_json)
-    job = _open(spec_file)
-    result = job.status()
-    agents = _read_agents(job)
-    if as_json:
-        click.echo(json.dumps({**status_dict(result), "torchrun": agents.torchrun_dict()}, indent=2))
-    else:
-        click.echo(format_status(result))
-        click.echo(format_torchrun(agents))
-
-
-def _read_agents(job: ComposeJob) -> RunStatus:
-    """The nodes' logs read by kdist.torchlog: rendezvous rounds, restarts, world sizes."""
-    from kdist.progress import JobStatus
-
-    agents = JobStatus()
-    for line in job.logs(services=job.project.nodes):
-        if m := NODE_LINE.match(line):
-            agents.observe(int(m[1]), m[2])
-    return agents
-
-
-def format_torchrun(agents: RunStatus) -> str:
-    """`torchrun: 2 rendezvous rounds, 1 restart, world sizes 3 -> 2, members node-0, node-2`."""
-    if not agents.rounds:
-        return "torchrun: no rendezvous round completed yet"
-    data = agents.torchrun_dict()
-    plural = "" if data["restarts"] == 1 else "s"
-    return (f"torchrun: {data['rounds']} rendezvous round{'s' if data['rounds'] != 1 else ''}, "
-            f"{data['restarts']} restart{plural}, world sizes "
-            f"{' -> '.join(map(str, data['world_sizes']))}, members {', '.join(data['members'])}")
-
-
-@click.command()
-@spec_option
-@click.argument("nodes", type=int)
-@job_target_option
-@k8s_options
-def scale(spec_file: Path, nodes: int, target: str, context: str | None,
-          namespace: str | None) -> None:
-    """Run NODES nodes (within the spec's MIN:MAX) while the job runs.
-
-    Starting nodes join at the next rendezvous round; scaling down stops the highest nodes.
-    """
-    if target == "k8s":
-        from kdist.cli.k8s import k8s_scale
-
-        return k8s_scale(load_plan(spec_file), context, namespace, nodes)
-    job = _open(spec_file)
-    change = job.scale(nodes)
-    if change.started:
-        click.echo(f"kdist: started {', '.join(change.started)}; it joins at the next rendezvous "
-                   "round", err=True)
-    elif change.stopped:
-        click.echo(f"kdist: stopped {', '.join(change.stopped)}; the others continue", err=True)
-    else:
-        click.echo(f"kdist: job {job.project.name} already runs {nodes} nodes", err=True)
-
-
-@click.command()
 @spec_option
 @click.argument("node")
 @click.option("-s", "--signal", "signal_", default="SIGKILL", show_default=True,
@@ -370,7 +241,7 @@ def kill(spec_file: Path, node: str, signal_: str) -> None:
     click.echo(f"kdist: sent {signal_} to {service}", err=True)
 
 
-COMMANDS = (up, down, logs, status, scale, kill)
+COMMANDS = (up, down, kill)
 
 
 def register(group: click.Group) -> None:

@@ -1,7 +1,5 @@
-"""`kdist apply | delete`, and the Kubernetes side of `kdist status | logs | scale`.
-
-`apply` and `delete` are commands (`register(cli)` adds them); `k8s_status`, `k8s_logs`,
-`k8s_scale` and `k8s_delete` are what the shared commands call for `--target k8s`. At import
+"""`kdist apply | delete`: the job on Kubernetes (`status`, `logs` and `scale` are
+kdist/cli/jobs.py's, for every target). `register(cli)` adds them. At import
 this module loads only click and small kdist modules (cliopts, cli_json, jsonout): the backend
 and the API client are imported when a command runs, so `kdist --help` and `kdist render` never
 load them. Library errors (KdistError) become messages and exit codes in kdist.cli's group.
@@ -11,8 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,8 +17,15 @@ import click
 
 from kdist import jsonout
 from kdist.cli.jsonlines import JsonLines, reporting
-from kdist.cli.options import load_plan, output_option, spec_option, warn_network_ignored
+from kdist.cli.options import (
+    cluster_options,
+    load_plan,
+    output_option,
+    spec_option,
+    warn_network_ignored,
+)
 from kdist.errors import UsageError
+from kdist.status import PENDING
 
 if TYPE_CHECKING:
     from kdist.plan import LaunchPlan
@@ -32,16 +36,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 WAIT_TIMEOUT = 3600  # `apply --wait` gives up after an hour unless --timeout says otherwise
 QUEUE_NOTE = ("kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes "
               "the StatefulSet's replicas directly and bypasses Kueue's quota")
-
-
-def k8s_options(fn: F) -> F:
-    """`--context` and `-n/--namespace`, shared by every Kubernetes command."""
-    fn = click.option("-n", "--namespace", default=None, metavar="NS",
-                      help="Namespace.  [default: the spec's k8s.namespace, else the context's, "
-                           "else default]")(fn)
-    return click.option("--context", default=None, metavar="NAME",
-                        help="kubeconfig context.  [default: current-context; in a pod: its "
-                             "service account]")(fn)
 
 
 def k8s_target_option(fn: F) -> F:
@@ -59,70 +53,6 @@ def _warn(job: K8sJob) -> None:
     for warning in dict.fromkeys(job.client.warnings):  # once each, in order
         click.echo(f"Warning: {warning}", err=True)
     job.client.warnings.clear()
-
-
-# ---- status ------------------------------------------------------------------------------------
-
-
-def format_status(status: K8sJobStatus, context: str) -> str:
-    """`kdist status --target k8s`: the phase line, then one row per pod."""
-    head = f"job {status.name} (namespace {status.namespace}, context {context}): {status.summary()}"
-    pods = [*status.nodes, *status.store]
-    if not pods:
-        return head
-    rows = [("POD", "STATE", "READY", "RESTARTS", "LAST EXIT", "NODE", "NOTE")]
-    rows += [(p.name, p.state, "1/1" if p.ready else "0/1", str(p.restarts),
-              "-" if p.last_exit_code is None else str(p.last_exit_code), p.node_name or "-",
-              p.note()) for p in pods]
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:6], widths, strict=True)) + "  " + r[6]
-             for r in rows]
-    return "\n".join([head, *(line.rstrip() for line in lines)])
-
-
-def status_dict(status: K8sJobStatus, context: str) -> dict[str, Any]:
-    data = asdict(status)
-    data |= {"context": context, "running": status.running, "summary": status.summary()}
-    return data
-
-
-def k8s_status(plan: LaunchPlan, context: str | None, namespace: str | None,
-               as_json: bool = False) -> None:
-    """`kdist status --target k8s`: the job's phase and a row per pod."""
-    job = _connect(plan, context, namespace)
-    status = job.status()
-    if as_json:
-        click.echo(json.dumps(status_dict(status, job.client.conn.context), indent=2))
-    else:
-        click.echo(format_status(status, job.client.conn.context))
-
-
-# ---- logs, scale, delete -----------------------------------------------------------------------
-
-
-def k8s_logs(plan: LaunchPlan, context: str | None, namespace: str | None, follow: bool = False,
-             nodes: Sequence[str] = (), tail: int | None = None, previous: bool = False) -> None:
-    """`kdist logs --target k8s`: `node-N | ` prefixed lines; `follow` streams (Ctrl-C stops)."""
-    job = _connect(plan, context, namespace)
-    try:
-        for line in job.logs(nodes, follow=follow, tail=tail, previous=previous):
-            click.echo(line)
-    except KeyboardInterrupt:
-        raise click.exceptions.Exit(130) from None
-
-
-def k8s_scale(plan: LaunchPlan, context: str | None, namespace: str | None, nodes: int) -> None:
-    """`kdist scale --target k8s N`: the StatefulSet's scale subresource, within nodes MIN:MAX."""
-    job = _connect(plan, context, namespace)
-    change = job.scale(nodes)
-    if plan.spec.k8s.queue:
-        click.echo(f"kdist: k8s.queue {plan.spec.k8s.queue!r} is set: this scale bypasses Kueue's "
-                   "admission and quota", err=True)
-    if change.before == change.after:
-        click.echo(f"kdist: job {job.name} already runs {nodes} nodes", err=True)
-    else:
-        click.echo(f"kdist: scaled job {job.name} from {change.before} to {change.after} nodes; "
-                   "they meet at the next rendezvous round", err=True)
 
 
 def k8s_delete(plan: LaunchPlan, context: str | None, namespace: str | None,
@@ -179,14 +109,14 @@ def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, 
     (pending, why) for each new reason the job is Pending."""
     news = [("reconnected", e) for e in job.interruptions]
     job.interruptions.clear()
-    if status.phase == "Pending":
+    if status.phase == PENDING:
         fresh = [w for w in job.why_pending() if w not in seen]
         seen.update(fresh)
         news += [("pending", w) for w in fresh]
     return news
 
 
-NEWS_TEXT = {"reconnected": "kdist: the API server dropped the watch ({}); resumed", "pending": "pending: {}"}
+NEWS_TEXT = {"reconnected": "kdist: the API server dropped the watch ({}); resumed", "pending": "why pending: {}"}
 
 
 def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -> None:
@@ -194,11 +124,14 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
 
     With `out` (json), a status snapshot instead, and the job and root cause for the result.
     """
+    from kdist.status import state_dict
+    from kdist.targets.k8s.status import to_state
+
     start, last, status = time.monotonic(), "", None
     seen: set[str] = set()
     try:
         for status in job.watch(timeout=timeout or None):
-            line = status.summary()
+            line = job.summary(status)
             for kind, text in _news(job, status, seen):
                 if out is not None:
                     out.event(kind, out.elapsed(), {"error" if kind == "reconnected" else "why": text})
@@ -206,7 +139,8 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
                     click.echo(f"[{time.monotonic() - start:6.0f}s] {NEWS_TEXT[kind].format(text)}",
                                err=True)
             if out is not None:
-                out.snapshot(jsonout.k8s_status(status, job.client.conn.context, out.elapsed()))
+                out.snapshot(jsonout.job_state(to_state(status, job.client.conn.context),
+                                               out.elapsed()))
             elif line != last:
                 click.echo(f"[{time.monotonic() - start:6.0f}s] {line}", err=True)
                 last = line
@@ -216,7 +150,7 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
         raise click.exceptions.Exit(130) from None
     error = job.failure(status) if status is not None else None
     if out is not None and status is not None:
-        out.job = status_dict(status, job.client.conn.context)
+        out.job = state_dict(to_state(status, job.client.conn.context))
         if error is not None:
             out.cause = jsonout.root_cause(status.finished_by or None, status.exit_code)
     if error is not None:
@@ -227,7 +161,7 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
 @click.command()
 @spec_option
 @k8s_target_option
-@k8s_options
+@cluster_options
 @click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none",
               show_default=True,
               help="client: print what would be applied (no cluster); server: the API server "
@@ -290,7 +224,7 @@ def _apply_objects(job: K8sJob, server_dry_run: bool, output: str, out: JsonLine
 @click.command()
 @spec_option
 @k8s_target_option
-@k8s_options
+@cluster_options
 @click.option("--volumes", is_flag=True,
               help="Also delete the checkpoint claim (the next apply starts from scratch).")
 def delete(spec_file: Path, target: str, context: str | None, namespace: str | None,

@@ -42,10 +42,26 @@ def file_only_option(fn: F) -> F:
     )(fn)
 
 
-def job_target_option(fn: F) -> F:
-    """`--target compose|k8s` for commands that act on a running job."""
-    return click.option("--target", type=click.Choice(["compose", "k8s"]), default="compose",
-                        show_default=True, help="Where the job runs.")(fn)
+def target_option(verb: str, required: bool = False) -> Callable[[F], F]:
+    """`-t/--target`: the registry's targets that support `verb` (kdist/targets/__init__.py);
+    the first is the default unless `required`."""
+    from kdist.targets import names
+
+    choices = names(verb)
+    default = None if required else choices[0]
+    return click.option("-t", "--target", type=click.Choice(choices), default=default,
+                        required=required, show_default=not required,
+                        help="What to render for." if verb == "render" else "Where the job runs.")
+
+
+def cluster_options(fn: F) -> F:
+    """`--context` and `-n/--namespace`, for targets on a cluster (Kubernetes)."""
+    fn = click.option("-n", "--namespace", default=None, metavar="NS",
+                      help="Namespace.  [default: the spec's k8s.namespace, else the context's, "
+                           "else default]")(fn)
+    return click.option("--context", default=None, metavar="NAME",
+                        help="kubeconfig context.  [default: current-context; in a pod: its "
+                             "service account]")(fn)
 
 
 JSON_LINES_HELP = ("text: for people (node logs, a live status line on a terminal); json: for "
@@ -68,6 +84,8 @@ def load_plan(spec_file: Path) -> LaunchPlan:
 
 def warn_network_ignored(plan: LaunchPlan, target: str) -> None:
     """`network:` is a simulation feature: say so when a Kubernetes target leaves it out."""
-    if plan.spec.network is not None and target in ("k8s", "helm-values"):
-        click.echo("kdist: warning: network conditions are a simulation feature (kdist run, kdist "
-                   "up); the k8s and helm-values targets ignore `network`", err=True)
+    from kdist.targets import get
+
+    if plan.spec.network is not None and not get(target).simulates_network:
+        click.echo(f"kdist: warning: network conditions are a simulation feature (kdist run, "
+                   f"kdist up); the {target} target ignores `network`", err=True)

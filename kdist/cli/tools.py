@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kdist.cli.options import load_plan, printable, spec_option
+from kdist.targets import names
 
 if TYPE_CHECKING:
     from kdist.tools.diff import Row
@@ -61,7 +62,7 @@ def _echo_in_node(checks: Sequence[Check]) -> None:
 
 @click.command()
 @spec_option
-@click.option("--target", type=click.Choice(["local", "compose", "k8s"]), default=None,
+@click.option("--target", type=click.Choice(names("run")), default=None,
               help="Where the job will run.  [default: local; k8s with --in-node]")
 @click.option("--in-node", is_flag=True,
               help="Run inside a node's container or pod (as an init step): only the node-local "

@@ -26,10 +26,10 @@ from kdist.errors import KdistError, UsageError
 from kdist.plan import LaunchPlan
 from kdist.spec.model import Rendezvous
 from kdist.spec.quantity import human_bytes, k8s_bytes, memory_bytes
+from kdist.targets import get
+from kdist.targets.local import LOCAL_HOST
 
 Status = Literal["ok", "warn", "fail"]
-TARGETS = ("local", "compose", "k8s")
-LOCAL_HOST = "127.0.0.1"
 SHM_PATH = "/dev/shm"
 MIN_PYTHON = (3, 10)
 DNS_TIMEOUT = 10.0
@@ -208,13 +208,7 @@ def check_dns(host: str, port: int, fix: str, timeout: float = DNS_TIMEOUT) -> C
 
 def store_host(plan: LaunchPlan, target: str) -> str:
     """The rendezvous host the nodes of `target` dial, as rendered for that target."""
-    from kdist.plan import STORE_COMPONENT
-
-    if target == "compose":
-        return STORE_COMPONENT if plan.standalone_store else "node-0"
-    if target == "k8s":
-        return plan.store_name if plan.standalone_store else f"{plan.name}-0.{plan.name}"
-    return LOCAL_HOST
+    return get(target).store_host(plan)
 
 
 def dns_fix(plan: LaunchPlan, target: str) -> str:
@@ -455,7 +449,7 @@ def host_checks(plan: LaunchPlan, options: Options) -> list[Check]:
         checks += [check_docker(),
                    check_gpus(s.resources.gpu, s.nodes.max, False, visible_gpus()),
                    check_gpu_sets(compose.render(plan))]
-    else:
+    elif target == "k8s":
         checks += [check_kube(options.context),
                    check_gpus(s.resources.gpu, 1, False, visible_gpus())]
     if options.rdzv_host:
@@ -467,8 +461,7 @@ def run_checks(plan: LaunchPlan | None, options: Options,
                environ: Mapping[str, str] | None = None) -> list[Check]:
     """The checks for `options`; `plan` may be None only with --in-node (no spec file in the
     node: then the options and `environ`, default os.environ, say what the node needs)."""
-    if options.target not in TARGETS:
-        raise UsageError(f"unknown target {options.target!r}; expected one of {', '.join(TARGETS)}")
+    get(options.target, "run")  # a UsageError, with a did-you-mean, for an unknown target
     if options.in_node:
         return node_checks(plan, options, environ)
     if plan is None:

@@ -1,0 +1,37 @@
+"""`compose`: one container per node in a Docker Compose project (`kdist up`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kdist.targets import Target, Where
+
+if TYPE_CHECKING:
+    from kdist.plan import LaunchPlan
+    from kdist.targets.compose.job import ComposeJob
+
+
+def render_text(plan: LaunchPlan) -> str:
+    from kdist.targets.compose import render
+    from kdist.yamlio import dump
+
+    return dump(render.render(plan))
+
+
+def store_host(plan: LaunchPlan) -> str:
+    from kdist.targets.compose import render
+
+    return render.store_host(plan)
+
+
+def open_job(plan: LaunchPlan, where: Where) -> ComposeJob:
+    from kdist.targets.compose.job import ComposeJob
+
+    return ComposeJob.open(plan, Path(where.cwd))
+
+
+TARGET = Target(name="compose", about="a Docker Compose project, one container per node",
+                store_host=store_host, filename="docker-compose.yaml", render=render_text,
+                open_job=open_job, simulates_network=True, status_reads_logs=True,
+                verbs=frozenset({"status", "logs", "scale", "kill", "down"}))

@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,12 @@ from typing import Any
 from kdist.errors import KdistError, UsageError
 from kdist.fsio import write_all
 from kdist.plan import STORE_COMPONENT, LaunchPlan
+from kdist.status import FAILED, NOT_STARTED, RUNNING, STOPPED, JobFailed, JobState, ScaleChange
+from kdist.targets import LogQuery
 from kdist.targets.compose.dev_render import DEV_PROFILE
 from kdist.targets.compose.netem import helper_name
 from kdist.targets.compose.render import SCALE_PROFILE, node_service
+from kdist.targets.compose.status import Container, JobStatus, NodeStatus, to_state
 from kdist.torchlog import NodeLog, is_peer_error
 
 STATE_DIR = Path(".kdist") / "compose"
@@ -39,7 +42,6 @@ KILLED = "killed by kdist kill"
 SCALED_DOWN = "stopped by kdist scale"
 INTERRUPTED = "stopped: kdist up was interrupted"
 HOPELESS = "stopped by kdist: the job could not succeed any more"
-ACTIVE_STATES = frozenset({"running", "restarting", "paused"})
 ROOT_CAUSE = "Root Cause (first observed failure):"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PREFIX_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-(?P<num>\d+)\s*\|\s?(?P<text>.*)$")
@@ -67,21 +69,6 @@ class ImageMissing(DockerError):
 
 class PortInUse(DockerError):
     """A port the project publishes is taken on this host."""
-
-
-class JobFailed(KdistError):
-    """The job ran and a node failed; `exit_code` is that node's exit code (1 if unknown).
-
-    `node` is the service whose failure is the root cause and `cause` its log's failure report
-    (both empty when no node failed by itself).
-    """
-
-    def __init__(self, message: str, exit_code: int = 1, node: str = "",
-                 cause: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code if 0 < exit_code < 256 else 1
-        self.node = node
-        self.cause = tuple(cause)
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -337,97 +324,6 @@ def project_for(plan: LaunchPlan, workdir: Path) -> Project:
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Container:
-    service: str
-    name: str
-    id: str
-    state: str  # created, running, restarting, paused, exited, dead
-    exit_code: int
-    health: str = ""
-    restarts: int = 0
-    oom_killed: bool = False
-    finished_at: str = ""
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE_STATES
-
-    @property
-    def stopped(self) -> bool:
-        return self.state in ("exited", "dead")
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    service: str
-    container: Container | None
-    stopped_by: str = ""  # why kdist stopped it on purpose ("" when it did not)
-    standby: bool = False  # in the `scale` profile: `up` does not start it, `kdist scale` does
-
-    @property
-    def state(self) -> str:
-        return self.container.state if self.container is not None else "not created"
-
-    @property
-    def exit_code(self) -> int | None:
-        c = self.container
-        return c.exit_code if c is not None and c.stopped else None
-
-    @property
-    def running(self) -> bool:
-        return self.container is not None and self.container.active
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.exit_code) and not self.stopped_by
-
-    @property
-    def note(self) -> str:
-        c = self.container
-        if c is None:
-            return "standby (kdist scale starts it)" if self.standby else ""
-        if c.stopped and self.stopped_by:
-            return self.stopped_by
-        if c.oom_killed:
-            return "out of memory (killed at its memory limit)"
-        if c.stopped and c.exit_code == 137:
-            return "killed (SIGKILL)"
-        return ""
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    name: str
-    store: Container | None
-    nodes: tuple[NodeStatus, ...]
-
-    @property
-    def phase(self) -> str:
-        """not started | running | succeeded | failed | stopped (every node stopped on purpose)."""
-        started = [n for n in self.nodes if n.container is not None and n.state != "created"]
-        if not started:
-            return "not started"
-        if any(n.running for n in started):
-            return "running"
-        if any(n.failed for n in started):
-            return "failed"
-        return "succeeded" if any(n.exit_code == 0 for n in started) else "stopped"
-
-    @property
-    def failed_nodes(self) -> list[NodeStatus]:
-        return [n for n in self.nodes if n.failed]
-
-    def node(self, service: str) -> NodeStatus | None:
-        return next((n for n in self.nodes if n.service == service), None)
-
-
-@dataclass(frozen=True)
-class ScaleChange:
-    started: tuple[str, ...]
-    stopped: tuple[str, ...]
-
-
 def _cause_rank(item: tuple[NodeStatus, list[str]]) -> tuple[bool, bool, str]:
     """Order failed nodes: OOM first, then real errors before peers' follow-on errors, then time."""
     node, block = item
@@ -535,6 +431,14 @@ class ComposeJob:
 
     # -- queries
 
+    def state(self) -> JobState:
+        """The job in kdist's one status model (kdist/status.py)."""
+        return to_state(self.status(), self.project.name, self.project.min_nodes)
+
+    def read_logs(self, query: LogQuery) -> Iterator[str]:
+        return self.logs(follow=query.follow, services=query.nodes, tail=query.tail,
+                         timestamps=query.timestamps)
+
     def status(self) -> JobStatus:
         by_service: dict[str, Container] = {}
         for c in self.containers():
@@ -571,10 +475,10 @@ class ComposeJob:
         checkpoint); a job that is still running is an error, not a restart.
         """
         before = self.status()
-        if before.phase == "running":
+        if before.phase == RUNNING:
             raise DockerError(f"job {self.project.name} is already running: `kdist status` shows it, "
                               "`kdist down` stops it")
-        if before.phase != "not started" or before.store is not None:
+        if before.phase != NOT_STARTED or before.store is not None:
             self._check("down", "--remove-orphans", "--timeout", "10", action="docker compose down")
         self._set_marks({})
         flags = {True: ["--build"], False: ["--no-build"], None: []}[build]
@@ -599,7 +503,7 @@ class ComposeJob:
         since: list[str] = []
         while True:
             yield from self._follow_once(since, width, poll, drain)
-            if self.status().phase != "running":
+            if self.status().phase != RUNNING:
                 return
             time.sleep(min(poll, 1.0))
             since = ["--since", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))]
@@ -615,7 +519,7 @@ class ComposeJob:
                 now = time.monotonic()
                 if now >= next_poll and deadline == float("inf"):
                     next_poll = now + poll
-                    if self.status().phase != "running":
+                    if self.status().phase != RUNNING:
                         deadline = now + drain  # `logs -f` ends by itself; this is a backstop
                 if now > deadline:
                     break
@@ -625,7 +529,7 @@ class ComposeJob:
     def finish(self) -> JobStatus:
         """Once no node runs: stop the store (it would serve nobody) and report the job."""
         status = self.status()
-        if self.project.store and status.phase != "running":
+        if self.project.store and status.phase != RUNNING:
             self._check("stop", "--timeout", "10", self.project.store, action="docker compose stop")
             status = self.status()
         return status
@@ -641,11 +545,11 @@ class ComposeJob:
 
     def failure(self, status: JobStatus) -> JobFailed | None:
         """None when the job did not fail; else the failing node's root cause and exit code."""
-        if status.phase == "stopped":
+        if status.phase == STOPPED:
             return JobFailed(f"job {status.name} did not finish: every node that ran was stopped "
                              "on purpose (kdist kill, kdist scale or an interrupted kdist up)")
         failed = status.failed_nodes
-        if status.phase != "failed" or not failed:
+        if status.phase != FAILED or not failed:
             return None
         # a node kdist stopped because the job could not succeed may hold the first failure
         stopped = [n for n in status.nodes if n.stopped_by == HOPELESS and n.container is not None]
@@ -698,7 +602,7 @@ class ComposeJob:
                        if p.min_nodes < p.max_nodes else f"fixes it at {p.min_nodes} (nodes: {p.min_nodes})")
             raise UsageError(f"cannot scale {p.name} to {n} nodes: its spec {allowed}")
         status = self.status()
-        if status.phase != "running":
+        if status.phase != RUNNING:
             raise DockerError(f"job {p.name} is not running ({status.phase}); start it with `kdist up`")
         running = [x.service for x in status.nodes if x.running]
         if n > len(running):
@@ -707,12 +611,12 @@ class ComposeJob:
             helpers = [helper_name(s) for s in start] if p.netem else []
             self._check("up", "--detach", "--no-recreate", "--no-deps", *start, *helpers,
                         action="docker compose up")
-            return ScaleChange(start, ())
+            return ScaleChange(len(running), len(running) + len(start), started=tuple(start))
         stop = tuple(sorted(running, key=node_index)[n:])
         if stop:
             self._mark(stop, SCALED_DOWN)
             self._check("stop", "--timeout", "60", *stop, action="docker compose stop")
-        return ScaleChange((), stop)
+        return ScaleChange(len(running), len(running) - len(stop), stopped=tuple(stop))
 
 
 def _version(text: str) -> tuple[int, ...]:

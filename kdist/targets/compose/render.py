@@ -100,9 +100,14 @@ def node_restart(plan: LaunchPlan) -> str:
     return f"on-failure:{retries}" if retries > 0 else "no"
 
 
+def store_host(plan: LaunchPlan) -> str:
+    """The rendezvous host the nodes dial: the store's service, or node 0's (node0 store)."""
+    return STORE_COMPONENT if plan.standalone_store else node_service(0)
+
+
 def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
     s, name = plan.spec, node_service(i)
-    host = STORE_COMPONENT if plan.standalone_store else node_service(0)
+    host = store_host(plan)
     hosts_store = not plan.standalone_store and i == 0
     svc: dict[str, Any] = {"image": s.image}
     if s.compose.build is not None:

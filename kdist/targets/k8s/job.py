@@ -20,10 +20,12 @@ from typing import Any
 
 from kdist.errors import KdistError, UsageError
 from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
+from kdist.status import FAILED, NOT_STARTED, PENDING, JobFailed, JobState, ScaleChange
+from kdist.targets import LogQuery
 from kdist.targets.k8s.kube import ApiError, ClusterUnreachable, Forbidden, NotFound
 from kdist.targets.k8s.kube.client import APPLY_PATCH, MERGE_PATCH, KubeClient
 from kdist.targets.k8s.kube.config import Connection, connect, did_you_mean
-from kdist.targets.k8s.status import K8sJobStatus, job_status
+from kdist.targets.k8s.status import K8sJobStatus, job_status, to_state
 
 FIELD_MANAGER = "kdist"
 WAIT_INTERVAL = 2.0
@@ -73,14 +75,6 @@ class JobNotFound(KdistError):
 
 class JobFinished(KdistError):
     """The job already finished; it must be deleted before it can run again."""
-
-
-class JobFailed(KdistError):
-    """The job finished with outcome Failed; `exit_code` is the failing torchrun's (1 if unknown)."""
-
-    def __init__(self, message: str, exit_code: int | None) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code if exit_code is not None and 0 < exit_code < 256 else 1
 
 
 class WaitTimeout(KdistError):
@@ -157,12 +151,6 @@ class Applied:
     def __str__(self) -> str:
         return (f"{display_name(self.kind, self.name)} serverside-applied"
                 f"{' (server dry run)' if self.dry_run else ''}")
-
-
-@dataclass(frozen=True)
-class ScaleChange:
-    before: int
-    after: int
 
 
 @dataclass(frozen=True)
@@ -276,7 +264,7 @@ class K8sJob:
         status = self._status(sts, [])
         if status.finished:
             raise JobFinished(
-                f"job {self.name} already finished ({status.summary()}) in {self.where}; "
+                f"job {self.name} already finished ({self.summary(status)}) in {self.where}; "
                 f"cannot {verb} it: `kdist delete` removes it (checkpoints are kept unless "
                 "--volumes), then `kdist apply` runs it again")
         return sts
@@ -295,6 +283,19 @@ class K8sJob:
     def _status(self, sts: dict[str, Any] | None, pods: list[dict[str, Any]]) -> K8sJobStatus:
         n = self.plan.spec.nodes
         return job_status(self.name, self.namespace, n.min, n.max, sts, pods)
+
+    def state(self) -> JobState:
+        """The job in kdist's one status model (kdist/status.py)."""
+        return to_state(self.status(), self.client.conn.context)
+
+    def summary(self, status: K8sJobStatus) -> str:
+        return to_state(status, self.client.conn.context).summary()
+
+    def read_logs(self, query: LogQuery) -> Iterator[str]:
+        if query.timestamps:
+            raise UsageError("--timestamps is a Compose option; Kubernetes logs come without "
+                             "(kubectl logs --timestamps has them)")
+        return self.logs(query.nodes, follow=query.follow, tail=query.tail)
 
     def status(self) -> K8sJobStatus:
         sts = self.statefulset()
@@ -327,12 +328,12 @@ class K8sJob:
             yield status
             if status.finished:
                 return
-            if status.phase == "NotFound":
+            if status.phase == NOT_STARTED:
                 raise JobNotFound(f"job {self.name} is gone from {self.where} (deleted?)")
             if deadline is not None and clock() >= deadline:
-                why = "".join(f"\n  {w}" for w in self.why_pending()) if status.phase == "Pending" else ""
+                why = "".join(f"\n  {w}" for w in self.why_pending()) if status.phase == PENDING else ""
                 raise WaitTimeout(f"timed out after {timeout:g}s waiting for job {self.name} to "
-                                  f"finish: {status.summary()}; it keeps running (kdist status; "
+                                  f"finish: {self.summary(status)}; it keeps running (kdist status; "
                                   f"--timeout changes the limit, 0 for none){why}")
             sleep(interval)
 
@@ -358,7 +359,7 @@ class K8sJob:
 
     def failure(self, status: K8sJobStatus) -> KdistError | None:
         """The error to exit with for a finished status (None when it succeeded)."""
-        if status.phase != "Failed":
+        if status.phase != FAILED:
             return None
         by = f" on {status.finished_by}" if status.finished_by else ""
         return JobFailed(f"job {self.name} failed: torchrun exited with code {status.exit_code}{by}; "
@@ -379,7 +380,11 @@ class K8sJob:
         path = collection_path("StatefulSet", self.namespace) + f"/{self.name}/scale"
         result = self.client.patch(path, {"spec": {"replicas": nodes}}, MERGE_PATCH,
                                    {"fieldManager": FIELD_MANAGER})
-        return ScaleChange(before, int((result.get("spec") or {}).get("replicas", nodes)))
+        queue = self.plan.spec.k8s.queue
+        notes = (f"k8s.queue {queue!r} is set: this scale bypasses Kueue's admission and quota",
+                 ) if queue else ()
+        return ScaleChange(before, int((result.get("spec") or {}).get("replicas", nodes)),
+                           notes=notes)
 
     def delete(self, volumes: bool = False) -> Deleted:
         """Delete every object labelled with this job, kind by kind (the claim with `volumes`)."""

@@ -160,10 +160,15 @@ def _env(plan: LaunchPlan) -> list[dict[str, Any]]:
     return env
 
 
+def store_host(plan: LaunchPlan) -> str:
+    """The rendezvous host the nodes dial: the store's Service, or pod 0's name under the
+    headless Service (node0 store)."""
+    return plan.store_name if plan.standalone_store else f"{plan.name}-0.{plan.name}"
+
+
 def _node_container(plan: LaunchPlan) -> dict[str, Any]:
     s = plan.spec
-    host = plan.store_name if plan.standalone_store else f"{plan.name}-0.{plan.name}"
-    script = plan.k8s_node_script(host)
+    script = plan.k8s_node_script(store_host(plan))
     return {
         "name": NODE_COMPONENT,
         "image": s.image,

@@ -1,12 +1,13 @@
-"""A Kubernetes job's phase and per-pod rows from API objects. Pure: dicts in, dataclasses out.
+"""A Kubernetes job's phase and per-pod rows from API objects, and their mapping into kdist's one
+status model (kdist/status.py). Pure: dicts in, dataclasses out.
 
-The phase, in order of precedence:
-- NotFound: there is no StatefulSet named after the job.
-- Succeeded / Failed: the StatefulSet carries the `kdist.dev/outcome` annotation, which the node
+The phase (kdist.status.PHASES), in order of precedence:
+- not-started: there is no StatefulSet named after the job.
+- succeeded / failed: the StatefulSet carries the `kdist.dev/outcome` annotation, which the node
   whose torchrun exited writes before scaling the StatefulSet to 0 (so it holds when pods are gone).
-- Pending: fewer than nodes.min node containers are running (per-pod reasons say why:
+- pending: fewer than nodes.min node containers are running (per-pod reasons say why:
   Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...).
-- Running: otherwise. Restarting nodes (restartCount, last exit code) show in their rows.
+- running: otherwise. Restarting nodes (restartCount, last exit code) show in their rows.
 A node out of retries leaves the job: its finish sidecar records `kdist.dev/left-<pod>` (the
 exit code) on the StatefulSet, and it no longer counts as running.
 """
@@ -16,13 +17,23 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kdist.status import (
+    FAILED,
+    NOT_STARTED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    JobState,
+    NodeRow,
+)
+
 OUTCOME_ANNOTATION = "kdist.dev/outcome"
 EXIT_CODE_ANNOTATION = "kdist.dev/exit-code"
 FINISHED_BY_ANNOTATION = "kdist.dev/finished-by"
 LEFT_PREFIX = "kdist.dev/left-"
 COMPONENT_LABEL = "app.kubernetes.io/component"
-OUTCOMES = ("Succeeded", "Failed")
-PHASES = ("NotFound", "Pending", "Running", "Succeeded", "Failed")
+# the outcome the finishing node writes (kdist/node/finish.py) -> the job's phase
+OUTCOMES = {"Succeeded": SUCCEEDED, "Failed": FAILED}
 
 
 @dataclass(frozen=True)
@@ -90,27 +101,8 @@ class K8sJobStatus:
 
     @property
     def finished(self) -> bool:
-        return self.phase in OUTCOMES
+        return self.phase in OUTCOMES.values()
 
-    def summary(self) -> str:
-        """One line: the phase and what matters about it."""
-        if self.phase == "NotFound":
-            return f"NotFound: no StatefulSet {self.name} in namespace {self.namespace}"
-        if self.finished:
-            code = "unknown" if self.exit_code is None else str(self.exit_code)
-            by = f", reported by {self.finished_by}" if self.finished_by else ""
-            left = f"; {len(self.nodes)} pods stopping" if self.nodes else ""
-            return f"{self.phase}: exit code {code}{by}{left}"
-        counts = (f"{self.running} of {self.replicas} nodes running "
-                  f"({'needs' if self.phase == 'Pending' else 'min'} {self.nodes_min})")
-        notes = [f"{n.name} {n.reason or n.state}" for n in self.nodes
-                 if not n.running and (n.reason or n.state != "Running")]
-        notes += [f"{n.name} restarted {n.restarts}x"
-                  + (f" (last exit {n.last_exit_code})" if n.last_exit_code is not None else "")
-                  for n in self.nodes if n.running and n.restarts]
-        notes += [f"store {s.name} {s.reason or s.state}" for s in self.store if not s.running]
-        notes += [f"{n.pod} left the job (exit {n.exit_code})" for n in self.left]
-        return f"{self.phase}: {counts}" + (f"; {', '.join(notes)}" if notes else "")
 
 
 def _int(value: Any) -> int | None:
@@ -186,7 +178,7 @@ def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
     nodes = tuple(sorted((r for r in rows if r.component == "node"),
                          key=lambda r: (r.index is None, r.index or 0, r.name)))
     store = tuple(sorted((r for r in rows if r.component == "rdzv"), key=lambda r: r.name))
-    status = K8sJobStatus(name=name, namespace=namespace, phase="NotFound", nodes_min=nodes_min,
+    status = K8sJobStatus(name=name, namespace=namespace, phase=NOT_STARTED, nodes_min=nodes_min,
                           nodes_max=nodes_max, replicas=0, nodes=nodes, store=store)
     if statefulset is None:
         return status
@@ -198,8 +190,47 @@ def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
     status = replace(status, left=left)
     outcome = annotations.get(OUTCOME_ANNOTATION)
     if outcome in OUTCOMES:
-        return replace(status, phase=str(outcome), replicas=replicas,
+        return replace(status, phase=OUTCOMES[str(outcome)], replicas=replicas,
                        exit_code=_int(annotations.get(EXIT_CODE_ANNOTATION)),
                        finished_by=str(annotations.get(FINISHED_BY_ANNOTATION) or ""))
-    return replace(status, phase="Pending" if status.running < nodes_min else "Running",
+    return replace(status, phase=PENDING if status.running < nodes_min else RUNNING,
                    replicas=replicas)
+
+
+def _node_row(pod: PodRow, left: dict[str, int | None]) -> NodeRow:
+    gone = pod.name in left
+    notes = [pod.note()] if pod.note() else []
+    if gone:
+        notes.append(f"left the job (exit {left[pod.name]})")
+    exit_code = pod.exit_code if pod.exit_code is not None else pod.last_exit_code
+    return NodeRow(name=pod.name, state=pod.state, running=pod.running and not gone,
+                   exit_code=exit_code, restarts=pod.restarts, note="; ".join(notes),
+                   host=pod.node_name)
+
+
+def _notes(status: K8sJobStatus) -> list[str]:
+    """What matters about the phase: who reported the outcome and the pods still stopping; or
+    why nodes do not run, restarts, the store, nodes that left the job."""
+    if status.phase == NOT_STARTED:
+        return [f"no StatefulSet {status.name} in namespace {status.namespace}"]
+    if status.finished:
+        by = [f"reported by {status.finished_by}"] if status.finished_by else []
+        return by + ([f"{len(status.nodes)} pods stopping"] if status.nodes else [])
+    notes = [f"{n.name} {n.reason or n.state}" for n in status.nodes
+             if not n.running and (n.reason or n.state != "Running")]
+    notes += [f"{n.name} restarted {n.restarts}x"
+              + (f" (last exit {n.last_exit_code})" if n.last_exit_code is not None else "")
+              for n in status.nodes if n.running and n.restarts]
+    notes += [f"store {s.name} {s.reason or s.state}" for s in status.store if not s.running]
+    return notes + [f"{n.pod} left the job (exit {n.exit_code})" for n in status.left]
+
+
+def to_state(status: K8sJobStatus, context: str) -> JobState:
+    """The job in kdist's one status model: a row per pod, and `_notes`."""
+    left = {n.pod: n.exit_code for n in status.left}
+    return JobState(target="k8s", name=status.name,
+                    where=f"namespace {status.namespace}, context {context}", phase=status.phase,
+                    nodes=tuple(_node_row(p, left) for p in status.nodes),
+                    store=tuple(_node_row(p, {}) for p in status.store),
+                    nodes_min=status.nodes_min, exit_code=status.exit_code,
+                    notes=tuple(_notes(status)))

@@ -40,7 +40,7 @@ from typing import IO, Any, Protocol
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
 from kdist.progress import JobStatus, NodeState, barrier_note, format_elapsed
-from kdist.targets.local import netsim
+from kdist.targets.local import LOCAL_HOST, netsim
 from kdist.torchlog import (
     Failure,
     NodeLog,
@@ -50,7 +50,6 @@ from kdist.torchlog import (
     stuck_at_barrier,
 )
 
-LOCAL_HOST = "127.0.0.1"
 RUN_ID_ENV = "KDIST_RUN_ID"
 NODE_RANK_ENV = "KDIST_NODE_RANK"
 RUNS_DIR = Path(".kdist") / "runs"
