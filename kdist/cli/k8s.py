@@ -116,7 +116,8 @@ def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, 
     return news
 
 
-NEWS_TEXT = {"reconnected": "kdist: the API server dropped the watch ({}); resumed", "pending": "why pending: {}"}
+NEWS_TEXT = {"reconnected": "kdist: the API server dropped the watch ({}); resumed",
+             "pending": "why pending: {}"}
 
 
 def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -> None:
