@@ -99,6 +99,19 @@ REFUSED = [
     ({"rendezvous": {"port": 70000}}, {"rendezvous": {"port": 70000}}, ["/rendezvous/port", "maximum"]),
     ({"checkpoint": {"path": "/data/"}}, {"checkpoint": {"path": "/data/"}}, ["/checkpoint/path"]),
     ({"resources": {"cpu": "2 cores"}}, {"resources": {"cpu": "2 cores"}}, ["/resources/cpu"]),
+    ({"resources": {"memory": "1" * 33}}, {"resources": {"memory": "1" * 33}},
+     ["/resources/memory", "maxLength"]),
+    ({"checkpoint": {"path": "/etc"}}, {"checkpoint": {"path": "/etc"}}, ["/checkpoint/path"]),
+    ({"checkpoint": {"path": "/app"}}, {"checkpoint": {"path": "/app"}}, ["/checkpoint/path"]),
+    ({"checkpoint": {"path": "/proc/x"}}, {"checkpoint": {"path": "/proc/x"}}, ["/checkpoint/path"]),
+    ({"checkpoint": {"path": "/a/../b"}}, {"checkpoint": {"path": "/a/../b"}}, ["/checkpoint/path"]),
+    ({"entrypoint": "train\x01.py"}, {"entrypoint": "train\x01.py"}, ["/entrypoint"]),
+    ({"args": ["a\x1bb"]}, {"args": ["a\x1bb"]}, ["/args/0"]),
+    ({"k8s": {"tolerations": [{"value": "v"}]}}, {"tolerations": [{"value": "v"}]},
+     ["/tolerations/0", "operator"]),
+    ({"k8s": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}},
+     {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, ["/tolerations/0"]),
+    ({"env": {"A": "x" * 4097}}, {"env": {"A": "x" * 4097}}, ["/env/A", "maxLength"]),
 ]
 
 
