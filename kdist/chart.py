@@ -161,8 +161,10 @@ def _one_form(schema: dict[str, Any], value: Any) -> dict[str, Any]:
     quantities as strings, nodes as the full {min, max, count}."""
     if "oneOf" not in schema:
         return schema
-    form: dict[str, Any]
-    (form,) = [s for s in schema["oneOf"] if s.get("type") == _JSON_TYPE[type(value)]]
+    forms = [s for s in schema["oneOf"] if s.get("type") == _JSON_TYPE[type(value)]]
+    if len(forms) != 1:
+        raise ValueError(f"no single form of {schema['oneOf']} holds {value!r}")
+    form: dict[str, Any] = forms[0]
     if form["type"] == "object":
         form = {**form, "required": list(form["properties"])}
     return form
