@@ -20,7 +20,14 @@ import click
 from kdist.cli import dev as cli_dev
 from kdist.cli.jsonlines import JsonLines, current, json_lines
 from kdist.cli.k8s import k8s_options
-from kdist.cli.options import file_only_option, job_target_option, load_plan, spec_option
+from kdist.cli.options import (
+    file_only_option,
+    job_target_option,
+    json_alias,
+    load_plan,
+    output_option,
+    spec_option,
+)
 from kdist.errors import KdistError
 
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
@@ -266,13 +273,17 @@ def down(spec_file: Path, volumes: bool) -> None:
 @click.option("--node", "nodes", multiple=True, metavar="NODE",
               help="Only this node: node-1, 1 or rdzv (repeatable).  [default: every service]")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines of each.")
-@click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with the engine's timestamp.")
+@click.option("--timestamps", is_flag=True, help="Prefix each line with the engine's timestamp.")
 @job_target_option
 @k8s_options
 @click.pass_context
 def logs(ctx: click.Context, spec_file: Path, follow: bool, nodes: tuple[str, ...], tail: int | None,
          timestamps: bool, target: str, context: str | None, namespace: str | None) -> None:
-    """The job's logs, one `node-N | ` prefix per line."""
+    """The job's logs, one `node-N | ` prefix per line.
+
+    Here -f is --follow (as in docker and kubectl logs); the spec is --file. -t is --target,
+    as in every command (it meant --timestamps before).
+    """
     if target == "k8s":
         from kdist.cli.k8s import k8s_logs
 
@@ -288,20 +299,21 @@ def logs(ctx: click.Context, spec_file: Path, follow: bool, nodes: tuple[str, ..
 
 @click.command()
 @spec_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@output_option("text", "json", help="text: a table; json: one JSON object.")
+@json_alias
 @job_target_option
 @k8s_options
-def status(spec_file: Path, as_json: bool, target: str, context: str | None,
+def status(spec_file: Path, output: str, target: str, context: str | None,
            namespace: str | None) -> None:
     """The job's phase, and per node its state, exit code and restarts."""
     if target == "k8s":
         from kdist.cli.k8s import k8s_status
 
-        return k8s_status(load_plan(spec_file), context, namespace, as_json)
+        return k8s_status(load_plan(spec_file), context, namespace, output == "json")
     job = _open(spec_file)
     result = job.status()
     agents = _read_agents(job)
-    if as_json:
+    if output == "json":
         click.echo(json.dumps({**status_dict(result), "torchrun": agents.torchrun_dict()}, indent=2))
     else:
         click.echo(format_status(result))
