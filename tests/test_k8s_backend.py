@@ -376,7 +376,7 @@ def test_cli_status_table_and_json(env: dict[str, str], api: FakeApi) -> None:
                         "(last exit 137)")
     assert lines[1].split() == ["POD", "STATE", "READY", "RESTARTS", "LAST", "EXIT", "NODE", "NOTE"]
     assert lines[3].split()[:6] == ["cifar-cpu-1", "Waiting", "0/1", "3", "1", "kdist-worker2"]
-    data = json.loads(run(env, "status", "-f", str(CPU), "--json").stdout)
+    data = json.loads(run(env, "status", "-f", str(CPU), "-o", "json").stdout)
     assert (data["phase"], data["running"], data["nodes"][2]["last_exit_code"]) == ("Running", 2, 137)
 
 
