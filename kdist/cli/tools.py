@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from kdist.tools.doctor import Check
 
 STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
-CELL = 56  # widest table cell in `kdist diff`; longer values are cut (--json has them whole)
+CELL = 56  # widest table cell in `kdist diff`; longer values are cut (-o json has them whole)
 
 
 # ---- kdist doctor --------------------------------------------------------------------------
