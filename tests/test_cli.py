@@ -176,9 +176,10 @@ def test_status_json_alias_reaches_the_k8s_target(tmp_path: Path) -> None:
 def test_t_is_target_and_lists_the_choices(command: str) -> None:
     args = ["2"] if command == "scale" else []
     result = CliRunner().invoke(cli, [command, *args, "-t", "nomad"])
-    assert result.exit_code == 2
-    assert "Invalid value for '-t' / '--target': 'nomad' is not one of 'compose'" in result.stderr \
-        or "'nomad' is not 'k8s'" in result.stderr or "is not one of 'local'" in result.stderr
+    assert result.exit_code == 2  # the choices come from each command; every one has k8s
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith("Error: Invalid value for '-t' / '--target': 'nomad' is not ")
+    assert "'k8s'" in error
 
 
 def test_logs_old_t_for_timestamps_is_a_usage_error() -> None:
