@@ -24,10 +24,12 @@ stderr and does what the new spelling does.
 | `kdist report RUN -o FILE` | `kdist report RUN --out FILE` |
 | `kdist status/doctor/diff --json` | `-o json` |
 
-`kdist render -o text` or `-o json` is a usage error (render writes yaml; a folder of that name
-is `--dir json`). `kdist logs -t` now means `--target`, as in every command (it meant
-`--timestamps`, which is long-only now): `kdist logs -t` alone, or with a value that is no target,
-is a usage error (exit 2) that names the targets.
+`kdist render -o yaml` is the format (stdout), also where a folder named yaml exists (that is
+`--dir yaml`); `-o text` or `-o json` is a usage error (render writes yaml).
+
+`kdist logs -t` now means `--target`, as in every command (it meant `--timestamps`, which is
+long-only now): `kdist logs -t` alone, or with a value that is no target, is a usage error
+(exit 2) that names the targets.
 """
 
 
