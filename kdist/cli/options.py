@@ -55,11 +55,10 @@ JSON_LINES_HELP = ("text: for people (node logs, a live status line on a termina
                    "line with the exit code and root cause), node logs on stderr.")
 
 
-def output_option(*formats: str, help: str = JSON_LINES_HELP,
-                  default: str = "text") -> Callable[[F], F]:
+def output_option(*formats: str, help: str = JSON_LINES_HELP) -> Callable[[F], F]:
     """`-o/--output`: always a format; `kdist run`/`up` take text|json, `kdist apply` adds yaml."""
     return click.option("-o", "--output", type=click.Choice(formats or ("text", "json")),
-                        default=default, show_default=True, help=help)
+                        default="text", show_default=True, help=help)
 
 
 def warn_deprecated(old: str, new: str) -> None:
