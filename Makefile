@@ -40,9 +40,9 @@ golden: venv  ## regenerate golden files and committed manifests (review the dif
 
 examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/
 	@for ex in $(EXAMPLES); do \
-	  $(BIN)/kdist render -t compose -f trainers/examples/$$ex.yaml -o manifests/$$ex --force && \
-	  $(BIN)/kdist render -t k8s -f trainers/examples/$$ex.yaml -o manifests/$$ex --force && \
-	  $(BIN)/kdist render -t helm-values -f trainers/examples/$$ex.yaml -o manifests/$$ex --force || exit 1; \
+	  $(BIN)/kdist render -t compose -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force && \
+	  $(BIN)/kdist render -t k8s -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force && \
+	  $(BIN)/kdist render -t helm-values -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force || exit 1; \
 	done
 
 bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 35 min)

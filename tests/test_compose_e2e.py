@@ -200,7 +200,7 @@ def test_two_nodes_finish_with_identical_parameters(job: Callable[..., Job]) -> 
     assert sorted(d["rank"] for d in dumps) == [0, 1]
     assert {d["step"] for d in dumps} == {40} and {d["world_size"] for d in dumps} == {2}
     assert len({d["param_sha256"] for d in dumps}) == 1, dumps
-    status = j("status", "--json")
+    status = j("status", "-o", "json")
     assert json.loads(status.stdout)["phase"] == "succeeded"
     some = j("logs", "--node", "0", "--node", "rdzv")
     assert some.returncode == 0, some.stderr
@@ -229,7 +229,7 @@ def test_killed_node_others_resume_from_checkpoint(job: Callable[..., Job], vict
     assert first_step["step"] == resumed + 1 and first_step["world_size"] == 2
     done = [m for m in metrics if m["event"] == "done"]
     assert done and done[-1]["step"] == 50 and done[-1]["world_size"] == 2
-    nodes = {n["service"]: n for n in json.loads(j("status", "--json").stdout)["nodes"]}
+    nodes = {n["service"]: n for n in json.loads(j("status", "-o", "json").stdout)["nodes"]}
     assert nodes[victim]["stopped_by"] == "killed by kdist kill"
     assert nodes[victim]["container"]["exit_code"] == 137
 
@@ -238,7 +238,7 @@ def test_scale_up_joins_next_round_and_scale_down_stops_highest(job: Callable[..
     j = job("scale", nodes={"min": 2, "max": 3, "count": 2}, args=train_args(80, 0.25))
     up = Attached(j)
     up.wait_for(lambda m: m.get("event") == "step" and m["step"] >= 8)
-    assert json.loads(j("status", "--json").stdout)["nodes"][2]["container"] is None
+    assert json.loads(j("status", "-o", "json").stdout)["nodes"][2]["container"] is None
     scaled = j("scale", "3")
     assert scaled.returncode == 0 and "started node-2" in scaled.stderr, scaled.stderr
     up.wait_for(lambda m: m.get("event") == "step" and m["world_size"] == 3)
@@ -251,7 +251,7 @@ def test_scale_up_joins_next_round_and_scale_down_stops_highest(job: Callable[..
     assert code == 0, out[-3000:] + err[-3000:]
     done = [m for m in _metrics(up.lines) if m["event"] == "done"]
     assert done and done[-1]["step"] == 80 and done[-1]["world_size"] == 2
-    nodes = json.loads(j("status", "--json").stdout)["nodes"]
+    nodes = json.loads(j("status", "-o", "json").stdout)["nodes"]
     assert nodes[2]["stopped_by"] == "stopped by kdist scale"
     outside = j("scale", "4")
     assert outside.returncode == 2 and "allows 2 to 3" in outside.stderr
@@ -283,7 +283,7 @@ def test_failing_job_exits_nonzero_with_the_root_cause(job: Callable[..., Job]) 
     first = next(line for line in up.stderr.splitlines() if line.startswith("kdist: job"))
     assert "root cause on node-0: RuntimeError: injected failure at step 3" in first, first
     assert "Traceback (most recent call last)" not in up.stderr.split("traceback :")[0]
-    assert json.loads(j("status", "--json").stdout)["phase"] == "failed"
+    assert json.loads(j("status", "-o", "json").stdout)["phase"] == "failed"
 
 
 def test_tutorial_trainer_raising_gets_the_same_root_cause_as_kdist_run(
@@ -304,7 +304,7 @@ def test_tutorial_trainer_raising_gets_the_same_root_cause_as_kdist_run(
                              "deliberate failure at epoch 2"), lines[at:]
     assert any('raise RuntimeError(f"tutorial trainer' in line for line in lines[at:])
     assert not re.search(r"^node-\d\s*\| [IWE]\d{4} ", up.stdout, re.M)  # agent lines: logs only
-    agents = json.loads(j("status", "--json").stdout)["torchrun"]
+    agents = json.loads(j("status", "-o", "json").stdout)["torchrun"]
     assert (agents["rounds"], agents["restarts"], agents["world_sizes"]) == (1, 0, [2])
     assert sorted(agents["members"]) == ["node-0", "node-1"]  # in group-rank order
     assert re.search(r"^torchrun: 1 rendezvous round, 0 restarts, world sizes 2, members "

@@ -238,7 +238,7 @@ def test_cpu_memory_and_checkpoint_mount_changed(tmp_path: Path) -> None:
 
 def test_json_output(tmp_path: Path) -> None:
     manifest = altered_k8s(tmp_path, MINIMAL, "sizeLimit: 1Gi", "sizeLimit: 2Gi")
-    result = invoke("-f", str(MINIMAL), "--k8s", str(manifest), "--json")
+    result = invoke("-f", str(MINIMAL), "--k8s", str(manifest), "-o", "json")
     doc = json.loads(result.stdout)
     assert result.exit_code == 1 and doc["same"] is False
     assert [r["row"] for r in doc["rows"] if not r["same"]] == ["shm"]

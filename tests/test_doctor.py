@@ -63,8 +63,8 @@ def invoke(*args: str) -> Result:
 
 
 def checks(*args: str) -> dict[str, dict[str, str]]:
-    """Run with --json; the checks by name."""
-    result = invoke(*args, "--json")
+    """Run with -o json; the checks by name."""
+    result = invoke(*args, "-o", "json")
     doc = json.loads(result.stdout)
     assert doc["ok"] == (result.exit_code == 0)
     return {c["check"]: c for c in doc["checks"]}

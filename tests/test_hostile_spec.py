@@ -129,7 +129,7 @@ def test_diff_sees_the_real_value_of_an_escaped_mount(tmp_path: Path) -> None:
             svc["volumes"] = ["checkpoints:/c$$x"]
     c = write(tmp_path / "c.yaml", yaml.safe_dump(doc))
     spec = write(tmp_path / "kdist.yaml", BASE)
-    result = invoke("diff", "-f", str(spec), "--compose", str(c), "--json")
+    result = invoke("diff", "-f", str(spec), "--compose", str(c), "-o", "json")
     assert result.exit_code == 1
     rows = {r["row"]: r for r in yaml.safe_load(result.stdout)["rows"]}
     assert rows["checkpoint mount"]["compose"] == "/c$x"
@@ -280,38 +280,39 @@ def test_error_messages_never_print_escape_sequences(tmp_path: Path) -> None:
     assert "k8s.'\\x1b[2Jqueue': unknown key" in result.stderr
 
 
-# ---- render -o ------------------------------------------------------------------------------
+# ---- render --dir / --out --------------------------------------------------------------------
 
 
-def render_to(spec: Path, output: Path, *extra: str) -> Result:
-    return invoke("render", "-t", "k8s", "-f", str(spec), "-o", str(output), *extra)
+def render_to(spec: Path, option: str, output: Path, *extra: str) -> Result:
+    return invoke("render", "-t", "k8s", "-f", str(spec), option, str(output), *extra)
 
 
 def test_render_into_a_folder_refuses_to_replace_a_different_file(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    assert render_to(MINIMAL, out).exit_code == 0
+    assert render_to(MINIMAL, "--dir", out).exit_code == 0
     first = (out / "k8s.yaml").read_text()
-    assert render_to(MINIMAL, out).exit_code == 0  # the same content: nothing to replace
+    assert render_to(MINIMAL, "--dir", out).exit_code == 0  # the same content: nothing to replace
     (out / "k8s.yaml").write_text("hand edited\n")
-    result = render_to(MINIMAL, out)
+    result = render_to(MINIMAL, "--dir", out)
     assert result.exit_code == 2
     assert f"{out / 'k8s.yaml'} exists and differs from this render; pass --force" in result.stderr
     assert (out / "k8s.yaml").read_text() == "hand edited\n"
-    assert render_to(MINIMAL, out, "--force").exit_code == 0
+    assert render_to(MINIMAL, "--dir", out, "--force").exit_code == 0
     assert (out / "k8s.yaml").read_text() == first
 
 
-def test_render_to_a_yaml_name_writes_that_file(tmp_path: Path) -> None:
+def test_render_out_writes_that_file(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "job.yaml"
-    assert render_to(MINIMAL, target).exit_code == 0
+    assert render_to(MINIMAL, "--out", target).exit_code == 0
     assert target.is_file() and list(target.parent.iterdir()) == [target]
     existing = write(tmp_path / "notes", "mine\n")
-    result = render_to(MINIMAL, existing)
+    result = render_to(MINIMAL, "--out", existing)
     assert result.exit_code == 2 and "exists and differs" in result.stderr
     assert existing.read_text() == "mine\n"
 
 
 def test_render_to_a_device_is_a_message() -> None:
-    result = render_to(MINIMAL, Path("/dev/null"))
+    result = render_to(MINIMAL, "--out", Path("/dev/null"))
     assert result.exit_code == 2
-    assert "/dev/null exists and is not a regular file; use -o - for stdout" in result.stderr
+    assert ("/dev/null exists and is not a regular file; without --dir and --out, render prints "
+            "to stdout") in result.stderr

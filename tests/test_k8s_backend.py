@@ -377,7 +377,7 @@ def test_cli_status_table_and_json(env: dict[str, str], api: FakeApi) -> None:
     assert lines[1].split() == ["NODE", "STATE", "EXIT", "RESTARTS", "HOST", "NOTE"]
     assert lines[3].split()[:5] == ["cifar-cpu-1", "Waiting", "1", "3", "kdist-worker2"]
     assert "CrashLoopBackOff" in lines[3]
-    data = json.loads(run(env, "status", "-f", str(CPU), "--json").stdout)
+    data = json.loads(run(env, "status", "-f", str(CPU), "-o", "json").stdout)
     assert (data["target"], data["phase"], data["running"]) == ("k8s", "running", 2)
     assert (data["nodes"][2]["exit_code"], data["nodes"][2]["host"]) == (137, "kdist-worker")
 

@@ -227,15 +227,29 @@ def test_report_writes_into_the_run_folder_and_prints_the_path(tmp_path: Path) -
 def test_report_by_run_id_and_output_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     shutil.copytree(RUN, tmp_path / ".kdist" / "runs" / "job-1")
-    result = invoke("job-1", "-o", "out/page.html")
+    result = invoke("job-1", "--out", "out/page.html")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "out/page.html"
     assert "kdist run <code>job-1</code>" in (tmp_path / "out" / "page.html").read_text()
 
 
+def test_report_old_o_is_out_with_a_warning(tmp_path: Path) -> None:
+    shutil.copytree(RUN, tmp_path / "r")
+    old, new = tmp_path / "old.html", tmp_path / "new.html"
+    result = invoke(str(tmp_path / "r"), "-o", str(old))
+    assert result.exit_code == 0 and result.stdout.strip() == str(old)
+    assert result.stderr == f"kdist: warning: -o {old} for a file is deprecated; use --out {old}\n"
+    assert invoke(str(tmp_path / "r"), "--out", str(new)).stderr == ""
+    assert old.read_text() == new.read_text()
+    both = invoke(str(tmp_path / "r"), "-o", str(old), "--out", str(new))
+    assert both.exit_code == 2 and "cannot go with --out" in both.stderr
+    help_text = invoke("--help").output
+    assert "--out FILE" in help_text and "-o," not in help_text and "--output" not in help_text
+
+
 def test_report_accepts_the_metrics_file_itself(tmp_path: Path) -> None:
     shutil.copytree(RUN, tmp_path / "r")
-    result = invoke(str(tmp_path / "r" / "metrics.jsonl"), "-o", str(tmp_path / "x.html"))
+    result = invoke(str(tmp_path / "r" / "metrics.jsonl"), "--out", str(tmp_path / "x.html"))
     assert result.exit_code == 0 and (tmp_path / "x.html").is_file()
 
 

@@ -133,4 +133,4 @@ def test_kdist_up_survives_losing_the_store(tutorial_job: Job) -> None:  # noqa:
     assert_resumed_together(out, ranks=3)  # nodes "2:3": count is 3
     counts = restart_counts(j.name)
     assert counts["rdzv"] >= 1 and counts["node-0"] >= 1 and counts["node-1"] >= 1, counts
-    assert json.loads(j("status", "--json").stdout)["phase"] == "succeeded"
+    assert json.loads(j("status", "-o", "json").stdout)["phase"] == "succeeded"

@@ -13,7 +13,15 @@ import click
 from kdist import __version__
 from kdist.cli.dev import dev_options
 from kdist.cli.dev import dev_port as dev_port_of
-from kdist.cli.options import load_plan, printable, spec_option, target_option, warn_network_ignored
+from kdist.cli.options import (
+    FormatOrPath,
+    load_plan,
+    printable,
+    spec_option,
+    target_option,
+    warn_deprecated,
+    warn_network_ignored,
+)
 from kdist.errors import KdistError, SpecError, UsageError
 
 
@@ -43,21 +51,26 @@ def cli() -> None:
 @cli.command()
 @spec_option
 @target_option("render", required=True)
-@click.option("-o", "--output", default="-", show_default=True, metavar="DIR|FILE|-",
-              help="Folder to write the target's file into (docker-compose.yaml, k8s.yaml or "
-                   "helm-values.yaml), a file (an existing one, or a name ending in .yaml or "
-                   ".yml), or - for stdout.")
+@click.option("-o", "--output", type=FormatOrPath(["yaml"]), default="yaml", show_default=True,
+              help="The format (an old -o DIR|FILE|- still works, with a warning: use --dir or "
+                   "--out).")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Write the target's file (docker-compose.yaml, k8s.yaml or helm-values.yaml) "
+                   "into this folder instead of stdout.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write this file instead of stdout.")
 @click.option("--force", is_flag=True,
               help="Replace an output file whose content differs (without it: an error).")
 @dev_options
-def render(spec_file: Path, target: str, output: str, force: bool, dev: bool,
-           dev_port: int | None) -> None:
+def render(spec_file: Path, target: str, output: str | Path, folder: Path | None,
+           out: Path | None, force: bool, dev: bool, dev_port: int | None) -> None:
     """Render the job for a target (stdout by default: pipe into kubectl or docker compose)."""
     from kdist.fsio import write_all
     from kdist.targets import get
     from kdist.targets import render as render_target
 
     port = dev_port_of(dev, dev_port, target)
+    path = destination(output, folder, out, get(target).filename)
     plan = load_plan(spec_file)
     if dev:
         from kdist.targets.compose.dev_render import render_text as render_dev
@@ -66,22 +79,39 @@ def render(spec_file: Path, target: str, output: str, force: bool, dev: bool,
     else:
         text = render_target(plan, target)
     warn_network_ignored(plan, target)
-    if output == "-":
+    if path is None:
         click.echo(text, nl=False)
         return
-    path = output_file(Path(output), get(target).filename)
     if _replaces(path, text, force):
         write_all({path: text})
 
 
-def output_file(output: Path, filename: str) -> Path:
-    """`-o`: a folder (existing, or a new name) gets `filename`; an existing file or a name
-    ending in .yaml/.yml is the file itself."""
-    if output.is_dir():
-        return output / filename
-    if output.exists() or output.suffix in (".yaml", ".yml"):
-        return output
-    return output / filename
+def destination(output: str | Path, folder: Path | None, out: Path | None,
+                filename: str) -> Path | None:
+    """The file `render` writes (None: stdout): `--dir` gets `filename`, `--out` is the file.
+    An `-o` that is no format is the old spelling of either (or of stdout), with a warning."""
+    if isinstance(output, Path):
+        if folder is not None or out is not None:
+            raise click.UsageError(f"-o {output} (a path) cannot go with --dir or --out; use "
+                                   "--dir or --out alone")
+        folder, out = _legacy_output(output, filename)
+    if folder is not None and out is not None:
+        raise click.UsageError("--dir and --out cannot go together: --dir DIR writes "
+                               f"DIR/{filename}, --out FILE writes FILE")
+    return folder / filename if folder is not None else out
+
+
+def _legacy_output(output: Path, filename: str) -> tuple[Path | None, Path | None]:
+    """The old `-o`: - is stdout; a folder (existing, or a new name) gets `filename`; an
+    existing file or a name ending in .yaml/.yml is the file itself. As (--dir, --out)."""
+    if str(output) == "-":
+        warn_deprecated("-o -", "stdout is the default (drop -o -)")
+        return None, None
+    if not output.is_dir() and (output.exists() or output.suffix in (".yaml", ".yml")):
+        warn_deprecated(f"-o {output} for a file", f"use --out {output}")
+        return None, output
+    warn_deprecated(f"-o {output} for a folder", f"use --dir {output}")
+    return output, None
 
 
 def _replaces(path: Path, text: str, force: bool) -> bool:
@@ -90,7 +120,8 @@ def _replaces(path: Path, text: str, force: bool) -> bool:
     if not path.exists() and not path.is_symlink():
         return True
     if not path.is_file():
-        raise UsageError(f"{path} exists and is not a regular file; use -o - for stdout")
+        raise UsageError(f"{path} exists and is not a regular file; without --dir and --out, "
+                         "render prints to stdout")
     try:
         same = path.read_text(encoding="utf-8") == text
     except (OSError, UnicodeDecodeError):

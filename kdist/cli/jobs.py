@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from kdist.cli.options import cluster_options, file_only_option, load_plan, spec_option, target_option
+from kdist.cli.options import (
+    cluster_options,
+    file_only_option,
+    json_alias,
+    load_plan,
+    output_option,
+    spec_option,
+    target_option,
+)
 
 if TYPE_CHECKING:
     from kdist.progress import JobStatus as RunProgress
@@ -29,10 +37,11 @@ def _open(spec_file: Path, target: str, context: str | None, namespace: str | No
 
 @click.command()
 @spec_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@output_option("text", "json", help="text: a table; json: one JSON object.")
+@json_alias
 @target_option("status")
 @cluster_options
-def status(spec_file: Path, as_json: bool, target: str, context: str | None,
+def status(spec_file: Path, output: str, target: str, context: str | None,
            namespace: str | None) -> None:
     """The job's phase, and per node its state, exit code and restarts; on Compose also what
     torchrun's logs say (rendezvous rounds, restarts, world sizes)."""
@@ -42,7 +51,7 @@ def status(spec_file: Path, as_json: bool, target: str, context: str | None,
     job = _open(spec_file, target, context, namespace)
     state = job.state()
     agents = read_agents(job.read_logs(LogQuery())) if get(target).status_reads_logs else None
-    if as_json:
+    if output == "json":
         data = state_dict(state)
         if agents is not None:
             data["torchrun"] = agents.torchrun_dict()
@@ -89,7 +98,11 @@ def format_torchrun(agents: RunProgress) -> str:
 @click.pass_context
 def logs(ctx: click.Context, spec_file: Path, follow: bool, nodes: tuple[str, ...], tail: int | None,
          timestamps: bool, target: str, context: str | None, namespace: str | None) -> None:
-    """The job's logs, one `node-N | ` prefix per line."""
+    """The job's logs, one `node-N | ` prefix per line.
+
+    Here -f is --follow (as in docker and kubectl logs); the spec is --file. -t is --target,
+    as in every command (it meant --timestamps before).
+    """
     from kdist.targets import LogQuery
 
     job = _open(spec_file, target, context, namespace)

@@ -3,6 +3,7 @@ command modules it registers, so none of them imports kdist.cli)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +39,8 @@ def file_only_option(fn: F) -> F:
     """`--file` without `-f`, for `kdist logs`, where `-f` means follow (as in docker and kubectl)."""
     return click.option(
         "--file", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
-        default=Path("kdist.yaml"), show_default=True, help="The job spec.",
+        default=Path("kdist.yaml"), show_default=True,
+        help="The job spec (here -f is --follow, as in docker and kubectl logs).",
     )(fn)
 
 
@@ -70,9 +72,48 @@ JSON_LINES_HELP = ("text: for people (node logs, a live status line on a termina
 
 
 def output_option(*formats: str, help: str = JSON_LINES_HELP) -> Callable[[F], F]:
-    """`-o/--output`, default text; `kdist run`/`up` take text|json, `kdist apply` adds yaml."""
+    """`-o/--output`: always a format; `kdist run`/`up` take text|json, `kdist apply` adds yaml."""
     return click.option("-o", "--output", type=click.Choice(formats or ("text", "json")),
                         default="text", show_default=True, help=help)
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """One stderr line for an old spelling that still works (kept for one release)."""
+    click.echo(printable(f"kdist: warning: {old} is deprecated; {new}"), err=True)
+
+
+def json_alias(fn: F) -> F:
+    """Hidden `--json`: the old spelling of `-o json` (status, doctor, diff), kept for one
+    release with a warning. The command must also take `output_option` with json."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+        if as_json:
+            ctx = click.get_current_context()
+            given = ctx.get_parameter_source("output") is click.core.ParameterSource.COMMANDLINE
+            if given and kwargs["output"] != "json":
+                raise click.UsageError(f"--json contradicts -o {kwargs['output']}")
+            warn_deprecated("--json", "use -o json")
+            kwargs["output"] = "json"
+        return fn(*args, **kwargs)
+
+    return click.option("--json", "as_json", is_flag=True, hidden=True)(wrapper)  # type: ignore[return-value]
+
+
+FORMAT_NAMES = ("text", "json", "yaml")  # what -o names on any command
+
+
+class FormatOrPath(click.Choice[str]):
+    """A format, or any other value as a Path: the old `-o DIR|FILE|-` of `kdist render`,
+    kept for one release (the command warns and treats it as --dir / --out / stdout)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, Path) or value in self.choices:
+            return value
+        if value in FORMAT_NAMES:
+            self.fail(f"{value!r} is not one of {', '.join(map(repr, self.choices))} (a folder or "
+                      f"file of that name: --dir {value} or --out {value})", param, ctx)
+        return Path(value)
 
 
 def load_plan(spec_file: Path) -> LaunchPlan:

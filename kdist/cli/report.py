@@ -1,7 +1,7 @@
 """`kdist report RUN`: a self-contained HTML picture of a local run (kdist.tools.report).
 
 Register with `cli.add_command(report)`. RUN is a run folder (or its metrics.jsonl) or a run id
-under .kdist/runs/; the page goes to `<run folder>/report.html` unless `-o` says otherwise.
+under .kdist/runs/; the page goes to `<run folder>/report.html` unless `--out` says otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from kdist.cli.options import warn_deprecated
 from kdist.errors import KdistError, UsageError
 
 METRICS = "metrics.jsonl"
@@ -43,9 +44,11 @@ def read_metrics(run_dir: Path) -> list[str]:
 
 @click.command()
 @click.argument("run", metavar="RUN")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Where to write the page  [default: <run folder>/report.html]")
-def report(run: str, output: Path | None) -> None:
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), hidden=True,
+              help="The old spelling of --out, kept for one release (warns).")
+def report(run: str, out: Path | None, output: Path | None) -> None:
     """Write an HTML picture of a `kdist run`: loss, throughput and world size over time,
     with node kills, exits, restarts and resumes marked on the same time axis.
 
@@ -55,6 +58,11 @@ def report(run: str, output: Path | None) -> None:
     from kdist.fsio import write_all
     from kdist.tools.report import parse, render_html
 
+    if output is not None:
+        if out is not None:
+            raise click.UsageError("-o (the old spelling of --out) cannot go with --out")
+        warn_deprecated(f"-o {output} for a file", f"use --out {output}")
+        out = output
     run_dir = resolve_run(run)
     model = parse(read_metrics(run_dir))
     if not model.markers and not model.samples and not model.checkpoints:
@@ -63,6 +71,6 @@ def report(run: str, output: Path | None) -> None:
     if model.skipped:
         click.echo(f"kdist: skipped {model.skipped} empty or garbled lines of "
                    f"{run_dir / METRICS}", err=True)
-    target = output if output is not None else run_dir / "report.html"
+    target = out if out is not None else run_dir / "report.html"
     write_all({target: render_html(model, run_dir.resolve().name)})
     click.echo(str(target))

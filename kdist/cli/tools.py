@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kdist.cli.options import load_plan, printable, spec_option
+from kdist.cli.options import json_alias, load_plan, output_option, printable, spec_option
 from kdist.targets import names
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from kdist.tools.doctor import Check
 
 STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red"}
-CELL = 56  # widest table cell in `kdist diff`; longer values are cut (--json has them whole)
+CELL = 56  # widest table cell in `kdist diff`; longer values are cut (-o json has them whole)
 
 
 # ---- kdist doctor --------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def _echo_in_node(checks: Sequence[Check]) -> None:
 
 @click.command()
 @spec_option
-@click.option("--target", type=click.Choice(names("run")), default=None,
+@click.option("-t", "--target", type=click.Choice(names("run")), default=None,
               help="Where the job will run.  [default: local; k8s with --in-node]")
 @click.option("--in-node", is_flag=True,
               help="Run inside a node's container or pod (as an init step): only the node-local "
@@ -84,11 +84,12 @@ def _echo_in_node(checks: Sequence[Check]) -> None:
                    "without a spec, 0]")
 @click.option("--context", metavar="NAME",
               help="Kubernetes context for --target k8s.  [default: current-context]")
-@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@output_option("text", "json", help="text: a table of checks; json: the checks as JSON.")
+@json_alias
 @click.pass_context
 def doctor(ctx: click.Context, spec_file: Path, target: str | None, in_node: bool,
            rdzv_host: str | None, shm: str | None, interface: str | None, gpus: int | None,
-           context: str | None, as_json: bool) -> None:
+           context: str | None, output: str) -> None:
     """Check that this machine can run the job: a table of checks with a fix for each failure.
 
     \b
@@ -117,6 +118,7 @@ def doctor(ctx: click.Context, spec_file: Path, target: str | None, in_node: boo
     options = Options(target, in_node, rdzv_host or "", context, shm=shm or "",
                       interface=interface or "", gpus=gpus)
     checks = run_checks(plan, options)
+    as_json = output == "json"
     if as_json:
         import json
 
@@ -192,10 +194,11 @@ def format_rows(rows: Sequence[Row]) -> str:
               metavar="FILE", help="Compare this compose file instead of a fresh render.")
 @click.option("--k8s", "k8s_file", type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Compare these Kubernetes manifests instead of a fresh render.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@output_option("text", "json", help="text: a table; json: the rows as JSON.")
+@json_alias
 @click.pass_context
 def diff(ctx: click.Context, spec_file: Path, compose_file: Path | None, k8s_file: Path | None,
-         as_json: bool) -> None:
+         output: str) -> None:
     """Compare the Compose and Kubernetes renderings of the job: what must match.
 
     The torchrun line (but for the rendezvous host), env, rendezvous port and store, /dev/shm,
@@ -208,7 +211,7 @@ def diff(ctx: click.Context, spec_file: Path, compose_file: Path | None, k8s_fil
 
     rows = compare(*_renderings(spec_file, compose_file, k8s_file))
     differ = [r for r in rows if not r.same]
-    if as_json:
+    if output == "json":
         import json
 
         doc = {"same": not differ, "rows": [r.as_dict() for r in rows]}
