@@ -75,6 +75,17 @@ def root_cause(node: str | None, exit_code: int | None, rank: int | None = None,
             "traceback": list(traceback), "log": log, "exception": exception or None}
 
 
+def job_failure(error: Exception) -> dict[str, Any] | None:
+    """The root cause a JobFailed carries (`kdist up`, `kdist apply --wait`), or None."""
+    from kdist.status import JobFailed
+    from kdist.torchlog import error_line
+
+    if not isinstance(error, JobFailed) or not error.node:
+        return None
+    return root_cause(error.node, error.exit_code, traceback=error.cause,
+                      exception=error_line(error.cause) if error.cause else "")
+
+
 def result(target: str, exit_code: int, elapsed: float, error: str | None = None,
            cause: Mapping[str, Any] | None = None,
            job: Mapping[str, Any] | None = None) -> dict[str, Any]:

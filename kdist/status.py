@@ -99,11 +99,13 @@ def format_state(state: JobState) -> str:
     rows = [*state.nodes, *state.store]
     if not rows:
         return head
-    table = [("NODE", "STATE", "EXIT", "RESTARTS", "HOST", "NOTE")]
+    hosts = any(r.host for r in rows)  # a column only where the target places nodes on machines
+    table = [("NODE", "STATE", "EXIT", "RESTARTS", *(("HOST",) if hosts else ()), "NOTE")]
     table += [(r.name, r.state, "-" if r.exit_code is None else str(r.exit_code), str(r.restarts),
-               r.host or "-", r.note) for r in rows]
-    widths = [max(len(t[i]) for t in table) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(t[:5], widths, strict=True)) + "  " + t[5]
+               *((r.host or "-",) if hosts else ()), r.note) for r in rows]
+    n = len(table[0]) - 1
+    widths = [max(len(t[i]) for t in table) for i in range(n)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(t[:n], widths, strict=True)) + "  " + t[n]
              for t in table]
     return "\n".join([head, *(line.rstrip() for line in lines)])
 

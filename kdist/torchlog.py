@@ -366,6 +366,40 @@ def exception_line(lines: Sequence[str]) -> str:
     return next((x.strip() for x in reversed(lines) if EXCEPTION_RE.match(x.strip())), "")
 
 
+def root_cause(texts: Sequence[str]) -> list[str]:
+    """A node's failure in a few lines, from its log (the texts, without a `node-N | ` prefix):
+    as `NodeLog.failure` reads it (rank, error, the `[rankN]:` traceback when torchrun's report
+    has none), else torchrun's Root Cause block, else the log's last lines."""
+    texts = [x.rstrip() for x in texts]
+    failure = NodeLog().feed_all(texts).failure()
+    if failure is not None and failure.exception:
+        head, *_ = failure.summary().splitlines()
+        tail = [x for x in failure.traceback[-8:] if x.strip() != failure.exception]
+        return [head, *tail, failure.exception]
+    for i in range(len(texts) - 1, -1, -1):
+        if ROOT_TITLE in texts[i]:
+            block = []
+            for text in texts[i + 1:]:
+                if text.strip().startswith("====="):
+                    break
+                if text.strip():
+                    block.append(text)
+            return block[:30]
+    return [t for t in texts if t.strip()][-8:]
+
+
+def error_line(block: Sequence[str]) -> str:
+    """The one line of a `root_cause` block that names the error (`RuntimeError: ...`), else
+    kdist's or torchrun's own error line, else the last line."""
+    line = exception_line([x.strip() for x in block])
+    if line:
+        return line
+    for text in reversed(block):
+        if text.strip().startswith(("error", "kdist:", "exitcode")):
+            return text.strip()
+    return block[-1].strip() if block else ""
+
+
 def signal_name(exit_code: int) -> str:
     """torchrun reports a worker killed by a signal as a negative exit code."""
     if exit_code >= 0:

@@ -38,11 +38,12 @@ from kdist.targets.compose.job import (
     PortInUse,
     clean_line,
     explain,
+    log_text,
     parse_ps,
     project_for,
-    root_cause,
 )
 from kdist.targets.compose.status import JobStatus, NodeStatus, to_state
+from kdist.torchlog import error_line, root_cause
 
 EXAMPLES = ROOT / "trainers" / "examples"
 ENGINE = Engine("20.10.24", ("docker", "compose"), "2.26.1")
@@ -172,9 +173,9 @@ def test_log_lines_get_one_node_prefix(raw: str, clean: str) -> None:
 
 
 def test_root_cause_is_torchruns_summary() -> None:
-    block = root_cause(TORCHRUN_FAILURE.splitlines())
+    block = root_cause([log_text(x) for x in TORCHRUN_FAILURE.splitlines()])
     assert block[0] == "rank 0 exited with code 1: RuntimeError: injected failure at step 3"
-    assert backend.cause_line(block) == "RuntimeError: injected failure at step 3"
+    assert error_line(block) == "RuntimeError: injected failure at step 3"
     assert not backend.is_peer_error(block)
     peer = ["  RuntimeError: [pair.cc:553] Connection closed by peer [172.24.0.4]:18621."]
     assert backend.is_peer_error(peer)
@@ -183,8 +184,8 @@ def test_root_cause_is_torchruns_summary() -> None:
 def test_root_cause_of_compose_logs_is_the_local_one() -> None:
     """The same parser as `kdist run`: real node logs with compose's `node-N | ` prefix."""
     fixtures = Path(__file__).parent / "fixtures" / "torchrun" / "raise-no-restarts"
-    blocks = [root_cause([f"node-{i} | {x}" for x in (fixtures / f"node-{i}.log").read_text(
-        encoding="utf-8").splitlines()]) for i in (0, 1)]
+    blocks = [root_cause([log_text(f"node-{i} | {x}") for x in (fixtures / f"node-{i}.log")
+                          .read_text(encoding="utf-8").splitlines()]) for i in (0, 1)]
     assert blocks[0][0] == ("rank 0 exited with code 1: RuntimeError: tutorial trainer: deliberate "
                             "failure at epoch 3")
     assert not backend.is_peer_error(blocks[0]) and backend.is_peer_error(blocks[1])
@@ -194,9 +195,9 @@ def test_root_cause_of_compose_logs_is_the_local_one() -> None:
 def test_root_cause_without_summary_is_the_log_tail() -> None:
     lines = ["node-1 | a", "node-1 | ", *(f"node-1 | line {i}" for i in range(20)),
              "node-1 | kdist: rendezvous store rdzv:29400 not reachable after 300s"]
-    block = root_cause(lines)
+    block = root_cause([log_text(x) for x in lines])
     assert len(block) == 8 and block[-1].startswith("kdist: rendezvous store")
-    assert backend.cause_line(block).startswith("kdist: rendezvous store")
+    assert error_line(block).startswith("kdist: rendezvous store")
 
 
 # ---- job state -----------------------------------------------------------------------------------
@@ -238,9 +239,9 @@ def test_status_table_and_json() -> None:
     state = to_state(status, "job", 2)
     table = format_state(state).splitlines()
     assert table[0] == "job job (project job): succeeded: exit code 0"
-    assert table[1].split() == ["NODE", "STATE", "EXIT", "RESTARTS", "HOST", "NOTE"]
-    assert table[2].split() == ["node-0", "exited", "0", "1", "-"]
-    assert table[3].split()[:5] == ["node-1", "exited", "137", "0", "-"] and "kdist kill" in table[3]
+    assert table[1].split() == ["NODE", "STATE", "EXIT", "RESTARTS", "NOTE"]
+    assert table[2].split() == ["node-0", "exited", "0", "1"]
+    assert table[3].split()[:4] == ["node-1", "exited", "137", "0"] and "kdist kill" in table[3]
     assert table[4].split()[:2] == ["node-2", "not"] and "standby" in table[4]
     data = state_dict(state)
     assert (data["target"], data["phase"], data["exit_code"]) == ("compose", "succeeded", 0)

@@ -195,7 +195,7 @@ def test_two_nodes_finish_with_identical_parameters(job: Callable[..., Job]) -> 
     assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
     assert f"kdist: job {j.name} succeeded" in up.stderr
     assert re.search(r"^node-0 \| KDIST_METRIC", up.stdout, re.M)
-    assert re.search(rf"^job {j.name}: succeeded", up.stdout, re.M)
+    assert re.search(rf"^job {j.name} \(project {j.name}\): succeeded", up.stdout, re.M)
     dumps = [json.loads(line) for line in j.read_volume("params.rank*.json")]
     assert sorted(d["rank"] for d in dumps) == [0, 1]
     assert {d["step"] for d in dumps} == {40} and {d["world_size"] for d in dumps} == {2}
@@ -229,16 +229,16 @@ def test_killed_node_others_resume_from_checkpoint(job: Callable[..., Job], vict
     assert first_step["step"] == resumed + 1 and first_step["world_size"] == 2
     done = [m for m in metrics if m["event"] == "done"]
     assert done and done[-1]["step"] == 50 and done[-1]["world_size"] == 2
-    nodes = {n["service"]: n for n in json.loads(j("status", "-o", "json").stdout)["nodes"]}
-    assert nodes[victim]["stopped_by"] == "killed by kdist kill"
-    assert nodes[victim]["container"]["exit_code"] == 137
+    nodes = {n["name"]: n for n in json.loads(j("status", "-o", "json").stdout)["nodes"]}
+    assert nodes[victim]["note"] == "killed by kdist kill"
+    assert nodes[victim]["exit_code"] == 137
 
 
 def test_scale_up_joins_next_round_and_scale_down_stops_highest(job: Callable[..., Job]) -> None:
     j = job("scale", nodes={"min": 2, "max": 3, "count": 2}, args=train_args(80, 0.25))
     up = Attached(j)
     up.wait_for(lambda m: m.get("event") == "step" and m["step"] >= 8)
-    assert json.loads(j("status", "-o", "json").stdout)["nodes"][2]["container"] is None
+    assert json.loads(j("status", "-o", "json").stdout)["nodes"][2]["state"] == "not created"
     scaled = j("scale", "3")
     assert scaled.returncode == 0 and "started node-2" in scaled.stderr, scaled.stderr
     up.wait_for(lambda m: m.get("event") == "step" and m["world_size"] == 3)
@@ -252,7 +252,7 @@ def test_scale_up_joins_next_round_and_scale_down_stops_highest(job: Callable[..
     done = [m for m in _metrics(up.lines) if m["event"] == "done"]
     assert done and done[-1]["step"] == 80 and done[-1]["world_size"] == 2
     nodes = json.loads(j("status", "-o", "json").stdout)["nodes"]
-    assert nodes[2]["stopped_by"] == "stopped by kdist scale"
+    assert nodes[2]["note"] == "stopped by kdist scale"
     outside = j("scale", "4")
     assert outside.returncode == 2 and "allows 2 to 3" in outside.stderr
 

@@ -36,6 +36,7 @@ from kdist.targets.k8s.job import (
 )
 
 EXAMPLES = sorted((ROOT / "trainers" / "examples").glob("*.yaml"))
+TORCHRUN_FIXTURES = Path(__file__).parent / "fixtures" / "torchrun"
 CPU = ROOT / "trainers" / "examples" / "cpu-gloo.yaml"  # job cifar-cpu, nodes 2:3, no namespace
 GPU = ROOT / "trainers" / "examples" / "gpu-nccl.yaml"  # job cifar-gpu, namespace ml
 STS = "/apis/apps/v1/namespaces/default/statefulsets/cifar-cpu"
@@ -363,6 +364,27 @@ def test_cli_wait_for_a_failed_job_exits_with_its_code(env: dict[str, str], api:
     assert result.stderr.splitlines()[-1] == (
         "kdist: job cifar-cpu failed: torchrun exited with code 3 on cifar-cpu-0; "
         "see `kdist logs --target k8s`")
+    log_req = api.requests[-1]  # the finishing pod was gone: no cause, the message says where
+    assert (log_req.path, log_req.query) == (f"{PODS}/cifar-cpu-0/log",
+                                             {"container": ["node"], "tailLines": ["2000"]})
+
+
+def test_cli_wait_for_a_failed_job_reads_the_root_cause_from_the_finishing_pod(
+        env: dict[str, str], api: FakeApi) -> None:
+    """While the pod that reported the outcome is still there, its node log names the cause:
+    the same parser (kdist/torchlog.py) as `kdist run` and `kdist up`."""
+    failed = fixture("statefulset-failed")
+    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")), Reply(200, failed)))
+    api.on("GET", PODS, Reply(200, fixture("pods-empty")))
+    log = (TORCHRUN_FIXTURES / "raise-no-restarts" / "node-0.log").read_text(encoding="utf-8")
+    api.on("GET", f"{PODS}/cifar-cpu-0/log", Reply(200, log))
+    # not run(): the trainer's own traceback is part of the message
+    result = CliRunner().invoke(cli, ["apply", "-f", str(CPU), "--wait"], env=env)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert ("kdist: job cifar-cpu failed: torchrun exited with code 1 on cifar-cpu-0; root cause: "
+            "RuntimeError: tutorial trainer: deliberate failure at epoch 3") in result.stderr
+    assert ("  rank 0 exited with code 1: RuntimeError: tutorial trainer: deliberate failure at "
+            "epoch 3") in result.stderr.splitlines()
 
 
 def test_cli_status_table_and_json(env: dict[str, str], api: FakeApi) -> None:

@@ -11,10 +11,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
+from kdist import jsonout
 from kdist.cli import dev as cli_dev
 from kdist.cli.jsonlines import JsonLines, current, json_lines
 from kdist.cli.options import load_plan, spec_option
@@ -149,16 +150,6 @@ def _show_outcome(job: ComposeJob, status: JobStatus) -> None:
         out.job = state_dict(state)
 
 
-def _failure_cause(error: KdistError) -> dict[str, Any] | None:
-    """The root cause of `kdist up`'s JobFailed, for the json result line."""
-    from kdist import jsonout
-    from kdist.status import JobFailed
-
-    if not isinstance(error, JobFailed) or not error.node:
-        return None
-    return jsonout.root_cause(error.node, error.exit_code, traceback=error.cause)
-
-
 @click.command()
 @spec_option
 @click.option("-d", "--detach", is_flag=True,
@@ -169,7 +160,7 @@ def _failure_cause(error: KdistError) -> dict[str, Any] | None:
 @click.option("-v", "--verbose", is_flag=True,
               help="Show torchrun's agent log lines too (`kdist logs` always has them).")
 @cli_dev.dev_options
-@json_lines("compose", causes=_failure_cause)
+@json_lines("compose", causes=jsonout.job_failure)
 @click.pass_context
 def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, verbose: bool,
        dev: bool, dev_port: int | None) -> None:

@@ -153,7 +153,8 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
     if out is not None and status is not None:
         out.job = state_dict(to_state(status, job.client.conn.context))
         if error is not None:
-            out.cause = jsonout.root_cause(status.finished_by or None, status.exit_code)
+            out.cause = (jsonout.job_failure(error)
+                         or jsonout.root_cause(status.finished_by or None, status.exit_code))
     if error is not None:
         raise error
     click.echo(f"kdist: job {job.name} succeeded", err=True)

@@ -32,7 +32,7 @@ from kdist.targets.compose.dev_render import DEV_PROFILE
 from kdist.targets.compose.netem import helper_name
 from kdist.targets.compose.render import SCALE_PROFILE, node_service
 from kdist.targets.compose.status import Container, JobStatus, NodeStatus, to_state
-from kdist.torchlog import NodeLog, is_peer_error
+from kdist.torchlog import error_line, is_peer_error, root_cause
 
 STATE_DIR = Path(".kdist") / "compose"
 COMPOSE_FILE = "docker-compose.yaml"
@@ -42,7 +42,6 @@ KILLED = "killed by kdist kill"
 SCALED_DOWN = "stopped by kdist scale"
 INTERRUPTED = "stopped: kdist up was interrupted"
 HOPELESS = "stopped by kdist: the job could not succeed any more"
-ROOT_CAUSE = "Root Cause (first observed failure):"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PREFIX_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-(?P<num>\d+)\s*\|\s?(?P<text>.*)$")
 EXITED_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-\d+ exited with code (?P<code>-?\d+)$")
@@ -239,38 +238,6 @@ def log_text(line: str) -> str:
     """The container's own text of a cleaned log line (without the `node-1 | ` prefix)."""
     head, sep, text = line.partition(" | ")
     return text if sep and " " not in head.strip() else line
-
-
-def root_cause(lines: Sequence[str]) -> list[str]:
-    """The node's failure as kdist.torchlog reads it (rank, error, the `[rankN]:` traceback
-    when torchrun's report has none), else torchrun's summary, else the last lines of its log."""
-    texts = [log_text(x).rstrip() for x in lines]
-    failure = NodeLog().feed_all(texts).failure()
-    if failure is not None and failure.exception:
-        head, *_ = failure.summary().splitlines()
-        tail = [x for x in failure.traceback[-8:] if x.strip() != failure.exception]
-        return [head, *tail, failure.exception]
-    for i in range(len(texts) - 1, -1, -1):
-        if ROOT_CAUSE in texts[i]:
-            block = []
-            for text in texts[i + 1:]:
-                if text.strip().startswith("====="):
-                    break
-                if text.strip():
-                    block.append(text)
-            return block[:30]
-    return [t for t in texts if t.strip()][-8:]
-
-
-def cause_line(block: Sequence[str]) -> str:
-    """The one line of a root-cause block that names the error (`RuntimeError: ...`)."""
-    for text in reversed(block):
-        if re.match(r"^\s*[\w.]*(Error|Exception|Exit|Interrupt|Failure)\b", text):
-            return text.strip()
-    for text in reversed(block):
-        if text.strip().startswith(("error", "kdist:", "exitcode")):
-            return text.strip()
-    return block[-1].strip() if block else ""
 
 
 def node_index(service: str) -> int:
@@ -556,7 +523,7 @@ class ComposeJob:
         node, block = min(((n, self._cause(n)) for n in [*failed, *stopped]), key=_cause_rank)
         codes = ", ".join(f"{n.service} exited with code {n.exit_code}" for n in failed)
         head = f"job {status.name} failed ({codes}); root cause on {node.service}: "
-        lines = [head + (cause_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]
+        lines = [head + (error_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]
         return JobFailed("\n".join(lines), node.exit_code or 1, node.service, block)
 
     def _cause(self, node: NodeStatus) -> list[str]:
@@ -564,7 +531,7 @@ class ComposeJob:
         if c is not None and c.oom_killed:
             return [f"MemoryError: out of memory: the kernel killed {node.service} at its memory "
                     f"limit (resources.memory: {self.project.memory}); raise it"]
-        block = root_cause(list(self.logs(services=[node.service], tail=2000)))
+        block = root_cause([log_text(x) for x in self.logs(services=[node.service], tail=2000)])
         if not block and node.exit_code == 137:
             block = [f"{node.service} was killed with SIGKILL (exit 137) by something other than kdist"]
         return block

@@ -26,6 +26,7 @@ from kdist.targets.k8s.kube import ApiError, ClusterUnreachable, Forbidden, NotF
 from kdist.targets.k8s.kube.client import APPLY_PATCH, MERGE_PATCH, KubeClient
 from kdist.targets.k8s.kube.config import Connection, connect, did_you_mean
 from kdist.targets.k8s.status import K8sJobStatus, job_status, to_state
+from kdist.torchlog import error_line, root_cause
 
 FIELD_MANAGER = "kdist"
 WAIT_INTERVAL = 2.0
@@ -361,9 +362,24 @@ class K8sJob:
         """The error to exit with for a finished status (None when it succeeded)."""
         if status.phase != FAILED:
             return None
-        by = f" on {status.finished_by}" if status.finished_by else ""
-        return JobFailed(f"job {self.name} failed: torchrun exited with code {status.exit_code}{by}; "
-                         "see `kdist logs --target k8s`", status.exit_code)
+        pod = status.finished_by
+        head = (f"job {self.name} failed: torchrun exited with code {status.exit_code}"
+                + (f" on {pod}" if pod else ""))
+        block = self._cause(pod) if pod else []
+        if not block:
+            return JobFailed(f"{head}; see `kdist logs --target k8s`", status.exit_code, pod)
+        lines = [f"{head}; root cause: {error_line(block)}", *(f"  {b}" for b in block)]
+        return JobFailed("\n".join(lines), status.exit_code, pod, block)
+
+    def _cause(self, pod: str) -> list[str]:
+        """The root cause in `pod`'s node log (kdist/torchlog.py, as on Compose), while the pod
+        is there: after the outcome, the finisher scales the job to 0 and pods and logs go."""
+        try:
+            text = self.client.get_text(self._log_path(pod),
+                                        self._log_query(NODE_COMPONENT, 2000, False))
+        except (NotFound, ApiError):
+            return []
+        return root_cause(text.splitlines())
 
     # ---- scale and delete ----------------------------------------------------------------------
 
