@@ -32,45 +32,6 @@ STORE_CODE = program("store.py")  # the standalone c10d store
 WAIT_CODE = program("wait.py")  # wait for the store before torchrun
 
 
-# A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself. The
-# trainer container holds no API token: its script waits for the store, runs torchrun, and a
-# failure (of either) is retried by restarting the container up to `max_restarts` times (counted
-# in $TMPDIR or /tmp, an emptyDir that outlives container restarts). Then, or on success, it
-# hands the exit code to the finish sidecar (kdist/node/finish.py) through the shared folder
-# $KDIST_FINISH_DIR (default FINISH_DIR) and idles until stopped. A pod whose sidecar found the
-# job finished already (DIR/finished) does not train.
-FINISH_DIR = "/var/run/kdist"
-FINISH_SCRIPT = """\
-finish="${{KDIST_FINISH_DIR:-{folder}}}"
-idle() {{ trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }}
-if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
-trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
-{wait} &
-child=$!
-wait "$child"
-rc=$?
-if [ "$rc" -eq 0 ]; then
-{torchrun}
-  child=$!
-  wait "$child"
-  rc=$?
-fi
-trap 'exit 0' TERM INT
-attempts="${{TMPDIR:-/tmp}}/kdist-attempts"
-attempt=$(( $(cat "$attempts" 2>/dev/null || echo 0) + 1 ))
-echo "$attempt" > "$attempts"
-if [ "$rc" -ne 0 ] && [ "$attempt" -le {retries} ]; then exit "$rc"; fi
-echo "$rc" > "$finish/exit-code.tmp" && mv "$finish/exit-code.tmp" "$finish/exit-code"
-echo "kdist: exit code $rc after $attempt attempt(s); the finish sidecar takes over" >&2
-idle
-"""
-
-
-def finish_code() -> str:
-    """kdist/node/finish.py, the finish sidecar's program."""
-    return program("finish.py")
-
-
 @dataclass(frozen=True)
 class LaunchPlan:
     spec: JobSpec
@@ -168,27 +129,6 @@ class LaunchPlan:
         """POSIX sh for a Compose node: wait for the store, then exec torchrun (PID 1 under init)."""
         torchrun = shlex.join(self.torchrun_argv(host, is_host=is_host))
         return f"set -e\n{shlex.join(self.wait_argv(host))}\nexec {torchrun}\n"
-
-    def k8s_node_script(self, host: str) -> str:
-        """POSIX sh for a Kubernetes node: wait, run torchrun, then finish (see FINISH_SCRIPT).
-
-        One pod template serves every node, so with the store on node 0 a shell test on the
-        pod's hostname picks the hosting command line (`is_host=true`) for `<name>-0` only.
-        """
-        client = shlex.join(self.torchrun_argv(host))
-        if self.standalone_store:
-            lines = [f"  {client} &"]
-        else:
-            hosting = shlex.join(self.torchrun_argv(host, is_host=True))
-            lines = [f'  if [ "$HOSTNAME" = "{self.name}-0" ]; then', f"    {hosting} &",
-                     "  else", f"    {client} &", "  fi"]
-        return FINISH_SCRIPT.format(folder=FINISH_DIR, wait=shlex.join(self.wait_argv(host)),
-                                    torchrun="\n".join(lines), retries=self.spec.max_restarts)
-
-    def finish_argv(self, folder: str = FINISH_DIR) -> list[str]:
-        """The finish sidecar (kdist/node/finish.py): NAME STORE NODES_MIN DIR."""
-        store = self.store_name if self.standalone_store else ""
-        return ["python3", "-c", finish_code(), self.name, store, str(self.spec.nodes.min), folder]
 
     def env(self) -> dict[str, str]:
         """Environment shared by every node on every target (before target-specific entries)."""

@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 
-from kdist.plan import FINISH_DIR, LaunchPlan
+from kdist.plan import LaunchPlan
 from kdist.spec.load import load_file, load_text
 from kdist.targets.k8s import render as k8s
+from kdist.targets.k8s.node import FINISH_DIR, node_script
 from kdist.targets.k8s.status import LeftNode, job_status, to_state
 
 SPEC = """name: job
@@ -199,8 +200,8 @@ class Pod:
         fake.chmod(0o755)
         (container,) = pod_spec(self.plan)["containers"]
         host = self.plan.store_name if self.plan.standalone_store else "job-0.job"
-        assert container["command"] == ["sh", "-c", self.plan.k8s_node_script(host)]
-        script = self.plan.k8s_node_script("localhost")  # the same, with a name that resolves
+        assert container["command"] == ["sh", "-c", node_script(self.plan, host)]
+        script = node_script(self.plan, "localhost")  # the same, with a name that resolves
         return subprocess.Popen(["sh", "-c", script], env=self.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

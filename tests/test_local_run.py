@@ -21,7 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from kdist.cli import KdistGroup
-from kdist.cli.run import TerminalConsole, describe_event, run
+from kdist.cli.console import TerminalConsole, describe_event
+from kdist.cli.run import run
 from kdist.errors import UsageError
 from kdist.plan import LaunchPlan
 from kdist.progress import JobStatus

@@ -46,7 +46,7 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
     Once the job cannot succeed any more (a node failed by itself, or a failure certain to
     repeat), the other nodes are stopped instead of waiting in torchrun's exit barrier.
     """
-    from kdist.cli.run import TerminalConsole
+    from kdist.cli.console import TerminalConsole
     from kdist.progress import JobStatus
 
     out = current()

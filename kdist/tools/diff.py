@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdist.errors import KdistError
-from kdist.plan import FINISH_DIR
 from kdist.spec.quantity import cpu_cores, docker_bytes, human_bytes, memory_bytes
+from kdist.targets.k8s.node import FINISH_DIR
 
 IGNORED_ENV = ("PET_LOCAL_ADDR",)
 BY_DESIGN = (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdist.plan import FINISH_DIR, NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
+from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
+from kdist.targets.k8s.node import FINISH_DIR, finish_argv, node_script
 
 PORT_NAME = "c10d"
 FINISH_COMPONENT = "finish"
@@ -168,7 +169,7 @@ def store_host(plan: LaunchPlan) -> str:
 
 def _node_container(plan: LaunchPlan) -> dict[str, Any]:
     s = plan.spec
-    script = plan.k8s_node_script(store_host(plan))
+    script = node_script(plan, store_host(plan))
     return {
         "name": NODE_COMPONENT,
         "image": s.image,
@@ -198,7 +199,7 @@ def _finish_container(plan: LaunchPlan) -> dict[str, Any]:
         "image": plan.spec.image,
         "imagePullPolicy": "IfNotPresent",
         "restartPolicy": "Always",
-        "command": plan.finish_argv(),
+        "command": finish_argv(plan),
         "startupProbe": {"exec": {"command": ["sh", "-c", f"test -e {FINISH_DIR}/ready"]},
                          "periodSeconds": 1, "failureThreshold": 120},
         "resources": {"requests": dict(amounts), "limits": dict(amounts)},
