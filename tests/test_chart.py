@@ -47,7 +47,10 @@ def test_every_key_has_its_comment_and_description() -> None:
             walk(sub.get("properties", {}), f"{path}{key}.")
 
     walk(chart.values_schema()["properties"], "")
-    assert described == chart.DOCS
+    assert described == {path: chart.description(path) for path in described}
+    assert described["procsPerNode"].startswith("torchrun --nproc-per-node")
+    assert "helm test" in described["image"]  # CHART_DOCS: the chart's own words
+    assert "keepAliveInterval x keepAliveMaxAttempt" in described["rendezvous.keepAliveInterval"]
     commented, above, parent = {}, [], ""
     for line in (CHART / "values.yaml").read_text(encoding="utf-8").splitlines():
         key = re.match(r"^( *)(\w+):", line)
@@ -59,7 +62,7 @@ def test_every_key_has_its_comment_and_description() -> None:
             above = []
         else:
             above = []
-    assert commented == chart.DOCS  # the same words above each key in values.yaml
+    assert commented == described  # the same words above each key in values.yaml
 
 
 @pytest.mark.parametrize("key", [
@@ -71,6 +74,12 @@ def test_go_form_of_the_label_key_pattern_agrees_with_the_loader(key: str) -> No
     go = all(re.search(p, key) for p in (form["pattern"], *(s["pattern"] for s in form["allOf"])))
     assert go == bool(LABEL_KEY_RE.fullmatch(key))
     assert "(?=" not in form["pattern"]
+
+
+def test_a_key_without_a_description_is_named() -> None:
+    with pytest.raises(ValueError, match=r"chart key resources.gpus has no description: add "
+                                         r"Resources.gpus to kdist/spec/load.py DESCRIPTIONS"):
+        chart.description("resources.gpus")
 
 
 def test_generator_names_a_key_without_a_rule_or_a_rule_without_a_key() -> None:

@@ -50,6 +50,19 @@ def test_schema_and_loader_agree_on_malformed_values(path: str) -> None:
 def test_schema_names_every_key_the_loader_knows() -> None:
     top = job_schema()["properties"]
     assert set(top["resources"]["properties"]) == {"cpu", "memory", "gpu", "shm"}
-    assert top["rendezvous"]["properties"]["store"] == {
+    store = top["rendezvous"]["properties"]["store"]
+    assert {k: v for k, v in store.items() if k != "description"} == {
         "enum": ["standalone", "node0"], "default": "standalone"}
     assert job_schema()["required"] == ["name", "image", "entrypoint", "nodes"]
+
+
+def test_every_key_has_a_description() -> None:
+    """A new spec field needs its text in DESCRIPTIONS: editors show it, and the chart's
+    values.yaml and values.schema.json take it (kdist/targets/helm/chart.py)."""
+    from kdist.spec import load
+
+    missing = [f"{cls.__name__}.{name}" for cls, rules in load.RULES.items() for name in rules
+               if not load.DESCRIPTIONS.get(cls, {}).get(name)]
+    assert missing == []
+    props = job_schema()["properties"]
+    assert props["k8s"]["properties"]["queue"]["description"].startswith("Kueue LocalQueue")

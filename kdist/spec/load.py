@@ -423,6 +423,142 @@ RULES: dict[type, dict[str, Rule]] = {
     },
 }
 REQUIRED: dict[type, tuple[str, ...]] = {s.JobSpec: ("name", "image", "entrypoint", "nodes")}
+
+# What each key means, for `kdist schema` (editors' tooltips) and the Helm chart's values.yaml
+# and values.schema.json (kdist/targets/helm/chart.py): one text per field, beside its rule.
+DESCRIPTIONS: dict[type, dict[str, str]] = {
+    s.JobSpec: {
+        'name': (
+            "Job name (DNS-1035 label: lowercase letters, digits and '-', starting with a "
+            'letter, at most 40 characters). Names every object: <name> (Service, StatefulSet, '
+            'PDB, NetworkPolicy), <name>-rdzv (standalone store), <name>-checkpoints (PVC); '
+            'also the torchrun --rdzv-id.'
+        ),
+        'image': (
+            'Container image for the nodes and the standalone store (needs python3 and torch).'
+        ),
+        'entrypoint': (
+            'The script torchrun starts (path in the image, relative to the working directory).'
+        ),
+        'args': (
+            'Arguments for the script (strings; shell-quoted in the node script exactly like '
+            'kdist does).'
+        ),
+        'nodes': (
+            'How many nodes (pods). min == max is a fixed-size job; min < max is elastic '
+            '(torchrun --nnodes MIN:MAX).'
+        ),
+        'procs_per_node': (
+            'torchrun --nproc-per-node: processes per node (one per GPU on GPU nodes).'
+        ),
+        'max_restarts': 'torchrun --max-restarts: rendezvous rounds after a worker failure.',
+        'resources': 'Per node. Requests equal limits (Guaranteed QoS).',
+        'rendezvous': "c10d rendezvous. The timeouts are torch's rdzv-conf keys, in seconds.",
+        'checkpoint': 'A volume shared by every node (PersistentVolumeClaim <name>-checkpoints).',
+        'env': (
+            'Extra environment for every node: NAME: "value" (strings; PET_* is reserved for '
+            'torchrun).'
+        ),
+        'network_interface': (
+            'Network interface for collectives (sets NCCL_SOCKET_IFNAME and '
+            'GLOO_SOCKET_IFNAME); "" = auto.'
+        ),
+        'run_as_user': "UID and GID the containers run as (non-root; also the pod's fsGroup).",
+        'network': (
+            "Simulated network conditions (kdist run, kdist up): netem on every node's egress; "
+            'ignored on Kubernetes.'
+        ),
+        'compose': 'Options of the Compose target only.',
+        'k8s': 'Options of the Kubernetes targets only (k8s, helm-values).',
+        'validate': 'Options of kdist validate for this job.',
+    },
+    s.Nodes: {
+        'min': "Fewest nodes the job runs with (also the PodDisruptionBudget's minAvailable).",
+        'max': 'Most nodes the job runs with.',
+        'count': 'How many nodes start (StatefulSet replicas); min <= count <= max.',
+    },
+    s.Resources: {
+        'cpu': 'CPU per node, a Kubernetes quantity: "2", "0.5", "500m".',
+        'memory': 'Memory per node: "8Gi", "512Mi".',
+        'gpu': 'GPUs per node (nvidia.com/gpu); 0 for none. procs_per_node must not exceed it.',
+        'shm': 'Size of the in-memory /dev/shm (DataLoader workers and NCCL need more than 64 MB).',
+    },
+    s.Rendezvous: {
+        'store': (
+            'standalone: a small store Deployment every node joins (survives losing any node); '
+            "node0: node 0's torchrun hosts the store (losing node 0 ends the job)."
+        ),
+        'port': "Store port (c10d's default is 29400).",
+        'join_timeout': 'Seconds for a rendezvous round to complete.',
+        'last_call_timeout': (
+            'Seconds to wait for more nodes once `nodes.min` have joined; less than '
+            'join_timeout.'
+        ),
+        'close_timeout': 'Seconds to wait for the rendezvous to close after the last call.',
+        'keep_alive_interval': (
+            'Heartbeat period; a node is lost after keep_alive_interval x '
+            'keep_alive_max_attempt seconds (at least 5) without a heartbeat.'
+        ),
+        'keep_alive_max_attempt': 'Missed heartbeats before a node is dropped.',
+        'read_timeout': "Store read timeout (also the standalone store's timeout).",
+        'wait_timeout': "Seconds a node waits for the store's DNS name and port.",
+    },
+    s.Checkpoint: {
+        'path': (
+            "Mount path in the node containers and every node's working directory; the trainer "
+            'reads it from KDIST_CHECKPOINT_DIR.'
+        ),
+        'size': 'Requested size of the claim.',
+        'storage_class': 'StorageClass of the claim; "" uses the cluster\'s default class.',
+        'access_mode': 'ReadWriteMany (every node mounts it), ReadWriteOnce or ReadWriteOncePod.',
+    },
+    s.K8sOptions: {
+        'namespace': (
+            'Namespace written into every object; "" leaves it out (kdist apply: the context\'s '
+            'namespace).'
+        ),
+        'node_selector': (
+            'Node labels the node pods must match, e.g. {cloud.google.com/gke-nodepool: gpu}; '
+            'not the store pod, which prefers nodes without GPUs.'
+        ),
+        'tolerations': (
+            'Tolerations of the node pods (not the store pod): key, operator (Equal or Exists; '
+            'default Equal), value, effect (NoSchedule, PreferNoSchedule or NoExecute).'
+        ),
+        'service_account': (
+            'ServiceAccount of the node pods, whose token only their finish sidecar mounts (a '
+            'projected volume; no container gets an automounted token); "" creates one named '
+            'after the job.'
+        ),
+        'priority_class': 'PriorityClass of the node and store pods; "" for none.',
+        'image_pull_secrets': 'Names of Secrets for pulling the image.',
+        'queue': (
+            'Kueue LocalQueue; sets the label kueue.x-k8s.io/queue-name on the StatefulSet; "" '
+            'for none.'
+        ),
+    },
+    s.Toleration: {
+        'key': 'The taint key to tolerate; empty with operator Exists tolerates every taint.',
+        'operator': 'Equal (key and value match) or Exists (the key alone).',
+        'value': 'The taint value, with operator Equal.',
+        'effect': 'NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect.',
+    },
+    s.Network: {
+        'latency': 'Added delay on every packet a node sends, a tc duration like 20ms.',
+        'jitter': 'Variation of the delay, a tc duration like 5ms.',
+        'loss': 'Share of packets dropped, a percentage like 0.1%.',
+    },
+    s.ComposeOptions: {
+        'build': 'Build the image before kdist up when it is missing (--build: always).',
+    },
+    s.Build: {
+        'context': 'The build context, relative to the spec\'s folder.',
+        'dockerfile': 'The Dockerfile, relative to the context.',
+    },
+    s.ValidateOptions: {
+        'disable': 'Rule ids kdist validate skips for this job, like pss-run-as-non-root.',
+    },
+}
 INVALID: Any = object()
 
 

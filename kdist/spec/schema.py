@@ -36,7 +36,7 @@ def _default(cls: type, name: str) -> Any:
 def section_schema(cls: type) -> dict[str, Any]:
     properties = {}
     for name, rule in load.RULES[cls].items():
-        prop = _resolve(rule)
+        prop = {"description": load.DESCRIPTIONS[cls][name], **_resolve(rule)}
         default = _default(cls, name)
         if default is not dataclasses.MISSING and "section" not in getattr(rule, "json_schema", {}):
             prop = {**prop, "default": default}

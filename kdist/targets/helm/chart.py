@@ -5,8 +5,8 @@ writes both files; tests/test_chart.py fails when they differ from a fresh gener
 
 Keys, their order and their camelCase names come from `chart_values`; each chart key takes the
 rule of the spec field of the same snake_case name (the `k8s` section's fields sit at the top
-level of the values). DOCS holds the one text per key: the schema's "description" and the
-comment above the key in values.yaml.
+level of the values). Each key's text, the schema's "description" and the comment above the key
+in values.yaml, is the spec field's (kdist.spec.load.DESCRIPTIONS) unless CHART_DOCS says more.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ import textwrap
 from typing import Any
 
 from kdist.spec import load
-from kdist.spec.model import JobSpec, Nodes
+from kdist.spec.model import Checkpoint, JobSpec, K8sOptions, Nodes, Rendezvous, Resources
 from kdist.spec.schema import job_schema
-from kdist.targets.helm.render import chart_values
+from kdist.targets.helm.render import FLATTENED, NOT_IN_CHART, camel, chart_values
 from kdist.yamlio import dump
 
 # Spec sections the chart does not read (helm.chart_values leaves them out) and the one whose
 # fields the values hold at the top level.
-NOT_IN_CHART = ("network", "compose", "validate")
-FLATTENED = "k8s"
 
 # The values.yaml defaults: kdist's defaults, with the required keys as `kdist init` writes them.
 EXAMPLE = JobSpec(name="my-job", image="kdist-trainer:0.1.0", entrypoint="trainers/train.py",
@@ -39,76 +37,18 @@ HEADER = (
     "Generated from kdist/targets/helm/chart.py by `make golden`; do not edit by hand.",
 )
 
-DOCS: dict[str, str] = {
-    "name": "Job name (DNS-1035 label: lowercase letters, digits and '-', starting with a letter, "
-            "at most 40 characters). Names every object: <name> (Service, StatefulSet, PDB, "
-            "NetworkPolicy), <name>-rdzv (standalone store), <name>-checkpoints (PVC); also the "
-            "torchrun --rdzv-id.",
+# Texts for the chart that differ from the spec's own (kdist.spec.load.DESCRIPTIONS): where
+# Helm adds something (the `helm test` pod, the release namespace).
+CHART_DOCS: dict[str, str] = {
     "image": "Container image for the nodes, the standalone store and the `helm test` pod "
              "(needs python3 and torch).",
-    "entrypoint": "The script torchrun starts (path in the image, relative to the working "
-                  "directory).",
-    "args": "Arguments for the script (strings; shell-quoted in the node script exactly like "
-            "kdist does).",
-    "nodes": "How many nodes (pods). min == max is a fixed-size job; min < max is elastic "
-             "(torchrun --nnodes MIN:MAX).",
-    "nodes.min": "Fewest nodes the job runs with (also the PodDisruptionBudget's minAvailable).",
-    "nodes.max": "Most nodes the job runs with.",
-    "nodes.count": "How many nodes start (StatefulSet replicas); min <= count <= max.",
-    "procsPerNode": "torchrun --nproc-per-node: processes per node (one per GPU on GPU nodes).",
-    "maxRestarts": "torchrun --max-restarts: rendezvous rounds after a worker failure.",
-    "resources": "Per node. Requests equal limits (Guaranteed QoS).",
-    "resources.cpu": "CPU per node, a Kubernetes quantity: \"2\", \"0.5\", \"500m\".",
-    "resources.memory": "Memory per node: \"8Gi\", \"512Mi\".",
-    "resources.gpu": "GPUs per node (nvidia.com/gpu); 0 for none. procsPerNode must not "
-                     "exceed it.",
-    "resources.shm": "Size of the in-memory /dev/shm (DataLoader workers and NCCL need more "
-                     "than 64 MB).",
-    "rendezvous": "c10d rendezvous. The timeouts are torch's rdzv-conf keys, in seconds.",
-    "rendezvous.store": "standalone: a small store Deployment every node joins (survives losing "
-                        "any node); node0: node 0's torchrun hosts the store (losing node 0 "
-                        "ends the job).",
-    "rendezvous.port": "Store port (c10d's default is 29400).",
-    "rendezvous.joinTimeout": "Seconds for a rendezvous round to complete.",
-    "rendezvous.lastCallTimeout": "Seconds to wait for more nodes once `nodes.min` have joined; "
-                                  "less than joinTimeout.",
-    "rendezvous.closeTimeout": "Seconds to wait for the rendezvous to close after the last call.",
-    "rendezvous.keepAliveInterval": "Heartbeat period; a node is lost after keepAliveInterval x "
-                                    "keepAliveMaxAttempt seconds (at least 5) without a "
-                                    "heartbeat.",
-    "rendezvous.keepAliveMaxAttempt": "Missed heartbeats before a node is dropped.",
-    "rendezvous.readTimeout": "Store read timeout (also the standalone store's timeout).",
     "rendezvous.waitTimeout": "Seconds a node (and the `helm test` pod) waits for the store's "
                               "DNS name and port.",
-    "checkpoint": "A volume shared by every node (PersistentVolumeClaim <name>-checkpoints).",
-    "checkpoint.path": "Mount path in the node containers and every node's working directory; "
-                       "the trainer reads it from KDIST_CHECKPOINT_DIR.",
-    "checkpoint.size": "Requested size of the claim.",
-    "checkpoint.storageClass": "StorageClass of the claim; \"\" uses the cluster's default "
-                               "class.",
-    "checkpoint.accessMode": "ReadWriteMany (every node mounts it), ReadWriteOnce or "
-                             "ReadWriteOncePod.",
-    "env": "Extra environment for every node: NAME: \"value\" (strings; PET_* is reserved for "
-           "torchrun).",
-    "networkInterface": "Network interface for collectives (sets NCCL_SOCKET_IFNAME and "
-                        "GLOO_SOCKET_IFNAME); \"\" = auto.",
-    "runAsUser": "UID and GID the containers run as (non-root; also the pod's fsGroup).",
     "namespace": "Namespace written into every object; \"\" leaves it out, so objects go to the "
                  "release namespace (`helm install --namespace`).",
-    "nodeSelector": "Node labels the node pods must match, e.g. "
-                    "{cloud.google.com/gke-nodepool: gpu}; not the store pod, which prefers "
-                    "nodes without GPUs.",
-    "tolerations": "Tolerations of the node pods (not the store pod): key, operator (Equal or "
-                   "Exists; default Equal), value, effect (NoSchedule, PreferNoSchedule or "
-                   "NoExecute).",
-    "serviceAccount": "ServiceAccount of the node pods, whose token only their finish sidecar "
-                      "mounts (a projected volume; no container gets an automounted token); "
-                      "\"\" creates one named after the job.",
-    "priorityClass": "PriorityClass of the node and store pods; \"\" for none.",
-    "imagePullSecrets": "Names of Secrets for pulling the image.",
-    "queue": "Kueue LocalQueue; sets the label kueue.x-k8s.io/queue-name on the StatefulSet; "
-             "\"\" for none.",
 }
+SECTIONS = {"nodes": Nodes, "resources": Resources, "rendezvous": Rendezvous,
+            "checkpoint": Checkpoint}
 
 # Helm checks values with Go's regexp, which has no lookahead: the label key's "prefix of at most
 # 253 characters" (kdist/spec/load.py LABEL_KEY_RE) becomes a second pattern beside the rest (a key
@@ -122,9 +62,26 @@ def _snake(key: str) -> str:
     return re.sub(r"[A-Z]", lambda m: "_" + m[0].lower(), key)
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(word.title() for word in rest)
+FIELD_NAMES = {name for rules in load.RULES.values() for name in rules}
+
+
+def description(path: str) -> str:
+    """The text of chart key `path` (`procsPerNode`, `nodes.min`): CHART_DOCS, else the spec
+    field's (kdist.spec.load.DESCRIPTIONS) with the keys it names in the chart's spelling."""
+    if path in CHART_DOCS:
+        return CHART_DOCS[path]
+    head, _, sub = path.partition(".")
+    if sub:
+        cls, name = SECTIONS[head], _snake(sub)
+    else:
+        name = _snake(head)
+        cls = K8sOptions if name in load.RULES[K8sOptions] else JobSpec
+    text = load.DESCRIPTIONS.get(cls, {}).get(name)
+    if text is None:
+        raise ValueError(f"chart key {path} has no description: add {cls.__name__}.{name} to "
+                         "kdist/spec/load.py DESCRIPTIONS")
+    return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
+                  lambda m: camel(m[0]) if m[0] in FIELD_NAMES else m[0], text)
 
 
 def _plain(node: Any) -> Any:
@@ -194,9 +151,8 @@ def _property(rule: dict[str, Any], value: Any, path: str) -> dict[str, Any]:
         schema = {**schema, **_object(schema["properties"], value, f"{path}.")}
     if value == "":  # "" means "not set" in the values (kdist leaves the field out)
         schema = {"anyOf": [{"const": ""}, schema]}
-    if path not in DOCS:
-        raise ValueError(f"chart key {path} has no description in kdist/targets/helm/chart.py DOCS")
-    return {"description": DOCS[path], **schema}
+    return {"description": description(path),
+            **{k: v for k, v in schema.items() if k != "description"}}
 
 
 def _object(props: dict[str, Any], values: dict[str, Any], path: str = "") -> dict[str, Any]:
@@ -212,7 +168,7 @@ def values_schema() -> dict[str, Any]:
     return {"$schema": "http://json-schema.org/draft-07/schema#", "title": "kdist chart values",
             "description": "Values for charts/kdist, generated from kdist's spec rules by "
             "kdist/targets/helm/chart.py. Cross-field rules are checked by templates/validate.yaml.",
-            **body, "required": [_camel(k) for k in load.REQUIRED[JobSpec]]}
+            **body, "required": [camel(k) for k in load.REQUIRED[JobSpec]]}
 
 
 def values_schema_text() -> str:
@@ -237,11 +193,11 @@ def values_yaml() -> str:
         if nested or section:
             lines.append("")
         section = nested
-        lines += _comment(DOCS[key])
+        lines += _comment(description(key))
         if not nested:
             lines += _entry(key, value)
             continue
         lines.append(f"{key}:")
         for sub, sub_value in value.items():
-            lines += _comment(DOCS[f"{key}.{sub}"], "  ") + _entry(sub, sub_value, "  ")
+            lines += _comment(description(f"{key}.{sub}"), "  ") + _entry(sub, sub_value, "  ")
     return "\n".join(lines) + "\n"

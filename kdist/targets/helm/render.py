@@ -8,65 +8,67 @@ release name gives the same objects.
 The values hold the four keys every spec states (`name`, `image`, `entrypoint`, `nodes`) and
 every other setting whose value differs from kdist's default; the chart's values.yaml carries
 kdist's defaults for the rest (a test pins values.yaml to `JobSpec`'s defaults). Keys are
-camelCase, as Helm charts spell them, in the order of kdist.yaml; the compose section is not
-needed by the chart and is left out.
+camelCase, as Helm charts spell them, in the order of kdist.yaml (the loader's rule table), the
+`k8s` section's at the top level; the simulation-only sections are left out. A new spec field
+needs no code here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from kdist.plan import LaunchPlan
-from kdist.spec.model import JobSpec, Nodes, Toleration
+from kdist.spec.load import RULES
+from kdist.spec.model import JobSpec, Nodes
 
 ALWAYS = ("name", "image", "entrypoint", "nodes")
+NOT_IN_CHART = ("network", "compose", "validate")  # simulation, Compose and validate only
+FLATTENED = "k8s"  # its fields are top-level values
 
 
-def _toleration(t: Toleration) -> dict[str, str]:
-    """The fields k8s.py renders: the ones that are set (operator is always set)."""
-    return {f: v for f in ("key", "operator", "value", "effect") if (v := getattr(t, f))}
+def camel(name: str) -> str:
+    """A spec key as the chart spells it: `procs_per_node` -> `procsPerNode`."""
+    head, *rest = name.split("_")
+    return head + "".join(word.title() for word in rest)
+
+
+PAIRS = "tuple[tuple[str, str], ...]"  # the model's type of a mapping (env, node_selector)
+
+
+def _value(value: Any, kind: str) -> Any:
+    """A spec value as the chart holds it: sections as mappings (in the loader's key order),
+    key-value pairs as mappings, other tuples as lists; in a list of sections (tolerations) only
+    the fields that are set, as the k8s target renders them."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _section(value)
+    if kind == PAIRS:
+        return dict(value)
+    if isinstance(value, tuple):
+        return [{k: v for k, v in _section(item).items() if v != ""}
+                if dataclasses.is_dataclass(item) else item for item in value]
+    return value
+
+
+def _section(section: Any) -> dict[str, Any]:
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(section)}
+    names = RULES.get(type(section)) or list(kinds)
+    return {camel(name): _value(getattr(section, name), kinds[name]) for name in names}
+
+
+_KINDS = {f.name: str(f.type) for f in dataclasses.fields(JobSpec)}
 
 
 def chart_values(spec: JobSpec) -> dict[str, Any]:
-    """Every value the chart reads, for this spec (the full form of `render`)."""
-    res, rdzv, ckpt, k = spec.resources, spec.rendezvous, spec.checkpoint, spec.k8s
-    return {
-        "name": spec.name,
-        "image": spec.image,
-        "entrypoint": spec.entrypoint,
-        "args": list(spec.args),
-        "nodes": {"min": spec.nodes.min, "max": spec.nodes.max, "count": spec.nodes.count},
-        "procsPerNode": spec.procs_per_node,
-        "maxRestarts": spec.max_restarts,
-        "resources": {"cpu": res.cpu, "memory": res.memory, "gpu": res.gpu, "shm": res.shm},
-        "rendezvous": {
-            "store": rdzv.store,
-            "port": rdzv.port,
-            "joinTimeout": rdzv.join_timeout,
-            "lastCallTimeout": rdzv.last_call_timeout,
-            "closeTimeout": rdzv.close_timeout,
-            "keepAliveInterval": rdzv.keep_alive_interval,
-            "keepAliveMaxAttempt": rdzv.keep_alive_max_attempt,
-            "readTimeout": rdzv.read_timeout,
-            "waitTimeout": rdzv.wait_timeout,
-        },
-        "checkpoint": {
-            "path": ckpt.path,
-            "size": ckpt.size,
-            "storageClass": ckpt.storage_class,
-            "accessMode": ckpt.access_mode,
-        },
-        "env": dict(spec.env),
-        "networkInterface": spec.network_interface,
-        "runAsUser": spec.run_as_user,
-        "namespace": k.namespace,
-        "nodeSelector": dict(k.node_selector),
-        "tolerations": [_toleration(t) for t in k.tolerations],
-        "serviceAccount": k.service_account,
-        "priorityClass": k.priority_class,
-        "imagePullSecrets": list(k.image_pull_secrets),
-        "queue": k.queue,
-    }
+    """Every value the chart reads, for this spec (the full form of `render`): the spec's keys
+    in kdist.yaml's order, camelCase, with the `k8s` section's at the top level."""
+    values: dict[str, Any] = {}
+    for name in RULES[JobSpec]:
+        if name == FLATTENED:
+            values |= _section(spec.k8s)
+        elif name not in NOT_IN_CHART:
+            values[camel(name)] = _value(getattr(spec, name), _KINDS[name])
+    return values
 
 
 def _defaults(spec: JobSpec) -> dict[str, Any]:
