@@ -38,12 +38,11 @@ golden: venv  ## regenerate golden files and committed manifests (review the dif
 	$(BIN)/pytest -q tests/test_golden.py tests/test_docs.py tests/test_validate.py tests/test_chart.py -k "golden or docs" --update-golden
 	$(MAKE) examples
 
-examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/
-	@for ex in $(EXAMPLES); do \
-	  $(BIN)/kdist render -t compose -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force && \
-	  $(BIN)/kdist render -t k8s -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force && \
-	  $(BIN)/kdist render -t helm-values -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force || exit 1; \
-	done
+examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/, for every target
+	@targets="$$($(BIN)/python -c 'from kdist.targets import names; print(*names("render"))')"; \
+	for ex in $(EXAMPLES); do for t in $$targets; do \
+	  $(BIN)/kdist render -t $$t -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force || exit 1; \
+	done; done
 
 bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 35 min)
 	$(BIN)/python benchmarks/bench_render.py

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from kdist.cli import cli
 from kdist.spec.load import RULES
 from kdist.spec.model import JobSpec
+from kdist.targets import names
 
 FUZZ = bool(os.environ.get("KDIST_FUZZ"))
 settings.register_profile("test", max_examples=100, deadline=None, database=None,
@@ -41,8 +42,7 @@ SCALE = 20 if FUZZ else 1  # the OpenAPI and docker samples grow with the run
 
 SECONDS = 10.0  # one command on one input, on a loaded 2-core machine
 MINIMAL = FIXTURES / "features" / "minimal" / "kdist.yaml"
-COMMANDS = (("render", "-t", "compose"), ("render", "-t", "k8s"), ("render", "-t", "helm-values"),
-            ("diff",), ("validate", "--no-docker"))
+COMMANDS = (*(("render", "-t", t) for t in names("render")), ("diff",), ("validate", "--no-docker"))
 SEEN: Counter[tuple[str, int]] = Counter()
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
