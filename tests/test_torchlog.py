@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kdist.torchlog import (
+    PEER_LOST,
     NodeLog,
     certain_failure,
     first_failure,
@@ -125,17 +126,34 @@ def test_exit_barrier() -> None:
     assert (log.phase, log.barrier_seconds) == ("finished", 0.0)
 
 
-@pytest.mark.parametrize("text", [
+# One real error line per PEER_LOST marker (gloo, the c10d store, the elastic agent).
+PEER_LINES = [
     "RuntimeError: [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1",
     "RuntimeError: Connection reset by peer",
-    "torch.distributed.elastic.rendezvous.api.RendezvousClosedError",
-    "torch.distributed.DistNetworkError: Connection refused",
+    "RuntimeError: [../gloo/transport/tcp/pair.cc:598] Connection reset",
+    "RuntimeError: ... this failure was caused by a remote worker",
+    "RuntimeError: [../gloo/transport/tcp/pair.cc:534] Read error [10.0.0.3]:45678: Bad address",
     "RuntimeError: Broken pipe",
+    "torch.distributed.DistNetworkError: Connection refused",
+    "torch.distributed.elastic.rendezvous.api.RendezvousClosedError",
+    "torch.distributed.elastic.rendezvous.api.RendezvousConnectionError: The connection to the "
+    "C10d store has failed. See inner exception for details.",
+    "torch.distributed.DistNetworkError: failed to recv, got 0 bytes",
+    "torch.distributed.elastic.multiprocessing.api.SignalException: Process 41 got signal: 15",
+    "RuntimeError: [../gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 1800000ms",
     "RuntimeError: Socket Timeout",
-])
+]
+
+
+@pytest.mark.parametrize("text", PEER_LINES)
 def test_peer_markers(text: str) -> None:
     assert is_peer_error([text])
     assert not is_peer_error(["RuntimeError: tutorial trainer: deliberate failure at epoch 3"])
+
+
+@pytest.mark.parametrize("marker", PEER_LOST)
+def test_every_peer_marker_has_a_real_line(marker: str) -> None:
+    assert any(marker in line.lower() for line in PEER_LINES), marker
 
 
 def test_stderr_outside_a_traceback_is_no_error_and_tracebacks_are_bounded() -> None:
