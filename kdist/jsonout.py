@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
     from kdist.status import JobState
 
 # status fields that change with every training step: throttled, not emitted on each change
@@ -37,7 +37,7 @@ def _seconds(elapsed: float) -> float:
     return round(max(elapsed, 0.0), 1)
 
 
-def job_status(status: JobStatus, elapsed: float, target: str) -> dict[str, Any]:
+def job_status(status: RunProgress, elapsed: float, target: str) -> dict[str, Any]:
     """A `run`/`up` snapshot: the same facts as the terminal status line, per node too."""
     nodes = [{"node": index, "state": n.phase, "group_rank": n.group_rank,
               "group_world_size": n.group_world_size or None,

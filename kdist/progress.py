@@ -1,7 +1,9 @@
-"""The live status of a local run, read from the lines its processes print.
+"""The live progress of a job kdist follows (`kdist run`, `kdist up`), read from the lines its
+nodes print: the status line, the JSON snapshots and the fail-fast decisions. (What a target
+reports about its containers or pods is kdist/status.py's model.)
 
 Pure: no I/O and no clock. The runner feeds every output line of every node to
-`JobStatus.observe`: torchrun's own lines (rendezvous rounds, restarts, failures) are read by
+`RunProgress.observe`: torchrun's own lines (rendezvous rounds, restarts, failures) are read by
 kdist.torchlog, one `NodeLog` per node; the trainer's optional `KDIST_METRIC {json}` lines
 (start, step, checkpoint, done, smoke) add the step, loss and throughput.
 """
@@ -18,7 +20,7 @@ METRIC_PREFIX = "KDIST_METRIC "
 
 
 @dataclass
-class NodeState:
+class NodeProgress:
     """What one node's torchrun agent is doing, as far as its log says."""
 
     log: NodeLog = field(default_factory=NodeLog)
@@ -49,10 +51,10 @@ class NodeState:
 
 
 @dataclass
-class JobStatus:
+class RunProgress:
     """The whole job: per-node states, the rendezvous rounds, the trainer's latest metrics."""
 
-    nodes: dict[int, NodeState] = field(default_factory=dict)
+    nodes: dict[int, NodeProgress] = field(default_factory=dict)
     rounds: dict[str, dict[int, int]] = field(default_factory=dict)  # key -> node -> group rank
     sizes: dict[str, int] = field(default_factory=dict)  # key -> world size
     round_restarts: dict[str, int] = field(default_factory=dict)  # key -> highest restart_count
@@ -90,8 +92,8 @@ class JobStatus:
     def nodes_up(self) -> int:
         return sum(1 for n in self.nodes.values() if n.alive)
 
-    def node(self, index: int) -> NodeState:
-        return self.nodes.setdefault(index, NodeState())
+    def node(self, index: int) -> NodeProgress:
+        return self.nodes.setdefault(index, NodeProgress())
 
     def observe(self, index: int, line: str) -> dict[str, Any] | None:
         """Update from one output line of node `index`; returns the metric it carried, if any."""
@@ -107,7 +109,7 @@ class JobStatus:
             self._joined(index, node)
         return None
 
-    def _joined(self, index: int, node: NodeState) -> None:
+    def _joined(self, index: int, node: NodeProgress) -> None:
         """A node completed a rendezvous; once every member has, the round is an event."""
         info = node.log.rounds[-1]
         members = self.rounds.setdefault(info.key, {})
@@ -161,7 +163,7 @@ class JobStatus:
         return [i for i, n in self.nodes.items() if n.alive and n.log.phase == "barrier"]
 
 
-def barrier_note(status: JobStatus) -> str:
+def barrier_note(status: RunProgress) -> str:
     """`; node-0 was waiting in torchrun's exit barrier ...` for the nodes that were, or ""."""
     waiting = status.waiting_in_barrier()
     if not waiting:
@@ -204,7 +206,7 @@ def format_elapsed(seconds: float) -> str:
     return (f"{hours}:" if hours else "") + f"{rest // 60:02d}:{rest % 60:02d}"
 
 
-def format_status(status: JobStatus, elapsed: float) -> str:
+def format_progress(status: RunProgress, elapsed: float) -> str:
     """One status line: `[00:42] nodes 3/3 up | rounds 2 | restarts 1 | world 3 | step ...`."""
     parts = [
         f"[{format_elapsed(elapsed)}] nodes {status.nodes_up}/{len(status.nodes)} up",

@@ -253,9 +253,9 @@ def test_status_table_and_json() -> None:
 
 def test_status_says_what_torchruns_agents_logged() -> None:
     """Rounds, restarts, world sizes and members from real node logs (node-1 killed)."""
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
 
-    agents = JobStatus()
+    agents = RunProgress()
     assert format_torchrun(agents) == "torchrun: no rendezvous round completed yet"
     folder = Path(__file__).parent / "fixtures" / "torchrun" / "node-lost"
     for index in range(3):

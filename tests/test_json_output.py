@@ -21,13 +21,13 @@ from test_compose_e2e import Job, image, job, train_args  # noqa: F401 (fixtures
 from test_k8s_backend import CPU, PODS, STS, api, env, fixture, sequence  # noqa: F401 (fixtures)
 from test_kube_client import FakeApi, Reply, status_body
 from test_local_run import KDIST, ROOT, explain, write_spec
-from test_runstatus import NODE0_LOG
+from test_progress import NODE0_LOG
 
 from kdist.cli import KdistGroup, cli
 from kdist.cli.compose import _follow_with_status
 from kdist.cli.jsonlines import JsonLines, json_lines
 from kdist.cli.run import run
-from kdist.progress import JobStatus
+from kdist.progress import RunProgress
 from kdist.targets.compose.job import HOPELESS
 from kdist.targets.k8s import job as backend
 from kdist.torchlog import is_agent_line
@@ -117,7 +117,7 @@ def test_snapshots_are_printed_on_change_and_step_changes_throttled(
         capsys: pytest.CaptureFixture[str]) -> None:
     now = [0.0]
     out = JsonLines("local", interval=1.0, clock=lambda: now[0])
-    status = JobStatus()
+    status = RunProgress()
     status.node(0)
     out.status(status, 0.1)
     out.status(status, 0.2)  # nothing changed: no line
@@ -239,9 +239,9 @@ def test_a_restarted_container_counts_as_running_again() -> None:
     """Docker restarted node-1 (its restart policy): its new lines make it a live node again,
     so a later recovered worker failure is not read as the node's end."""
     from kdist.cli.compose import _observe
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
 
-    status = JobStatus()
+    status = RunProgress()
     _observe(status, 1, "(container exited with code 1)", None, 1.0)
     assert status.node(1).ended == "failed"
     _observe(status, 1, "[RANK1] Epoch 5 | Steps: 4", None, 2.0)

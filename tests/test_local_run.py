@@ -25,7 +25,7 @@ from kdist.cli.console import TerminalConsole, describe_event
 from kdist.cli.run import run
 from kdist.errors import UsageError
 from kdist.plan import LaunchPlan
-from kdist.progress import JobStatus
+from kdist.progress import RunProgress
 from kdist.spec.load import load_text
 from kdist.targets.local.job import (
     Kill,
@@ -430,7 +430,7 @@ def test_kill_tree_finds_orphans_in_their_own_sessions() -> None:
 def test_console_keeps_the_status_line_below_the_log() -> None:
     screen = io.StringIO()
     console = TerminalConsole(screen, interval=0)
-    status = JobStatus()
+    status = RunProgress()
     status.node(0)
     console.status(status, 5)
     assert screen.getvalue() == "\r\x1b[K[00:05] nodes 1/1 up | rounds 0 | restarts 0 | world -"

@@ -23,7 +23,7 @@ from kdist.errors import KdistError
 from kdist.targets import NODE_LINE
 
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
-    from kdist.progress import JobStatus as RunStatus
+    from kdist.progress import RunProgress
     from kdist.targets.compose.job import ComposeJob
     from kdist.targets.compose.status import JobStatus
     from kdist.torchlog import NodeLog
@@ -47,11 +47,11 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
     repeat), the other nodes are stopped instead of waiting in torchrun's exit barrier.
     """
     from kdist.cli.console import TerminalConsole
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
 
     out = current()
     console = out or TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
-    status, start = JobStatus(), time.monotonic()
+    status, start = RunProgress(), time.monotonic()
     try:
         for line in job.follow():
             elapsed = time.monotonic() - start
@@ -78,16 +78,16 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
         console.clear()
 
 
-def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
+def _observe(status: RunProgress, node: int, text: str, out: JsonLines | None,
              elapsed: float) -> list[str]:
     """One node's log line into the status; `(container exited with code N)` is an exit.
     Returns what a quiet terminal shows of it (kdist.torchlog drops torchrun's agent lines)."""
     exited = EXITED_TEXT.match(text.strip())
     if exited is None:
         if status.node(node).ended:  # Docker restarted the container (its restart policy)
-            from kdist.progress import NodeState
+            from kdist.progress import NodeProgress
 
-            status.nodes[node] = NodeState()
+            status.nodes[node] = NodeProgress()
         status.observe(node, text)
         return status.node(node).shown
     shown = status.node(node).log.flush()  # a traceback held until its next line ends here
@@ -97,7 +97,7 @@ def _observe(status: RunStatus, node: int, text: str, out: JsonLines | None,
     return [*shown, text]
 
 
-def _hopeless(job: ComposeJob, status: RunStatus) -> str:
+def _hopeless(job: ComposeJob, status: RunProgress) -> str:
     """Why the nodes still running should be stopped now, or ""."""
     from kdist.progress import barrier_note
     from kdist.torchlog import certain_failure, stuck_at_barrier
@@ -131,7 +131,7 @@ def _rejoins(log: NodeLog) -> bool:
     return bool(log.agent_error) and is_peer_error([log.agent_error])
 
 
-def _failed_by_themselves(status: RunStatus) -> list[str]:
+def _failed_by_themselves(status: RunProgress) -> list[str]:
     """Services whose workers failed with an error of their own (not a lost peer's)."""
     failures = {i: n.log.failure() for i, n in status.nodes.items()}
     return [f"node-{i}" for i, f in failures.items() if f is not None and not f.secondary]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 if TYPE_CHECKING:
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
 
 CLEAR_LINE = "\r\x1b[K"
 
@@ -28,15 +28,15 @@ class TerminalConsole:
         self.clear()
         click.echo(f"{source} | {line}")
 
-    def status(self, status: JobStatus, elapsed: float) -> None:
+    def status(self, status: RunProgress, elapsed: float) -> None:
         if self.status_stream is None:
             return
         now = time.monotonic()
         if self.shown and now - self.drawn_at < self.interval:
             return
-        from kdist.progress import format_status
+        from kdist.progress import format_progress
 
-        text = format_status(status, elapsed)
+        text = format_progress(status, elapsed)
         self.status_stream.write(CLEAR_LINE + text[: self.width()])
         self.status_stream.flush()
         self.shown, self.drawn_at = text, now

@@ -25,7 +25,7 @@ from kdist.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from kdist.progress import JobStatus as RunProgress
+    from kdist.progress import RunProgress
     from kdist.targets import Job
 
 
@@ -64,10 +64,10 @@ def status(spec_file: Path, output: str, target: str, context: str | None,
 
 def read_agents(lines: Iterable[str]) -> RunProgress:
     """The nodes' logs read by kdist.torchlog: rendezvous rounds, restarts, world sizes."""
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
     from kdist.targets import NODE_LINE
 
-    agents = JobStatus()
+    agents = RunProgress()
     for line in lines:
         if m := NODE_LINE.match(line):
             agents.observe(int(m[1]), m[2])

@@ -23,7 +23,7 @@ from kdist.cli.options import F, output_option
 from kdist.errors import KdistError
 
 if TYPE_CHECKING:
-    from kdist.progress import JobStatus
+    from kdist.progress import RunProgress
 
 
 class JsonLines:
@@ -48,7 +48,7 @@ class JsonLines:
     def log(self, source: str, line: str) -> None:
         click.echo(f"{source} | {line}", err=True)
 
-    def status(self, status: JobStatus, elapsed: float) -> None:
+    def status(self, status: RunProgress, elapsed: float) -> None:
         self.snapshot(jsonout.job_status(status, elapsed, self.target))
 
     def event(self, name: str, elapsed: float, fields: Mapping[str, Any]) -> None:

@@ -34,4 +34,4 @@ def open_job(plan: LaunchPlan, where: Where) -> ComposeJob:
 TARGET = Target(name="compose", about="a Docker Compose project, one container per node",
                 store_host=store_host, filename="docker-compose.yaml", render=render_text,
                 open_job=open_job, simulates_network=True, status_reads_logs=True,
-                verbs=frozenset({"status", "logs", "scale", "kill", "down"}))
+                verbs=frozenset({"status", "logs", "scale"}))

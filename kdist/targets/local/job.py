@@ -39,7 +39,7 @@ from typing import IO, Any, Protocol
 
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
-from kdist.progress import JobStatus, NodeState, barrier_note, format_elapsed
+from kdist.progress import NodeProgress, RunProgress, barrier_note, format_elapsed
 from kdist.targets.local import LOCAL_HOST, netsim
 from kdist.torchlog import (
     Failure,
@@ -145,7 +145,7 @@ class Console(Protocol):
 
     def log(self, source: str, line: str) -> None: ...
 
-    def status(self, status: JobStatus, elapsed: float) -> None: ...
+    def status(self, status: RunProgress, elapsed: float) -> None: ...
 
     def event(self, name: str, elapsed: float, fields: dict[str, Any]) -> None: ...
 
@@ -386,7 +386,7 @@ class LocalRun:
     run_id: str = ""
     run_dir: Path = Path()
     port: int = 0
-    status: JobStatus = field(default_factory=JobStatus)
+    status: RunProgress = field(default_factory=RunProgress)
     store: Proc | None = None
     nodes: list[Proc] = field(default_factory=list)
     lines: queue.Queue[tuple[str, str | None]] = field(default_factory=queue.Queue)
@@ -475,7 +475,7 @@ class LocalRun:
                              self.run_dir / f"node-{index}.log", self.lines)
         if index < len(self.nodes):
             self.nodes[index] = proc
-            self.status.nodes[index] = NodeState()
+            self.status.nodes[index] = NodeProgress()
         else:
             self.nodes.append(proc)
         self.status.node(index)

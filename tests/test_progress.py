@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kdist.progress import (
-    JobStatus,
+    RunProgress,
     format_elapsed,
-    format_status,
+    format_progress,
     parse_metric,
 )
 from kdist.torchlog import Failure, NodeLog
@@ -113,7 +113,7 @@ PEER_ERROR = ("RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transpo
               "worker crashing. Check the logs of the remote worker before reporting an error.")
 
 
-def observe_all(status: JobStatus, node: int, text: str) -> list[dict[str, object]]:
+def observe_all(status: RunProgress, node: int, text: str) -> list[dict[str, object]]:
     metrics = [status.observe(node, line) for line in text.splitlines()]
     return [m for m in metrics if m is not None]
 
@@ -129,7 +129,7 @@ def test_metric_lines_are_parsed_and_others_ignored() -> None:
 
 
 def test_a_node_loss_shows_as_a_new_round_a_restart_and_a_smaller_world() -> None:
-    status = JobStatus()
+    status = RunProgress()
     metrics = observe_all(status, 0, NODE0_LOG)
     assert [m["event"] for m in metrics] == ["start", "step", "checkpoint", "start", "step", "done"]
     node = status.nodes[0]
@@ -144,7 +144,7 @@ def test_a_node_loss_shows_as_a_new_round_a_restart_and_a_smaller_world() -> Non
 
 
 def test_rounds_are_counted_once_across_nodes() -> None:
-    status = JobStatus()
+    status = RunProgress()
     block = NODE0_LOG.split("KDIST_METRIC")[0]
     observe_all(status, 0, block)
     observe_all(status, 1, block.replace("group_rank=0", "group_rank=1"))
@@ -154,7 +154,7 @@ def test_rounds_are_counted_once_across_nodes() -> None:
 
 
 def test_node_exits_update_the_nodes_up() -> None:
-    status = JobStatus()
+    status = RunProgress()
     for index in range(3):
         status.node(index)
     status.node_exited(2, -9, killed=True)
@@ -164,12 +164,12 @@ def test_node_exits_update_the_nodes_up() -> None:
 
 
 def test_status_line() -> None:
-    status = JobStatus()
-    assert format_status(status, 3.2) == "[00:03] nodes 0/0 up | rounds 0 | restarts 0 | world -"
+    status = RunProgress()
+    assert format_progress(status, 3.2) == "[00:03] nodes 0/0 up | rounds 0 | restarts 0 | world -"
     observe_all(status, 0, NODE0_LOG)
     status.node(1)
     status.node_exited(1, -9, killed=True)
-    assert format_status(status, 3725) == (
+    assert format_progress(status, 3725) == (
         "[1:02:05] nodes 1/2 up | rounds 2 | restarts 1 | world 2 | step 40 loss 2.2990 "
         "| 1523 samples/s | done")
     assert format_elapsed(59.9) == "00:59"
@@ -220,7 +220,7 @@ def test_round_events_name_world_size_restart_and_members() -> None:
     peer's failure restarted logs restart_count=0, so the round takes the highest count."""
     from pathlib import Path
 
-    status = JobStatus()
+    status = RunProgress()
     folder = Path(__file__).parent / "fixtures" / "torchrun" / "node-lost"
     for index in range(3):
         for line in (folder / f"node-{index}.log").read_text(encoding="utf-8").splitlines():
@@ -236,7 +236,7 @@ def test_round_events_name_world_size_restart_and_members() -> None:
 def test_barrier_note_names_the_nodes_in_torchruns_exit_barrier() -> None:
     from kdist.progress import barrier_note
 
-    status = JobStatus()
+    status = RunProgress()
     observe_all(status, 0, NODE0_LOG)  # ends in "Waiting 300 seconds for other agents"
     observe_all(status, 1, NODE0_LOG.split("KDIST_METRIC")[0])
     assert barrier_note(status) == "; node-0 was waiting in torchrun's exit barrier (up to 300 s)"
