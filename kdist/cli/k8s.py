@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +21,7 @@ from kdist.cli.options import (
     load_plan,
     output_option,
     spec_option,
+    target_option,
     warn_network_ignored,
 )
 from kdist.errors import UsageError
@@ -32,15 +32,9 @@ if TYPE_CHECKING:
     from kdist.targets.k8s.job import Applied, K8sJob
     from kdist.targets.k8s.status import K8sJobStatus
 
-F = TypeVar("F", bound=Callable[..., Any])
 WAIT_TIMEOUT = 3600  # `apply --wait` gives up after an hour unless --timeout says otherwise
 QUEUE_NOTE = ("kdist: k8s.queue is set: Kueue admits the job as applied; `kdist scale` changes "
               "the StatefulSet's replicas directly and bypasses Kueue's quota")
-
-
-def k8s_target_option(fn: F) -> F:
-    return click.option("-t", "--target", type=click.Choice(["k8s"]), default="k8s",
-                        show_default=True, help="Where the job runs.")(fn)
 
 
 def _connect(plan: LaunchPlan, context: str | None, namespace: str | None) -> K8sJob:
@@ -162,7 +156,7 @@ def wait_for(job: K8sJob, timeout: float | None, out: JsonLines | None = None) -
 
 @click.command()
 @spec_option
-@k8s_target_option
+@target_option("apply")
 @cluster_options
 @click.option("--dry-run", type=click.Choice(["none", "client", "server"]), default="none",
               show_default=True,
@@ -225,7 +219,7 @@ def _apply_objects(job: K8sJob, server_dry_run: bool, output: str, out: JsonLine
 
 @click.command()
 @spec_option
-@k8s_target_option
+@target_option("apply")
 @cluster_options
 @click.option("--volumes", is_flag=True,
               help="Also delete the checkpoint claim (the next apply starts from scratch).")

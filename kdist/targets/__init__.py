@@ -71,7 +71,7 @@ class Target:
     uses_cluster: bool = False  # takes --context and --namespace
     simulates_network: bool = False  # applies the spec's `network:` conditions
     status_reads_logs: bool = False  # `kdist status` also summarises torchrun's logs
-    verbs: frozenset[str] = field(default_factory=frozenset)  # status, logs, scale, ...
+    verbs: frozenset[str] = field(default_factory=frozenset)  # status, logs, scale, apply
 
 
 @cache

@@ -33,4 +33,4 @@ def open_job(plan: LaunchPlan, where: Where) -> K8sJob:
 TARGET = Target(name="k8s", about="Kubernetes objects, applied through the API",
                 store_host=store_host, filename="k8s.yaml", render=render_text,
                 open_job=open_job, uses_cluster=True,
-                verbs=frozenset({"status", "logs", "scale"}))
+                verbs=frozenset({"status", "logs", "scale", "apply"}))
