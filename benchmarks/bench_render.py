@@ -1,14 +1,19 @@
 """Cold `kdist render` wall time per example (a new interpreter each run), median of N runs.
 
     python benchmarks/bench_render.py [--runs 10]
+    python benchmarks/bench_render.py --against DIR   # DIR: another checkout, e.g. a git worktree
 
 Target (issue 2): under 0.3 s cold; rendering must not import torch or the Kubernetes client.
+With --against, each render runs alternately with this checkout's kdist and DIR's (on
+PYTHONPATH, this venv's packages), so a change is compared on the same machine load (issue 11:
+a refactor must not make cold render slower).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -33,10 +38,47 @@ def heavy_imports(spec: Path) -> list[str]:
     return list(json.loads(out.stderr.strip().replace("'", '"')))
 
 
+def render_code(spec: Path, target: str) -> str:
+    return (f"import sys; from kdist.cli import main; sys.argv = ['kdist', 'render', '-t', "
+            f"{target!r}, '-f', {str(spec)!r}]; main()")
+
+
+def compare(other: Path, runs: int) -> None:
+    """Medians of alternate cold renders: this checkout's kdist, then `other`'s."""
+    trees = {"this": ROOT, "other": other.resolve()}
+    times: dict[tuple[str, str, str], list[float]] = {}
+    for _ in range(runs):
+        for spec in sorted((ROOT / "trainers" / "examples").glob("*.yaml")):
+            for target in ("compose", "k8s"):
+                for name, tree in trees.items():
+                    env = {**os.environ, "PYTHONPATH": str(tree)}
+                    start = time.perf_counter()
+                    subprocess.run([sys.executable, "-c", render_code(spec, target)], env=env,
+                                   cwd=tree, check=True, stdout=subprocess.DEVNULL)
+                    times.setdefault((spec.stem, target, name), []).append(
+                        time.perf_counter() - start)
+    print(f"{'example':<14} {'target':<8} {'other s':>8} {'this s':>8} {'change':>8}")
+    for (example, target, name), values in times.items():
+        if name == "this":
+            this, that = statistics.median(values), statistics.median(
+                times[(example, target, "other")])
+            print(f"{example:<14} {target:<8} {that:>8.3f} {this:>8.3f} "
+                  f"{(this - that) * 1000:>+6.0f} ms")
+    overall = {n: statistics.median([t for k, v in times.items() if k[2] == n for t in v])
+               for n in trees}
+    print(f"all renders    other {overall['other']:.3f} s, this {overall['this']:.3f} s "
+          f"({runs} runs each)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="compare with the kdist of another checkout (its root folder)")
     args = parser.parse_args()
+    if args.against:
+        compare(args.against, args.runs)
+        return
     kdist = str(Path(sys.executable).parent / "kdist")
     rows = []
     for spec in sorted((ROOT / "trainers" / "examples").glob("*.yaml")):

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner, Result
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 
 from kdist import __version__
 from kdist.cli import cli
@@ -30,7 +31,7 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-@pytest.mark.parametrize("command", sorted(cli.commands))
+@pytest.mark.parametrize("command", cli.list_commands(click.Context(cli)))
 def test_every_command_has_help(command: str) -> None:
     result = CliRunner().invoke(cli, [command, "--help"])
     assert result.exit_code == 0
@@ -226,3 +227,15 @@ def test_run_lengthens_keep_alives_only_when_simulated_nodes_crowd_the_cores() -
     assert roomy.spec.rendezvous.last_call_timeout == plan.spec.rendezvous.last_call_timeout
     assert roomy_plan(roomy, crowded, cores=2) is None  # already long enough: left alone
 
+
+
+def test_render_loads_no_other_command() -> None:
+    """Commands load their module when used (kdist.cli.COMMANDS): `kdist render` imports no
+    backend and no other command's module."""
+    spec = ROOT / "trainers" / "examples" / "cpu-gloo.yaml"
+    code = ("import sys; from kdist.cli import main; sys.argv = ['kdist', 'render', '-t', 'k8s', "
+            f"'-f', {str(spec)!r}]\ntry: main()\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('kdist.cli.')), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stderr.strip() == "['kdist.cli.dev', 'kdist.cli.options']"

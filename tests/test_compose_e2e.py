@@ -29,8 +29,7 @@ IMAGE = "kdist-trainer:0.1.0"
 TORCH = "torch==2.13.0"
 EXAMPLES = ROOT / "trainers" / "examples"
 KDIST = [sys.executable, "-c",
-         "import sys; from kdist.cli import cli, main; from kdist.cli.compose import register; "
-         "register(cli); sys.argv[0] = 'kdist'; main()"]
+         "import sys; from kdist.cli import main; sys.argv[0] = 'kdist'; main()"]
 METRIC_RE = re.compile(r"^(?P<node>\S+)\s*\| (?P<ts>\S+) KDIST_METRIC (?P<json>\{.*\})\s*$")
 
 pytestmark = pytest.mark.docker

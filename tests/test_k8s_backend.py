@@ -644,8 +644,8 @@ def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str
     assert scaled.exit_code == 0, scaled.output
     assert scaled.stderr.splitlines()[0] == ("kdist: k8s.queue 'team-a' is set: this scale bypasses "
                                              "Kueue's admission and quota")
-    code = ("import sys; sys.modules['kubernetes'] = None; from kdist.cli import cli, main; "
-            "from kdist.cli.k8s import register; register(cli); sys.argv[0] = 'kdist'; main()")
+    code = ("import sys; sys.modules['kubernetes'] = None; from kdist.cli import main; "
+            "sys.argv[0] = 'kdist'; main()")
     done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU)],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (2, "kdist: the Kubernetes commands need the "
@@ -654,8 +654,7 @@ def test_queue_note_and_missing_kubernetes_package(tmp_path: Path, env: dict[str
 
 
 def test_entry_point_prints_no_traceback(env: dict[str, str]) -> None:
-    code = ("import sys; from kdist.cli import cli, main; from kdist.cli.k8s import register; "
-            "register(cli); sys.argv[0] = 'kdist'; main()")
+    code = "import sys; from kdist.cli import main; sys.argv[0] = 'kdist'; main()"
     done = subprocess.run([sys.executable, "-c", code, "apply", "-f", str(CPU), "--context", "nope"],
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2

@@ -42,10 +42,7 @@ from kdist.targets.local.job import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-# `kdist run` whether or not kdist.cli registers the command itself
-KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli.run import run; "
-         "'run' in cli.commands or cli.add_command(run); main()"]
+KDIST = [sys.executable, "-c", "from kdist.cli import main; main()"]
 
 
 def spec_text(name: str, nodes: str, args: list[str], extra: str = "") -> str:

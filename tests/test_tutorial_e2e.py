@@ -25,9 +25,7 @@ from kdist.targets.k8s import render as k8s
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "trainers" / "examples" / "tutorial.yaml"
-KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli.run import run; "
-         "'run' in cli.commands or cli.add_command(run); main()"]
+KDIST = [sys.executable, "-c", "from kdist.cli import main; main()"]
 RESUMED_RE = re.compile(r"\[RANK(\d+)\] Resuming training from snapshot at Epoch (\d+)")
 SAVED = "Training snapshot saved at snapshot.pt"
 

@@ -17,9 +17,7 @@ from kdist.targets.k8s import render as k8s
 from kdist.tools.workdir import check, entrypoint_problem
 
 ROOT = Path(__file__).resolve().parent.parent
-KDIST = [sys.executable, "-c",
-         "from kdist.cli import cli, main; from kdist.cli.run import run; "
-         "'run' in cli.commands or cli.add_command(run); main()"]
+KDIST = [sys.executable, "-c", "from kdist.cli import main; main()"]
 SPEC = """\
 name: paths
 image: kdist-trainer:0.1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from importlib import resources
@@ -24,9 +25,32 @@ from kdist.cli.options import (
 )
 from kdist.errors import KdistError, SpecError, UsageError
 
+# The commands that live in their own modules, imported when used (so `kdist render` loads no
+# backend and no other command): name -> "module:attribute".
+COMMANDS = {
+    "run": "kdist.cli.run:run",
+    "up": "kdist.cli.compose:up", "down": "kdist.cli.compose:down",
+    "kill": "kdist.cli.compose:kill",
+    "status": "kdist.cli.jobs:status", "logs": "kdist.cli.jobs:logs",
+    "scale": "kdist.cli.jobs:scale",
+    "apply": "kdist.cli.k8s:apply", "delete": "kdist.cli.k8s:delete",
+    "doctor": "kdist.cli.tools:doctor", "diff": "kdist.cli.tools:diff",
+    "report": "kdist.cli.report:report", "validate": "kdist.cli.validate:validate",
+}
+
 
 class KdistGroup(click.Group):
-    """Turns KdistError into `kdist: message` on stderr and the error's exit code."""
+    """Loads a command's module when the command is used (COMMANDS); turns KdistError into
+    `kdist: message` on stderr and the error's exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -172,26 +196,6 @@ def schema() -> None:
     from kdist.spec.schema import job_schema
 
     click.echo(json.dumps(job_schema(), indent=2))
-
-
-def _register() -> None:
-    """Commands that live in their own modules (kept out of `render`'s import path)."""
-    from kdist.cli import compose as cli_compose
-    from kdist.cli import jobs as cli_jobs
-    from kdist.cli import k8s as cli_k8s
-    from kdist.cli.report import report
-    from kdist.cli.run import run
-    from kdist.cli.tools import diff, doctor
-    from kdist.cli.validate import validate
-
-    for command in (run, validate, doctor, diff, report):
-        cli.add_command(command)
-    cli_compose.register(cli)
-    cli_jobs.register(cli)
-    cli_k8s.register(cli)
-
-
-_register()
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 are kdist/cli/jobs.py's, for every target).
 
 The commands only turn kdist.targets.compose.job's data into output; library errors (KdistError)
-become messages and exit codes in kdist.cli's group. Register them with `register(cli)`.
+become messages and exit codes in kdist.cli's group.
 """
 
 from __future__ import annotations
@@ -230,12 +230,3 @@ def kill(spec_file: Path, node: str, signal_: str) -> None:
     """
     service = _open(spec_file).kill(node, signal_)
     click.echo(f"kdist: sent {signal_} to {service}", err=True)
-
-
-COMMANDS = (up, down, kill)
-
-
-def register(group: click.Group) -> None:
-    """Add the compose commands to `group` (idempotent)."""
-    for command in COMMANDS:
-        group.add_command(command)

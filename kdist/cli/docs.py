@@ -39,8 +39,9 @@ def cli_reference() -> str:
     parts = ["# kdist command reference\n",
              "Generated from the commands by `make golden`; a test keeps it current.\n",
              "```\n" + cli.get_help(root) + "\n```\n"]
-    for name in sorted(cli.commands):
-        command = cli.commands[name]
+    for name in cli.list_commands(root):
+        command = cli.get_command(root, name)
+        assert command is not None
         ctx = click.Context(command, info_name=name, parent=root,
                             terminal_width=100, max_content_width=100)
         parts.append(f"## kdist {name}\n\n```\n{command.get_help(ctx)}\n```\n")

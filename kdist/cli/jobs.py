@@ -2,7 +2,6 @@
 
 The target is looked up in the registry (kdist/targets/__init__.py) and its `Job` answers; the
 output is kdist's one status model (kdist/status.py), the same table and JSON for every target.
-Register with `register(cli)`.
 """
 
 from __future__ import annotations
@@ -138,11 +137,3 @@ def scale(spec_file: Path, nodes: int, target: str, context: str | None,
     else:
         click.echo(f"kdist: scaled job {name} from {change.before} to {change.after} nodes; "
                    "they meet at the next rendezvous round", err=True)
-
-
-COMMANDS = (status, logs, scale)
-
-
-def register(group: click.Group) -> None:
-    for command in COMMANDS:
-        group.add_command(command)

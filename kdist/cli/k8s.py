@@ -1,8 +1,7 @@
 """`kdist apply | delete`: the job on Kubernetes (`status`, `logs` and `scale` are
-kdist/cli/jobs.py's, for every target). `register(cli)` adds them. At import
-this module loads only click and small kdist modules (cliopts, cli_json, jsonout): the backend
-and the API client are imported when a command runs, so `kdist --help` and `kdist render` never
-load them. Library errors (KdistError) become messages and exit codes in kdist.cli's group.
+kdist/cli/jobs.py's, for every target). At import this module loads only click and small kdist
+modules (options, jsonlines, jsonout): the backend and the API client are imported when a
+command runs, so `kdist --help` never loads them. Library errors (KdistError) become messages and exit codes in kdist.cli's group.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from kdist.cli.options import (
     warn_network_ignored,
 )
 from kdist.errors import UsageError
-from kdist.status import PENDING
 
 if TYPE_CHECKING:
     from kdist.plan import LaunchPlan
@@ -100,7 +98,9 @@ def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
 
 def _news(job: K8sJob, status: K8sJobStatus, seen: set[str]) -> list[tuple[str, str]]:
     """What a waiting user has not seen yet: (resumed, the error) after a dropped connection,
-    (pending, why) for each new reason the job is Pending."""
+    (pending, why) for each new reason the job is pending."""
+    from kdist.status import PENDING
+
     news = [("reconnected", e) for e in job.interruptions]
     job.interruptions.clear()
     if status.phase == PENDING:
@@ -227,12 +227,3 @@ def delete(spec_file: Path, target: str, context: str | None, namespace: str | N
            volumes: bool) -> None:
     """Delete the job from Kubernetes: every object labelled with it (checkpoints are kept)."""
     k8s_delete(load_plan(spec_file), context, namespace, volumes)
-
-
-COMMANDS = (apply, delete)
-
-
-def register(group: click.Group) -> None:
-    """Add `apply` and `delete` to `group` (idempotent)."""
-    for command in COMMANDS:
-        group.add_command(command)

@@ -12,7 +12,6 @@ targets, the tests' parametrisation. Adding a target is one package and one line
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 from collections.abc import Callable, Iterator
@@ -100,6 +99,8 @@ def get(name: str, verb: str = "") -> Target:
     for target in all_targets():
         if target.name == name and target.name in choices:
             return target
+    import difflib
+
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     what = f" for {verb}" if verb else ""
