@@ -1,7 +1,8 @@
 """`kdist apply | delete`: the job on Kubernetes (`status`, `logs` and `scale` are
 kdist/cli/jobs.py's, for every target). At import this module loads only click and small kdist
 modules (options, jsonlines, jsonout): the backend and the API client are imported when a
-command runs, so `kdist --help` never loads them. Library errors (KdistError) become messages and exit codes in kdist.cli's group.
+command runs, so `kdist --help` never loads them. Library errors (KdistError) become messages
+and exit codes in kdist.cli's group.
 """
 
 from __future__ import annotations

@@ -61,7 +61,6 @@ class Job(Protocol):
 @dataclass(frozen=True)
 class Target:
     name: str  # the --target value
-    about: str  # one line for --help
     store_host: Callable[[LaunchPlan], str]  # the rendezvous host the nodes dial
     filename: str = ""  # what `kdist render --dir DIR` writes; "" when not rendered
     render: Callable[[LaunchPlan], str] | None = None  # the rendered text (YAML)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kdist.targets import Target, Where
@@ -28,10 +27,9 @@ def store_host(plan: LaunchPlan) -> str:
 def open_job(plan: LaunchPlan, where: Where) -> ComposeJob:
     from kdist.targets.compose.job import ComposeJob
 
-    return ComposeJob.open(plan, Path(where.cwd))
+    return ComposeJob.open(plan, where.cwd)
 
 
-TARGET = Target(name="compose", about="a Docker Compose project, one container per node",
-                store_host=store_host, filename="docker-compose.yaml", render=render_text,
-                open_job=open_job, simulates_network=True, status_reads_logs=True,
-                verbs=frozenset({"status", "logs", "scale"}))
+TARGET = Target(name="compose", store_host=store_host, filename="docker-compose.yaml",
+                render=render_text, open_job=open_job, simulates_network=True,
+                status_reads_logs=True, verbs=frozenset({"status", "logs", "scale"}))

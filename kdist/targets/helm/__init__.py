@@ -18,6 +18,5 @@ def render_text(plan: LaunchPlan) -> str:
     return dump(render.render(plan))
 
 
-TARGET = Target(name="helm-values", about="values for the Helm chart charts/kdist",
-                store_host=store_host, filename="helm-values.yaml", render=render_text,
-                runs=False)
+TARGET = Target(name="helm-values", store_host=store_host, filename="helm-values.yaml",
+                render=render_text, runs=False)

@@ -30,7 +30,6 @@ def open_job(plan: LaunchPlan, where: Where) -> K8sJob:
     return K8sJob.connect(plan, where.context, where.namespace)
 
 
-TARGET = Target(name="k8s", about="Kubernetes objects, applied through the API",
-                store_host=store_host, filename="k8s.yaml", render=render_text,
+TARGET = Target(name="k8s", store_host=store_host, filename="k8s.yaml", render=render_text,
                 open_job=open_job, uses_cluster=True,
                 verbs=frozenset({"status", "logs", "scale", "apply"}))

@@ -16,5 +16,4 @@ def store_host(plan: LaunchPlan) -> str:
     return LOCAL_HOST
 
 
-TARGET = Target(name="local", about="processes on this machine (kdist run)",
-                store_host=store_host, simulates_network=True)
+TARGET = Target(name="local", store_host=store_host, simulates_network=True)
