@@ -1,4 +1,4 @@
-"""Library errors. Only kdist/cli.py turns these into messages and exit codes."""
+"""Library errors. Only the command line (kdist/cli/) turns these into messages and exit codes."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 kdist/targets/k8s/render.py runs this file's text as `python3 -c TEXT NAME STORE NODES_MIN DIR` in a
 native sidecar; the Helm chart ships the same bytes as charts/kdist/files/finish.py. STORE is
 the standalone store's Deployment, or "" without one. DIR is an emptyDir shared with the
-trainer container, whose script (kdist/plan.py) writes DIR/exit-code when its torchrun ends for
+trainer container, whose script (kdist/targets/k8s/node.py) writes DIR/exit-code when its torchrun ends for
 good (success, or retries used up). Then:
 
 - exit code 0: record kdist.dev/outcome Succeeded on the job's StatefulSet (unless a node did)

@@ -1,5 +1,5 @@
 {{/*
-Helpers for charts/kdist. Every string here mirrors kdist/plan.py and kdist/targets/k8s/render.py:
+Helpers for charts/kdist. Every string here mirrors kdist/plan.py, kdist/targets/k8s/render.py and node.py:
 `helm template` must equal `kdist render --target k8s` object by object (tests/test_helm.py).
 Object names come from .Values.name, never from the release name.
 */}}

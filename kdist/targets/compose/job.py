@@ -1,4 +1,5 @@
-"""Docker Compose backend: runs `docker` and `docker compose` (with kdist.targets.compose.dev_job for --dev).
+"""The Compose target's job: runs `docker` and `docker compose` (kdist.targets.compose.dev_job
+adds --dev).
 
 Every function returns data or raises a KdistError subclass whose message says what went wrong
 and what to do; nothing here prints or exits (kdist/cli/compose.py turns the data into output).
@@ -81,8 +82,8 @@ def explain(output: str, action: str, image: str = "") -> DockerError:
     if "cannot connect to the docker daemon" in low or "is the docker daemon running" in low \
             or "error during connect" in low:
         return DockerUnavailable(f"the Docker engine is not running or not reachable "
-                                 f"({_tail(output, 1)}): start it (`sudo systemctl start docker`, or "
-                                 "../shared/env/docker.sh here) or point DOCKER_HOST at it")
+                                 f"({_tail(output, 1)}): start it (`sudo systemctl start docker`) or "
+                                 "point DOCKER_HOST at it")
     if "permission denied" in low and ("docker.sock" in low or "docker daemon" in low):
         return DockerUnavailable("permission denied on the Docker socket: add your user to the "
                                  "`docker` group (then log in again) or use rootless Docker")
