@@ -67,3 +67,11 @@ def test_target_choices_come_from_the_registry() -> None:
                           ("scale", "scale"), ("doctor", "run"), ("apply", "apply")):
         usage = CliRunner().invoke(cli, [command, "--help"]).output
         assert f"[{'|'.join(names(verb))}]" in usage, (command, usage)
+
+
+def test_every_preflight_name_is_a_doctor_check() -> None:
+    from kdist.tools.doctor import HOST_CHECKS
+
+    for target in all_targets():
+        assert set(target.preflight) - {"torch"} <= set(HOST_CHECKS), target.name
+    assert names("run") == [t.name for t in all_targets() if t.runs]

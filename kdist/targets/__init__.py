@@ -69,6 +69,10 @@ class Target:
     uses_cluster: bool = False  # takes --context and --namespace
     simulates_network: bool = False  # applies the spec's `network:` conditions
     status_reads_logs: bool = False  # `kdist status` also summarises torchrun's logs
+    # `kdist doctor`'s checks of this machine for the target, by name (kdist/tools/doctor.py
+    # HOST_CHECKS), and what makes the rendezvous host resolvable when it does not resolve
+    preflight: tuple[str, ...] = ()
+    dns_hint: Callable[[LaunchPlan], str] | None = None
     verbs: frozenset[str] = field(default_factory=frozenset)  # status, logs, scale, apply
 
 

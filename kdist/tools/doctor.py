@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -212,20 +212,10 @@ def store_host(plan: LaunchPlan, target: str) -> str:
 
 
 def dns_fix(plan: LaunchPlan, target: str) -> str:
-    """What makes the store host resolvable, for the host `store_host` names."""
-    if target == "k8s" and plan.standalone_store:
-        return (f"the store Service {plan.store_name} must exist in this pod's namespace "
-                f"(`kubectl get svc,endpoints {plan.store_name}`); apply the whole rendered "
-                "manifest (`kdist apply --target k8s`)")
-    if target == "k8s":
-        return (f"the headless Service {plan.name} must exist and publish not-ready addresses "
-                f"(kdist renders publishNotReadyAddresses: true) and pod {plan.name}-0 must be "
-                f"scheduled; check `kubectl get svc,endpoints,pods -l app.kubernetes.io/instance="
-                f"{plan.name}`")
-    if target == "compose":
-        return ("run the node on the job's Compose network (`kdist up` does) and check "
-                "`docker compose ps` for the store's service")
-    return "check the name (`getent hosts NAME`) and /etc/resolv.conf"
+    """What makes the store host resolvable, for the host `store_host` names (the target's
+    hint, kdist/targets/<target>/__init__.py)."""
+    hint = get(target).dns_hint
+    return hint(plan) if hint else "check the name (`getent hosts NAME`) and /etc/resolv.conf"
 
 
 # ---- Docker --------------------------------------------------------------------------------
@@ -434,24 +424,41 @@ def node_checks(plan: LaunchPlan | None, options: Options,
     ]
 
 
+def _shm_here(plan: LaunchPlan, options: Options) -> Check:
+    need, what = shm_need(plan, in_node=False)
+    return check_shm(need, plan.spec.procs_per_node, what)
+
+
+def _gpu_sets(plan: LaunchPlan, options: Options) -> Check:
+    from kdist.targets.compose import render as compose
+
+    return check_gpu_sets(compose.render(plan))
+
+
+# The checks a target names in its `preflight` (python and torch run for every target; "torch"
+# there makes torch required on this machine).
+HOST_CHECKS: dict[str, Callable[[LaunchPlan, Options], Check]] = {
+    "port": lambda plan, options: check_port(plan.spec.rendezvous.port),
+    "shm": _shm_here,
+    "interface": lambda plan, options: check_interface(plan.spec.network_interface),
+    "gpus-here": lambda plan, options: check_gpus(  # the nodes that start, on this machine
+        plan.spec.resources.gpu, plan.spec.nodes.count, True, visible_gpus()),
+    "gpus-all-nodes": lambda plan, options: check_gpus(  # up to MAX nodes, maybe elsewhere
+        plan.spec.resources.gpu, plan.spec.nodes.max, False, visible_gpus()),
+    "gpus-per-node": lambda plan, options: check_gpus(  # one node's, on some other machine
+        plan.spec.resources.gpu, 1, False, visible_gpus()),
+    "docker": lambda plan, options: check_docker(),
+    "gpu-sets": _gpu_sets,
+    "kube": lambda plan, options: check_kube(options.context),
+}
+
+
 def host_checks(plan: LaunchPlan, options: Options) -> list[Check]:
     """What `kdist run` / `kdist up` / `kdist apply` need from this machine."""
     s, target = plan.spec, options.target
-    checks = [check_python(), check_torch(required=target == "local")]
-    if target == "local":
-        need, what = shm_need(plan, in_node=False)
-        checks += [check_port(s.rendezvous.port), check_shm(need, s.procs_per_node, what),
-                   check_interface(s.network_interface),
-                   check_gpus(s.resources.gpu, s.nodes.count, True, visible_gpus())]
-    elif target == "compose":
-        from kdist.targets.compose import render as compose
-
-        checks += [check_docker(),
-                   check_gpus(s.resources.gpu, s.nodes.max, False, visible_gpus()),
-                   check_gpu_sets(compose.render(plan))]
-    elif target == "k8s":
-        checks += [check_kube(options.context),
-                   check_gpus(s.resources.gpu, 1, False, visible_gpus())]
+    names = get(target).preflight
+    checks = [check_python(), check_torch(required="torch" in names)]
+    checks += [HOST_CHECKS[name](plan, options) for name in names if name != "torch"]
     if options.rdzv_host:
         checks.append(check_dns(options.rdzv_host, s.rendezvous.port, dns_fix(plan, target)))
     return checks

@@ -24,6 +24,11 @@ def store_host(plan: LaunchPlan) -> str:
     return render.store_host(plan)
 
 
+def dns_hint(plan: LaunchPlan) -> str:
+    return ("run the node on the job's Compose network (`kdist up` does) and check "
+            "`docker compose ps` for the store's service")
+
+
 def open_job(plan: LaunchPlan, where: Where) -> ComposeJob:
     from kdist.targets.compose.job import ComposeJob
 
@@ -32,4 +37,5 @@ def open_job(plan: LaunchPlan, where: Where) -> ComposeJob:
 
 TARGET = Target(name="compose", store_host=store_host, filename="docker-compose.yaml",
                 render=render_text, open_job=open_job, simulates_network=True,
-                status_reads_logs=True, verbs=frozenset({"status", "logs", "scale"}))
+                status_reads_logs=True, verbs=frozenset({"status", "logs", "scale"}),
+                preflight=("docker", "gpus-all-nodes", "gpu-sets"), dns_hint=dns_hint)

@@ -16,4 +16,5 @@ def store_host(plan: LaunchPlan) -> str:
     return LOCAL_HOST
 
 
-TARGET = Target(name="local", store_host=store_host, simulates_network=True)
+TARGET = Target(name="local", store_host=store_host, simulates_network=True,
+                preflight=("torch", "port", "shm", "interface", "gpus-here"))
