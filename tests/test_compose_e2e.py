@@ -282,7 +282,24 @@ def test_failing_job_exits_nonzero_with_the_root_cause(job: Callable[..., Job]) 
     first = next(line for line in up.stderr.splitlines() if line.startswith("kdist: job"))
     assert "root cause on node-0: RuntimeError: injected failure at step 3" in first, first
     assert "Traceback (most recent call last)" not in up.stderr.split("traceback :")[0]
-    assert json.loads(j("status", "-o", "json").stdout)["phase"] == "failed"
+    status = json.loads(j("status", "-o", "json").stdout)
+    assert (status["phase"], status["root_cause"]["node"]) == ("failed", "node-0")
+    assert status["root_cause"]["exception"] == "RuntimeError: injected failure at step 3"
+    table = j("status").stdout  # `kdist up -d` users see the cause in the table's last lines
+    assert "root cause on node-0: RuntimeError: injected failure at step 3" in table, table
+
+
+def test_a_failure_certain_to_repeat_exits_with_the_workers_code(job: Callable[..., Job]) -> None:
+    """With restarts left, the same error on the retry makes the job hopeless: kdist stops the
+    nodes (the failing one too, so its container ends with 143) and exits with the worker's
+    own exit code, 1, as the root cause says."""
+    j = job("again", nodes=2, max_restarts=1, args=train_args(20, 0, "--fail-at-step", "3"))
+    up = j("up")
+    assert up.returncode == 1, up.stderr[-3000:]
+    assert "stopping the other nodes" in up.stderr, up.stderr[-3000:]
+    status = json.loads(j("status", "-o", "json").stdout)
+    assert status["root_cause"]["exception"] == "RuntimeError: injected failure at step 3"
+    assert status["root_cause"]["exit_code"] == 1
 
 
 def test_tutorial_trainer_raising_gets_the_same_root_cause_as_kdist_run(

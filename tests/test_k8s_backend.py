@@ -385,6 +385,10 @@ def test_cli_wait_for_a_failed_job_reads_the_root_cause_from_the_finishing_pod(
             "RuntimeError: tutorial trainer: deliberate failure at epoch 3") in result.stderr
     assert ("  rank 0 exited with code 1: RuntimeError: tutorial trainer: deliberate failure at "
             "epoch 3") in result.stderr.splitlines()
+    status = CliRunner().invoke(cli, ["status", "-t", "k8s", "-o", "json", "-f", str(CPU)], env=env)
+    cause = json.loads(status.stdout)["root_cause"]
+    assert (cause["node"], cause["exit_code"]) == ("cifar-cpu-0", 1)
+    assert cause["exception"] == "RuntimeError: tutorial trainer: deliberate failure at epoch 3"
 
 
 def test_cli_status_table_and_json(env: dict[str, str], api: FakeApi) -> None:

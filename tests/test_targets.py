@@ -75,3 +75,9 @@ def test_every_preflight_name_is_a_doctor_check() -> None:
     for target in all_targets():
         assert set(target.preflight) - {"torch"} <= set(HOST_CHECKS), target.name
     assert names("run") == [t.name for t in all_targets() if t.runs]
+
+
+def test_render_without_a_target_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["render", "-f", str(EXAMPLES[0])])
+    assert result.exit_code == 2 and result.exception is not None
+    assert "Missing option '-t' / '--target'" in result.output and "helm-values" in result.output

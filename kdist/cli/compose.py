@@ -138,7 +138,7 @@ def _failed_by_themselves(status: RunProgress) -> list[str]:
 
 
 def _show_outcome(job: ComposeJob, status: JobStatus) -> None:
-    """The final `kdist status` table on stdout; with json, the result line's `job`."""
+    """The `kdist status` table on stdout; with json, the result line's `job`."""
     from kdist.status import format_state, state_dict
     from kdist.targets.compose.status import to_state
 
@@ -184,8 +184,12 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, ve
     server = cli_dev.start(job, build) if dev else None
     if detach:
         running = sum(1 for n in started.nodes if n.running)
-        click.echo(f"kdist: job {name} started with {running} nodes; follow it with `kdist logs -f` "
-                   "and `kdist status`, remove it with `kdist down`", err=True)
+        spec = "" if spec_file == Path("kdist.yaml") else f" -f {spec_file}"
+        logs = "" if not spec else f" --file {spec_file}"
+        click.echo(f"kdist: job {name} started with {running} nodes; follow it with `kdist logs -f"
+                   f"{logs}` and `kdist status{spec}`, remove it with `kdist down{spec}`", err=True)
+        if current() is not None:  # the result says what runs, not that it finished
+            _show_outcome(job, started)
         return
     try:
         _follow_with_status(job, verbose)

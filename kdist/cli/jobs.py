@@ -19,6 +19,7 @@ from kdist.cli.options import (
     json_alias,
     load_plan,
     output_option,
+    printable,
     spec_option,
     target_option,
 )
@@ -43,15 +44,20 @@ def _open(spec_file: Path, target: str, context: str | None, namespace: str | No
 def status(spec_file: Path, output: str, target: str, context: str | None,
            namespace: str | None) -> None:
     """The job's phase, and per node its state, exit code and restarts; on Compose also what
-    torchrun's logs say (rendezvous rounds, restarts, world sizes)."""
-    from kdist.status import format_state, state_dict
+    torchrun's logs say (rendezvous rounds, restarts, world sizes); once it failed, the root
+    cause (the failing node's error, read from its log)."""
+    from kdist import jsonout
+    from kdist.status import FAILED, NOT_STARTED, STOPPED, format_state, state_dict
     from kdist.targets import LogQuery, get
 
     job = _open(spec_file, target, context, namespace)
     state = job.state()
-    agents = read_agents(job.read_logs(LogQuery())) if get(target).status_reads_logs else None
+    reads_logs = get(target).status_reads_logs and state.phase != NOT_STARTED
+    agents = read_agents(job.read_logs(LogQuery())) if reads_logs else None
+    failure = job.failure() if state.phase in (FAILED, STOPPED) else None
     if output == "json":
         data = state_dict(state)
+        data["root_cause"] = jsonout.job_failure(failure) if failure is not None else None
         if agents is not None:
             data["torchrun"] = agents.torchrun_dict()
         click.echo(json.dumps(data, indent=2))
@@ -59,6 +65,8 @@ def status(spec_file: Path, output: str, target: str, context: str | None,
     click.echo(format_state(state))
     if agents is not None:
         click.echo(format_torchrun(agents))
+    if failure is not None:
+        click.echo(printable(str(failure)))
 
 
 def read_agents(lines: Iterable[str]) -> RunProgress:

@@ -50,10 +50,12 @@ def target_option(verb: str, required: bool = False) -> Callable[[F], F]:
     from kdist.targets import names
 
     choices = names(verb)
-    default = None if required else choices[0]
-    return click.option("-t", "--target", type=click.Choice(choices), default=default,
-                        required=required, show_default=not required,
-                        help="What to render for." if verb == "render" else "Where the job runs.")
+    what = "What to render for." if verb == "render" else "Where the job runs."
+    if required:  # no default at all: click checks `required` only then
+        return click.option("-t", "--target", type=click.Choice(choices), required=True,
+                            help=what)
+    return click.option("-t", "--target", type=click.Choice(choices), default=choices[0],
+                        show_default=True, help=what)
 
 
 def cluster_options(fn: F) -> F:

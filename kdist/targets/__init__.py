@@ -24,7 +24,7 @@ from kdist.errors import UsageError
 
 if TYPE_CHECKING:
     from kdist.plan import LaunchPlan
-    from kdist.status import JobState, ScaleChange
+    from kdist.status import JobFailed, JobState, ScaleChange
 
 PACKAGES = ("local", "compose", "k8s", "helm")  # kdist/targets/<package>/, in the order shown
 NODE_LINE = re.compile(r"^node-(\d+)\s*\| ?(.*)$")  # a line of Job.read_logs: `node-N | text`
@@ -56,6 +56,9 @@ class Job(Protocol):
     def read_logs(self, query: LogQuery) -> Iterator[str]: ...
 
     def scale(self, nodes: int) -> ScaleChange: ...
+
+    def failure(self) -> JobFailed | None:
+        """Why the job ended without success (the failing node's root cause), or None."""
 
 
 @dataclass(frozen=True)

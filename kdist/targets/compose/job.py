@@ -33,7 +33,7 @@ from kdist.targets.compose.dev_render import DEV_PROFILE
 from kdist.targets.compose.netem import helper_name
 from kdist.targets.compose.render import SCALE_PROFILE, node_service
 from kdist.targets.compose.status import Container, JobStatus, NodeStatus, to_state
-from kdist.torchlog import error_line, is_peer_error, root_cause
+from kdist.torchlog import NodeLog, error_line, is_peer_error, root_cause
 
 STATE_DIR = Path(".kdist") / "compose"
 COMPOSE_FILE = "docker-compose.yaml"
@@ -46,6 +46,7 @@ HOPELESS = "stopped by kdist: the job could not succeed any more"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PREFIX_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-(?P<num>\d+)\s*\|\s?(?P<text>.*)$")
 EXITED_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-\d+ exited with code (?P<code>-?\d+)$")
+SIGTERM_EXIT = 143  # a container stopped with SIGTERM (docker compose stop)
 INSPECT_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 600.0
 
@@ -404,6 +405,9 @@ class ComposeJob:
         return to_state(self.status(), self.project.name, self.project.min_nodes)
 
     def read_logs(self, query: LogQuery) -> Iterator[str]:
+        if not self.containers():
+            raise UsageError(f"job {self.project.name} has no containers (not started, or removed "
+                             "by kdist down): `kdist up` starts it")
         return self.logs(follow=query.follow, services=query.nodes, tail=query.tail,
                          timestamps=query.timestamps)
 
@@ -511,8 +515,9 @@ class ComposeJob:
                    reason)
         self._check("stop", "--timeout", "30", action="docker compose stop")
 
-    def failure(self, status: JobStatus) -> JobFailed | None:
+    def failure(self, status: JobStatus | None = None) -> JobFailed | None:
         """None when the job did not fail; else the failing node's root cause and exit code."""
+        status = self.status() if status is None else status
         if status.phase == STOPPED:
             return JobFailed(f"job {status.name} did not finish: every node that ran was stopped "
                              "on purpose (kdist kill, kdist scale or an interrupted kdist up)")
@@ -525,7 +530,17 @@ class ComposeJob:
         codes = ", ".join(f"{n.service} exited with code {n.exit_code}" for n in failed)
         head = f"job {status.name} failed ({codes}); root cause on {node.service}: "
         lines = [head + (error_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]
-        return JobFailed("\n".join(lines), node.exit_code or 1, node.service, block)
+        return JobFailed("\n".join(lines), self._exit_code(node), node.service, block)
+
+    def _exit_code(self, node: NodeStatus) -> int:
+        """What kdist exits with for the failing node: its container's exit code, but when that
+        is 143 (stopped: kdist stops a failing node's torchrun once the job cannot succeed) the
+        worker's own exit code from its log."""
+        if node.exit_code != SIGTERM_EXIT:
+            return node.exit_code or 1
+        texts = [log_text(x) for x in self.logs(services=[node.service], tail=2000)]
+        failure = NodeLog().feed_all(texts).failure()
+        return failure.exit_code if failure is not None and failure.exit_code > 0 else SIGTERM_EXIT
 
     def _cause(self, node: NodeStatus) -> list[str]:
         c = node.container

@@ -358,8 +358,9 @@ class K8sJob:
         return [f"{kind.lower()}/{name}: {reason}: {msg}" for (kind, name, reason), (_, msg)
                 in latest.items()]
 
-    def failure(self, status: K8sJobStatus) -> KdistError | None:
+    def failure(self, status: K8sJobStatus | None = None) -> JobFailed | None:
         """The error to exit with for a finished status (None when it succeeded)."""
+        status = self.status() if status is None else status
         if status.phase != FAILED:
             return None
         pod = status.finished_by
