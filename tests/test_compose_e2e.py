@@ -256,6 +256,13 @@ def test_scale_up_joins_next_round_and_scale_down_stops_highest(job: Callable[..
     assert outside.returncode == 2 and "allows 2 to 3" in outside.stderr
 
 
+def test_down_of_a_job_that_never_ran_says_so(job: Callable[..., Job]) -> None:
+    down = job("never")("down")
+    assert down.returncode == 0
+    assert re.search(r"^kdist: nothing to remove: job e2e-never-\w+ has no containers and no "
+                     r"checkpoint volume$", down.stderr, re.M), down.stderr
+
+
 def test_down_removes_containers_and_network_and_volumes_only_when_asked(
         job: Callable[..., Job]) -> None:
     """The node0-store smoke example, end to end, then `down` and `down --volumes`."""

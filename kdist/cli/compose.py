@@ -213,7 +213,12 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, ve
 def down(spec_file: Path, volumes: bool) -> None:
     """Stop and remove the job's containers and network (checkpoints are kept by default)."""
     job = _open(spec_file)
+    existed = bool(job.containers()) or job.volume_exists()
     job.down(volumes=volumes)
+    if not existed:
+        click.echo(f"kdist: nothing to remove: job {job.project.name} has no containers and no "
+                   "checkpoint volume", err=True)
+        return
     volume = job.project.volume
     if job.volume_exists():
         kept = f"; checkpoint volume {volume} kept, with the trainer's outputs (--volumes removes it)"
