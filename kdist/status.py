@@ -53,6 +53,10 @@ class JobState:
     exit_code: int | None = None  # once the job ended, where the target knows it
     notes: tuple[str, ...] = ()  # what matters about the phase, in order
 
+    def __post_init__(self) -> None:
+        if self.phase not in PHASES:  # a target's mapping went wrong: a bug, not bad input
+            raise ValueError(f"phase {self.phase!r} is not one of {', '.join(PHASES)}")
+
     @property
     def running(self) -> int:
         return sum(1 for n in self.nodes if n.running)

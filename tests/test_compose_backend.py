@@ -226,7 +226,8 @@ def test_oom_is_ranked_first_and_peer_errors_last() -> None:
                                          finished_at="2"))
     real = NodeStatus("node-0", container("node-0", "exited", 1, finished_at="3"))
     peer = NodeStatus("node-2", container("node-2", "exited", 1, finished_at="1"))
-    items = [(peer, ["Connection reset by peer"]), (real, ["RuntimeError: x"]), (oom, ["?"])]
+    items = [(peer, (["Connection reset by peer"], 1)), (real, (["RuntimeError: x"], 1)),
+             (oom, (["?"], 137))]
     assert min(items, key=backend._cause_rank)[0] is oom
     assert min(items[:2], key=backend._cause_rank)[0] is real
 

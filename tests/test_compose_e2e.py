@@ -327,7 +327,10 @@ def test_tutorial_trainer_raising_gets_the_same_root_cause_as_kdist_run(
                              "deliberate failure at epoch 2"), lines[at:]
     assert any('raise RuntimeError(f"tutorial trainer' in line for line in lines[at:])
     assert not re.search(r"^node-\d\s*\| [IWE]\d{4} ", up.stdout, re.M)  # agent lines: logs only
-    agents = json.loads(j("status", "-o", "json").stdout)["torchrun"]
+    status = json.loads(j("status", "-o", "json").stdout)
+    assert status["root_cause"]["exception"] == ("RuntimeError: tutorial trainer: deliberate "
+                                                 "failure at epoch 2")  # no @record needed
+    agents = status["torchrun"]
     assert (agents["rounds"], agents["restarts"], agents["world_sizes"]) == (1, 0, [2])
     assert sorted(agents["members"]) == ["node-0", "node-1"]  # in group-rank order
     assert re.search(r"^torchrun: 1 rendezvous round, 0 restarts, world sizes 2, members "

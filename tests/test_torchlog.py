@@ -126,7 +126,8 @@ def test_exit_barrier() -> None:
     assert (log.phase, log.barrier_seconds) == ("finished", 0.0)
 
 
-# One real error line per PEER_LOST marker (gloo, the c10d store, the elastic agent).
+# One error line per PEER_LOST marker, in the form gloo, the c10d store and the elastic agent
+# print it (some taken from this project's logs, the others written after torch's messages).
 PEER_LINES = [
     "RuntimeError: [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:1",
     "RuntimeError: Connection reset by peer",

@@ -293,9 +293,9 @@ def project_for(plan: LaunchPlan, workdir: Path) -> Project:
     )  # fmt: skip
 
 
-def _cause_rank(item: tuple[NodeStatus, list[str]]) -> tuple[bool, bool, str]:
+def _cause_rank(item: tuple[NodeStatus, tuple[list[str], int]]) -> tuple[bool, bool, str]:
     """Order failed nodes: OOM first, then real errors before peers' follow-on errors, then time."""
-    node, block = item
+    node, (block, _) = item
     c = node.container
     return (not (c is not None and c.oom_killed), is_peer_error(block), c.finished_at if c else "")
 
@@ -526,31 +526,27 @@ class ComposeJob:
             return None
         # a node kdist stopped because the job could not succeed may hold the first failure
         stopped = [n for n in status.nodes if n.stopped_by == HOPELESS and n.container is not None]
-        node, block = min(((n, self._cause(n)) for n in [*failed, *stopped]), key=_cause_rank)
+        node, (block, code) = min(((n, self._cause(n)) for n in [*failed, *stopped]),
+                                  key=_cause_rank)
         codes = ", ".join(f"{n.service} exited with code {n.exit_code}" for n in failed)
         head = f"job {status.name} failed ({codes}); root cause on {node.service}: "
         lines = [head + (error_line(block) or "see `kdist logs`"), *(f"  {b}" for b in block)]
-        return JobFailed("\n".join(lines), self._exit_code(node), node.service, block)
+        return JobFailed("\n".join(lines), code, node.service, block)
 
-    def _exit_code(self, node: NodeStatus) -> int:
-        """What kdist exits with for the failing node: its container's exit code, but when that
-        is 143 (stopped: kdist stops a failing node's torchrun once the job cannot succeed) the
-        worker's own exit code from its log."""
-        if node.exit_code != SIGTERM_EXIT:
-            return node.exit_code or 1
-        texts = [log_text(x) for x in self.logs(services=[node.service], tail=2000)]
-        failure = NodeLog().feed_all(texts).failure()
-        return failure.exit_code if failure is not None and failure.exit_code > 0 else SIGTERM_EXIT
-
-    def _cause(self, node: NodeStatus) -> list[str]:
-        c = node.container
+    def _cause(self, node: NodeStatus) -> tuple[list[str], int]:
+        """The node's root cause, and the exit code kdist exits with for it: its container's,
+        but when that is 143 (kdist stops a failing node's torchrun once the job cannot succeed)
+        the worker's own, from the same log."""
+        c, code = node.container, node.exit_code or 1
         if c is not None and c.oom_killed:
             return [f"MemoryError: out of memory: the kernel killed {node.service} at its memory "
-                    f"limit (resources.memory: {self.project.memory}); raise it"]
-        block = root_cause([log_text(x) for x in self.logs(services=[node.service], tail=2000)])
+                    f"limit (resources.memory: {self.project.memory}); raise it"], code
+        texts = [log_text(x) for x in self.logs(services=[node.service], tail=2000)]
+        block = root_cause(texts)
         if not block and node.exit_code == 137:
             block = [f"{node.service} was killed with SIGKILL (exit 137) by something other than kdist"]
-        return block
+        worker = NodeLog().feed_all(texts).failure() if code == SIGTERM_EXIT else None
+        return block, worker.exit_code if worker is not None and worker.exit_code > 0 else code
 
     def down(self, volumes: bool = False) -> None:
         """Remove the job's containers and network (and its checkpoint volume with `volumes`)."""
