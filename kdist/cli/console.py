@@ -63,6 +63,8 @@ def describe_event(name: str, fields: dict[str, Any]) -> str:
     """`node-1 lost (SIGKILL by --kill)`, `round 1: world size 3, members node-0, node-1, ...`;
     other events as `kill node=1 signal=SIGKILL ...`."""
     node, members = f"node-{fields.get('node')}", ", ".join(fields.get("members", ()))
+    if name == "lost":
+        return str(fields["message"])
     if name == "exit" and fields.get("killed"):
         return f"{node} lost (killed on purpose, exit code {fields.get('code')})"
     if name == "exit":

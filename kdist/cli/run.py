@@ -110,7 +110,8 @@ def _run_dict(result: RunResult) -> dict[str, Any]:
             "world_sizes": list(result.world_sizes),
             "summary": result.summary(),
             "nodes": [{"node": n.index, "exit_code": n.exit_code, "killed": n.killed,
-                       "stopped": n.stopped, "exited_at": round(n.at, 1)} for n in result.nodes]}
+                       "lost": n.lost, "stopped": n.stopped, "exited_at": round(n.at, 1)}
+                      for n in result.nodes]}
 
 
 def _root_cause(result: RunResult) -> dict[str, Any] | None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, Protocol
 
+from kdist import policy
 from kdist.errors import KdistError, UsageError
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
 from kdist.progress import NodeProgress, RunProgress, barrier_note, format_elapsed
@@ -54,6 +55,7 @@ RUN_ID_ENV = "KDIST_RUN_ID"
 NODE_RANK_ENV = "KDIST_NODE_RANK"
 RUNS_DIR = Path(".kdist") / "runs"
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+LISTEN_SHIM = Path(__file__).resolve().parents[2] / "node" / "loopback"
 
 
 # ---- options and results ------------------------------------------------------------------
@@ -86,6 +88,12 @@ class NodeResult:
     killed: bool = False  # by --kill (expected to die)
     stopped: bool = False  # by kdist (interrupt, fail-fast, or still running after the job)
     at: float = 0.0  # seconds after start when it exited
+    lost: bool = False  # killed from outside with no restart left: it left the job (kdist/policy.py)
+
+    @property
+    def left(self) -> bool:
+        """Left the job without a verdict on it: killed by --kill or lost."""
+        return self.killed or self.lost
 
 
 @dataclass(frozen=True)
@@ -102,16 +110,18 @@ class RunResult:
 
     @property
     def succeeded(self) -> bool:
-        """At least one node exited 0 and every node not killed on purpose exited 0."""
+        """At least one node exited 0 and every node that did not leave the job exited 0."""
         return any(n.exit_code == 0 for n in self.nodes) and all(
-            n.exit_code == 0 for n in self.nodes if not n.killed)
+            n.exit_code == 0 for n in self.nodes if not n.left)
 
     def summary(self) -> str:
         word = "succeeded" if self.succeeded else "failed"
         word = f"interrupted ({self.interrupted})" if self.interrupted else word
-        killed = sum(1 for n in self.nodes if n.killed)
+        left = [f"{count} {word}" for word, count in (
+            ("killed", sum(n.killed for n in self.nodes)), ("lost", sum(n.lost for n in self.nodes)))
+            if count]
         plural = "s" if len(self.nodes) != 1 else ""
-        nodes = f"{len(self.nodes)} node{plural}" + (f" ({killed} killed)" if killed else "")
+        nodes = f"{len(self.nodes)} node{plural}" + (f" ({', '.join(left)})" if left else "")
         step = "" if self.final_step is None else f"final step {self.final_step}, "
         line = (f"run {self.run_id} {word}: {nodes}, {step}"
                 f"{format_elapsed(self.elapsed)} elapsed, logs in {self.run_dir}, outputs "
@@ -307,6 +317,7 @@ class Proc:
     eof: bool = False
     killed: bool = False
     stopped: bool = False
+    lost: bool = False
     exited_at: float = 0.0
 
     @property
@@ -356,6 +367,13 @@ def trap_signals(handler: Callable[[int], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def listen_env(address: str) -> dict[str, str]:
+    """What keeps the stores torch opens in a node's processes on `address` (not every
+    interface): kdist/node/loopback/sitecustomize.py first on PYTHONPATH."""
+    path = [str(LISTEN_SHIM), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {"KDIST_LISTEN_HOST": address, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def new_run_id(name: str) -> str:
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
@@ -396,7 +414,7 @@ class LocalRun:
     reason: str = ""  # why kdist stopped the job early, if it did
     stopping: bool = False  # kdist is stopping the nodes: their last words go to the logs only
     store_lost_at: float = -1.0  # monotonic time the store was last found dead (-1: never)
-    node_restarts: dict[int, int] = field(default_factory=dict)  # after a store loss, per node
+    node_restarts: dict[int, int] = field(default_factory=dict)  # lost nodes started again
     metrics: IO[str] | None = None
     net: netsim.Placement = field(default_factory=netsim.HostNetwork)  # spec `network:`
 
@@ -470,7 +488,8 @@ class LocalRun:
         env = {**self.base_env(), **dict(net.env), NODE_RANK_ENV: str(index),
                "TORCHELASTIC_ERROR_FILE": str(node_dir / "error.json"),
                "HOME": str(tmp), "TMPDIR": str(tmp),
-               "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase())}
+               "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase()),
+               **listen_env(net.address)}
         proc = start_process(f"node-{index}", index, cmd, self.workdir, env,
                              self.run_dir / f"node-{index}.log", self.lines)
         if index < len(self.nodes):
@@ -569,7 +588,10 @@ class LocalRun:
                 # torchrun stops its workers itself; sweep orphans so the pipe reaches EOF
                 kill_tree([], {RUN_ID_ENV: self.run_id, NODE_RANK_ENV: str(proc.index)})
                 if self.lost_to_store(proc):
-                    self.restart_node(proc)
+                    self.restart_node(proc, "the rendezvous store was lost")
+                    continue
+                if (lost := self.lost(proc)) is not None:
+                    self.leave_or_restart(proc, lost)
                     continue
                 self.status.node_exited(proc.index, code, proc.killed)
                 self.event("exit", node=proc.index, code=code, killed=proc.killed)
@@ -595,17 +617,41 @@ class LocalRun:
     def lost_to_store(self, proc: Proc) -> bool:
         """Whether `proc` failed because the store went away (and has restarts left)."""
         return (proc.exit_code not in (None, 0) and not proc.killed and not proc.stopped
-                and proc.started < self.store_lost_at
-                and self.node_restarts.get(proc.index, 0) < self.plan.spec.max_restarts)
+                and proc.started < self.store_lost_at and self.restarts_left(proc))
 
-    def restart_node(self, proc: Proc) -> None:
+    def restarts_left(self, proc: Proc) -> bool:
+        return self.node_restarts.get(proc.index, 0) < self.plan.spec.max_restarts
+
+    def restart_node(self, proc: Proc, reason: str) -> None:
         proc.reader.join(timeout=5)  # its output first, while the index still names it
         self.drain(0)
         attempt = self.node_restarts.get(proc.index, 0) + 1
         self.node_restarts[proc.index] = attempt
         self.event("node-restart", node=proc.index, code=proc.exit_code, attempt=attempt,
-                   reason="the rendezvous store was lost")
+                   reason=reason)
         self.start_node(proc.index)
+
+    # -- losing a node from outside (the OOM killer, a kill, a dying host): kdist/policy.py's
+    # rule. It leaves the job, which goes on while nodes.min remain; like a restarted pod or
+    # container it is started again within max_restarts and joins the next round.
+
+    def lost(self, proc: Proc) -> policy.Loss | None:
+        if proc.exit_code in (None, 0) or proc.killed or proc.stopped or self.stopping:
+            return None
+        proc.reader.join(timeout=5)  # its last lines first: they may hold its own error
+        self.drain(0)
+        return policy.loss(proc.index, proc.exit_code, self.status.node(proc.index).log.failure())
+
+    def leave_or_restart(self, proc: Proc, lost: policy.Loss) -> None:
+        returns = self.restarts_left(proc)
+        others = sum(1 for p in self.nodes if p.exit_code is None)
+        self.event("lost", node=proc.index, code=proc.exit_code, why=lost.why,
+                   message=lost.message(others, len(self.nodes), self.plan.spec.nodes.min, returns))
+        if returns:
+            self.restart_node(proc, f"it was lost ({lost.why})")
+            return
+        proc.lost = True
+        self.status.node_exited(proc.index, proc.exit_code or 0, killed=True)
 
     def should_stop(self) -> bool:
         """True when the job's outcome is settled but some nodes would keep running."""
@@ -613,7 +659,7 @@ class LocalRun:
                                   any(t.action == "add" for t in self.timers),
                                   self.elapsed(), self.options.linger)
         if not self.reason and self.plan.spec.max_restarts > 0:
-            logs = [self.status.node(p.index).log for p in self.nodes if not p.killed]
+            logs = [self.status.node(p.index).log for p in self.nodes if not (p.killed or p.lost)]
             certain = certain_failure(logs)
             self.reason = f"{certain}; stopped the job instead of restarting" if certain else ""
         if not self.reason:
@@ -664,7 +710,7 @@ class LocalRun:
     # -- judging
 
     def node_results(self) -> tuple[NodeResult, ...]:
-        return tuple(NodeResult(p.index, p.exit_code, p.killed, p.stopped, p.exited_at)
+        return tuple(NodeResult(p.index, p.exit_code, p.killed, p.stopped, p.exited_at, p.lost)
                      for p in self.nodes)
 
     def result(self) -> RunResult:
@@ -688,7 +734,7 @@ def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
     running = [n for n in nodes if n.exit_code is None]
     if not running:
         return ""
-    failed = [n for n in nodes if n.exit_code not in (None, 0) and not n.killed]
+    failed = [n for n in nodes if n.exit_code not in (None, 0) and not n.left]
     if failed:
         return f"node-{failed[0].index} failed; stopped the other nodes"
     done = [n for n in nodes if n.exit_code == 0]
@@ -697,10 +743,7 @@ def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
             return ""
         names = ", ".join(f"node-{n.index}" for n in running)
         return f"{names} still running {linger:.0f}s after node-{done[0].index} finished"
-    if len(running) < minimum and not adds_pending:
-        return (f"{len(running)} node(s) left, fewer than nodes.min={minimum}: "
-                "the job cannot continue")
-    return ""
+    return "" if adds_pending else policy.too_few(len(running), minimum)
 
 
 def run_local(plan: LaunchPlan, options: RunOptions, console: Console) -> RunResult:
@@ -744,8 +787,8 @@ def failed_nodes(result: RunResult) -> list[tuple[NodeResult, Failure | None]]:
     """Nodes whose workers failed, with their failures, the job's root cause first.
 
     Nodes kdist stopped count too when their log shows a failure (fail-fast stops them)."""
-    causes = {n.index: node_failure(result.run_dir, n.index) for n in result.nodes if not n.killed}
-    failed = [n for n in result.nodes if not n.killed and n.exit_code != 0
+    causes = {n.index: node_failure(result.run_dir, n.index) for n in result.nodes if not n.left}
+    failed = [n for n in result.nodes if not n.left and n.exit_code != 0
               and (not n.stopped or causes[n.index] is not None)]
     ordered: list[tuple[NodeResult, Failure | None]] = []
     rest = [(n, causes[n.index]) for n in failed]
