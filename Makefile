@@ -49,6 +49,7 @@ bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (ab
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_local.py
 	$(BIN)/python benchmarks/bench_local.py --tutorial
+	$(BIN)/python benchmarks/bench_local.py --outside
 	$(BIN)/python benchmarks/bench_local.py --store-loss
 	$(BIN)/python benchmarks/bench_compose.py
 

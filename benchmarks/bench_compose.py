@@ -109,10 +109,6 @@ def measure(job: ComposeJob, victim: str) -> dict[str, Any]:
 def ensure_image(image: str) -> None:
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0:
         return
-    wheels = ROOT / "wheels"
-    if not list(wheels.glob("torch-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "torch==2.13.0", "--no-deps", "-d",
-                        str(wheels)], check=True)
     subprocess.run(["docker", "build", "-t", image, "-f", "trainers/Dockerfile", "."], cwd=ROOT,
                    check=True)
 

@@ -4,6 +4,7 @@
                                      [--scale-cap 240] [--keep-alive S]
     python benchmarks/bench_local.py --store-loss [--runs 3] [--cap 150]
     python benchmarks/bench_local.py --tutorial [--runs 3] [--cap 150]
+    python benchmarks/bench_local.py --outside [--runs 3] [--cap 150]
 
 - recovery: a 3-node elastic job (nodes 2:3) loses a node that does not host the store
   (SIGKILL of its whole process tree); seconds from the kill to the first training step of
@@ -27,6 +28,12 @@ Medians of --runs runs (--quick: one run each). Writes benchmarks/results/local.
 with the standalone store loses the store (SIGKILL of its process); seconds from the kill to
 the first training step after it (kdist starts the store again on its port, the agents fail,
 kdist starts them again, a new round resumes from the checkpoint), and when kdist saw the loss.
+
+--outside measures only this, into benchmarks/results/local-outside.json: the same 3-node job
+loses node-2 to a SIGKILL of its whole process tree sent from outside kdist (what the OOM killer
+or a dying host does) beside `kdist run --kill`; seconds from the kill to the survivors' first
+training step after they resumed from the checkpoint. kdist restarts the lost node (it rejoins
+later); the --kill node stays gone.
 
 --tutorial measures only node-loss recovery of trainers/examples/tutorial (PyTorch's
 fault-tolerant torchrun tutorial: snapshot.pt in the working directory, no KDIST_METRIC) beside
@@ -61,13 +68,16 @@ from kdist.targets.local.job import (
     LOCAL_HOST,
     NODE_RANK_ENV,
     RUN_ID_ENV,
+    find_processes,
     free_port,
     kill_tree,
+    signal_processes,
     start_process,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "local.json"
+OUTSIDE_RESULTS = ROOT / "benchmarks" / "results" / "local-outside.json"
 STORE_LOSS_RESULTS = ROOT / "benchmarks" / "results" / "local-store-loss.json"
 KDIST = [sys.executable, "-c",
          "from kdist.cli import cli, main; from kdist.cli.run import run; "
@@ -221,6 +231,64 @@ def collect(lines: queue.Queue[tuple[str, str | None]], events: list[tuple[float
             item = lines.get_nowait()
     except queue.Empty:
         return
+
+
+# ---- a node lost from outside kdist --------------------------------------------------------
+
+
+def first_step_after_resume(events: list[dict[str, Any]], kill_wall: float) -> float | None:
+    """Seconds from the kill to the first step after the trainer's first (re)start after it."""
+    resumed = False
+    for event in events:
+        if event.get("wall", 0) <= kill_wall:
+            continue
+        resumed = resumed or event.get("event") == "start"
+        if resumed and event.get("event") == "step":
+            return float(event["wall"]) - kill_wall
+    return None
+
+
+def node_pids(run_dir: Path, node: int) -> set[int]:
+    """The node's processes as an outsider finds them (ps, /proc): by their environment."""
+    found = set()
+    for pid in find_processes([], {NODE_RANK_ENV: str(node)}):
+        try:
+            if str(run_dir).encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def recovery_lost(cap: float, workdir: Path, outside: bool) -> float | None:
+    """node-2 of the 3-node job killed once training runs: from outside, or by `--kill`."""
+    spec = workdir / "kdist.yaml"
+    spec.write_text(elastic_text("trainers/train.py"))
+    run_dir = (workdir / "run").resolve()
+    kill = [] if outside else ["--kill", f"node-2@{KILL_AT}s"]
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir), *kill],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    start, kill_wall, resumed = time.monotonic(), 0.0, False
+    for line in proc.stdout:
+        if outside and not kill_wall and time.monotonic() - start >= KILL_AT:
+            signal_processes(node_pids(run_dir, 2), signal.SIGKILL)
+            kill_wall = time.time()
+        killed = bool(kill_wall) or line.startswith("kdist | kill ")
+        resumed = resumed or (killed and line.startswith("kdist | resumed:"))
+        if (resumed and '"event":"step"' in line) or time.monotonic() - start > KILL_AT + cap:
+            break
+    events, kdist_kill = stop_run(proc, run_dir)
+    kill_wall = kill_wall or kdist_kill or 0.0
+    return first_step_after_resume(events, kill_wall) if kill_wall else None
+
+
+def bench_outside(runs: int, cap: float) -> dict[str, Any]:
+    return {
+        "outside_kill": median_of("outside kill", runs, lambda d: recovery_lost(cap, d, True)),
+        "kdist_kill": median_of("kdist --kill", runs, lambda d: recovery_lost(cap, d, False)),
+        "runs": runs, "cpus": os.cpu_count(), "cap_s": cap,
+    }
 
 
 # ---- recovery of a trainer that knows nothing of kdist ----------------------------------
@@ -498,8 +566,18 @@ def main() -> None:
                         help="measure only the recovery from losing the rendezvous store")
     parser.add_argument("--tutorial", action="store_true",
                         help="measure only node-loss recovery of the tutorial trainer and ours")
+    parser.add_argument("--outside", action="store_true",
+                        help="measure only a node killed from outside kdist beside --kill")
     args = parser.parse_args()
     runs = 1 if args.quick else max(args.runs, 3)
+    if args.outside:
+        lost = bench_outside(runs, args.cap)
+        print(f"node lost (kill -> survivors step again after resuming): outside SIGKILL median "
+              f"{lost['outside_kill']['median_s']} s, runs {lost['outside_kill']['runs_s']}; "
+              f"kdist run --kill median {lost['kdist_kill']['median_s']} s, runs "
+              f"{lost['kdist_kill']['runs_s']}")
+        OUTSIDE_RESULTS.write_text(json.dumps(lost, indent=2) + "\n")
+        return
     if args.tutorial:
         both = bench_tutorial(runs, args.cap)
         print(f"node-loss recovery under kdist run (kill -> survivors step again): tutorial "

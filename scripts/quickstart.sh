@@ -53,13 +53,9 @@ missing_docker() {
 }
 
 missing_network() {
-  python3 - <<'EOF' || echo "download.pytorch.org:443 cannot be reached (the image build installs torch from there)"
-import socket, sys
-try:
-    socket.create_connection(("download.pytorch.org", 443), timeout=5).close()
-except OSError:
-    sys.exit(1)
-EOF
+  # the image build installs torch from pip's index: ask that index the way pip would
+  timeout 60 python3 -m pip index versions torch >/dev/null 2>&1 \
+    || echo "pip's package index cannot be reached (the image build installs torch from it)"
 }
 
 missing_image() {

@@ -38,6 +38,7 @@ from kdist.targets.local.job import (
     parse_kill,
     parse_seconds,
     resolve_entrypoint,
+    signal_processes,
     stop_reason,
 )
 
@@ -151,6 +152,29 @@ def test_losing_node_0_is_survivable_with_the_standalone_store(tmp_path: Path) -
     assert [e["world_size"] for e in events if e["event"] == "start"][-1] == 1
     check_resumes([e for e in events if e["event"] != "kill"], 30)
     assert "kdist | node-0 lost (killed on purpose, exit code -9)" in result.stdout
+
+
+@pytest.mark.torch
+def test_a_node_lost_below_nodes_min_fails_the_job_and_says_why(tmp_path: Path) -> None:
+    """nodes 2, no restarts: node-1's processes SIGKILLed from outside. Too few are left."""
+    spec = write_spec(tmp_path, "toofew", "2", ["--synthetic", "--max-steps", "5000",
+                                                "--step-sleep", "0.2"], "max_restarts: 0\n")
+    run_dir = (tmp_path / "run").resolve()
+    proc = start_until_stepping(spec, run_dir)
+    try:
+        victims = [pid for pid in find_processes([], {"KDIST_NODE_RANK": "1"})
+                   if str(run_dir).encode() in Path(f"/proc/{pid}/environ").read_bytes()]
+        assert victims
+        signal_processes(victims, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out[-2000:] + err[-2000:]
+    assert ("kdist | node-1 lost (killed by SIGKILL, no error in its log); 1 of 2 nodes left, "
+            "fewer than nodes.min=2: the job cannot go on") in out, out[-2000:]
+    assert "the job failed: 1 node(s) left, fewer than nodes.min=2: the job cannot continue" in err
+    assert not job_processes(run_dir, set())
 
 
 def job_processes(run_dir: Path, sessions: set[int]) -> dict[int, str]:

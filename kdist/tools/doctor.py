@@ -35,7 +35,8 @@ MIN_PYTHON = (3, 10)
 DNS_TIMEOUT = 10.0
 KUBE_TIMEOUT = 5.0
 NVIDIA_SMI_TIMEOUT = 20.0
-CHECKS = ("python", "torch", "port", "docker", "shm", "gpus", "gpu-sets", "kube", "dns", "interface")
+CHECKS = ("python", "torch", "port", "listening", "docker", "shm", "gpus", "gpu-sets", "kube", "dns",
+          "interface")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,23 @@ def check_torch(required: bool) -> Check:
 
 
 # ---- ports, shm, interfaces, DNS -------------------------------------------------------------
+
+
+def check_listening(name: str) -> Check:
+    """What the running local runs of job `name` listen on: loopback only, or a failure."""
+    from kdist.targets.local.listening import listeners, running_jobs
+
+    runs = running_jobs(name)
+    if not runs:
+        return Check("listening", "ok", f"no local run of job {name} is running")
+    found = {run: listeners(pids) for run, pids in sorted(runs.items())}
+    text = "; ".join(f"{run} listens on {', '.join(map(str, ports)) or 'nothing'}"
+                     for run, ports in found.items())
+    exposed = [str(x) for ports in found.values() for x in ports if not x.loopback_only]
+    if exposed:
+        return Check("listening", "fail", f"{text}; reachable from the network: "
+                     f"{', '.join(exposed)}", "see docs/targets.md (What a local run listens on)")
+    return Check("listening", "ok", f"{text} (loopback only)")
 
 
 def check_port(port: int, host: str = LOCAL_HOST) -> Check:
@@ -439,6 +457,7 @@ def _gpu_sets(plan: LaunchPlan, options: Options) -> Check:
 # there makes torch required on this machine).
 HOST_CHECKS: dict[str, Callable[[LaunchPlan, Options], Check]] = {
     "port": lambda plan, options: check_port(plan.spec.rendezvous.port),
+    "listening": lambda plan, options: check_listening(plan.name),
     "shm": _shm_here,
     "interface": lambda plan, options: check_interface(plan.spec.network_interface),
     "gpus-here": lambda plan, options: check_gpus(  # the nodes that start, on this machine

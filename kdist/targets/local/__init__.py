@@ -17,4 +17,4 @@ def store_host(plan: LaunchPlan) -> str:
 
 
 TARGET = Target(name="local", store_host=store_host, simulates_network=True,
-                preflight=("torch", "port", "shm", "interface", "gpus-here"))
+                preflight=("torch", "port", "listening", "shm", "interface", "gpus-here"))

@@ -77,3 +77,21 @@ def listeners(pids: Iterable[int]) -> list[Listener]:
             if inode in inodes:
                 out.add(Listener(address, port, pid))
     return sorted(out)
+
+
+def running_jobs(name: str, marker: str = "KDIST_RUN_ID") -> dict[str, list[int]]:
+    """run id -> pids of the live processes of each local run of job `name` (`marker` in their
+    environment names the run: kdist/targets/local/job.py)."""
+    prefix = f"{marker}={name}-".encode()
+    runs: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(prefix):
+                runs.setdefault(item.split(b"=", 1)[1].decode(), []).append(int(entry))
+    return runs
