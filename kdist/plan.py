@@ -123,7 +123,8 @@ class LaunchPlan:
     def wait_argv(self, host: str) -> list[str]:
         r = self.spec.rendezvous
         connect = "1" if self.standalone_store else "0"
-        return ["python3", "-c", WAIT_CODE, host, str(r.port), str(r.wait_timeout), connect]
+        return ["python3", "-c", WAIT_CODE, host, str(r.port), str(r.wait_timeout), connect,
+                IMAGE_PROJECT_DIR]
 
     def node_script(self, host: str, is_host: bool = False) -> str:
         """POSIX sh for a Compose node: wait for the store, then exec torchrun (PID 1 under init)."""

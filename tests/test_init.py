@@ -33,7 +33,7 @@ def test_init_names_the_script_and_its_args(project: Path) -> None:
     job = load_file(project / "kdist.yaml")
     assert job.entrypoint == "train.py" and job.args == ("30", "2", "--epoch-sleep", "1")
     text = (project / "kdist.yaml").read_text()
-    assert "snapshot.pt, model_final.pth" in text and ".kdist/runs/<run-id>/checkpoints" in text
+    assert "snapshot.pt, model_final.pth" in text and ".kdist/jobs/<name>/checkpoints" in text
     assert check(job, text, "kdist.yaml", project) == []
 
 

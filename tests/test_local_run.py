@@ -401,7 +401,7 @@ def test_cli_errors_before_starting_anything(tmp_path: Path) -> None:
 
 def test_job_success_rules() -> None:
     def result(*nodes: NodeResult) -> RunResult:
-        return RunResult("r", Path("/r"), nodes, 10, 1.0)
+        return RunResult("r", Path("/r"), nodes, 10, 1.0, outputs=Path("/r/checkpoints"))
 
     assert result(NodeResult(0, 0), NodeResult(1, -9, killed=True)).succeeded
     assert not result(NodeResult(0, 0), NodeResult(1, 1)).succeeded
@@ -425,6 +425,29 @@ def test_when_kdist_stops_the_remaining_nodes() -> None:
     assert reason(up, killed) == "1 node(s) left, fewer than nodes.min=2: the job cannot continue"
     assert reason(up, killed, adds=True) == ""  # a node is still to come
     assert reason(ok, killed) == ""  # nothing left to stop
+
+
+def test_which_ends_of_a_node_are_losses() -> None:
+    """kdist/policy.py: a signal nobody in the job sent is a loss; the node's own error is not."""
+    from kdist.policy import exit_signal, loss
+    from kdist.torchlog import Failure
+
+    own = Failure(1, 1, "", "", "ValueError: bad batch", ("ValueError: bad batch",))
+    peer = Failure(1, 1, "", "", "RuntimeError: Connection closed by peer", ())
+    killed_worker = Failure(1, -9, "SIGKILL", "", "", ())
+    assert exit_signal(-9) == "SIGKILL" and exit_signal(137, container=True) == "SIGKILL"
+    assert exit_signal(139, container=True) == "SIGSEGV" and exit_signal(137) == ""
+    assert exit_signal(1, container=True) == exit_signal(0) == exit_signal(None) == ""
+    assert loss(1, -9, None) is not None and loss(1, -9, None).why == "killed by SIGKILL"  # type: ignore[union-attr]
+    assert loss(1, -9, peer) is not None  # its workers only saw the peers go
+    assert loss(1, -9, own) is None  # its own error, whatever happened to the agent after
+    assert loss(1, 1, own) is None and loss(1, 1, None) is None
+    assert loss(1, 1, killed_worker).why == "its workers were killed by SIGKILL"  # type: ignore[union-attr]
+    oom = loss(2, 137, None, container=True, oom=True)
+    assert oom is not None and oom.oom and oom.message(2, 3, 2, False) == (
+        "node-2 lost (out of memory: OOM-killed, no error in its log); 2 of 3 nodes go on (min 2)")
+    assert loss(1, -9, None).message(1, 2, 2, False).endswith(  # type: ignore[union-attr]
+        "1 of 2 nodes left, fewer than nodes.min=2: the job cannot go on")
 
 
 def test_kill_tree_finds_orphans_in_their_own_sessions() -> None:

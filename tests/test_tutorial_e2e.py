@@ -104,8 +104,10 @@ def test_kdist_run_survives_a_node_killed_from_outside(tmp_path: Path, victim: i
     assert f"kdist | node-{victim} lost (killed by SIGKILL, no error in its log)" in out, out[-3000:]
     assert f"node-restart node={victim}" in out
     assert_resumed_together(out, ranks=3)  # the restarted node rejoined: all 3 in the last round
-    outputs = run_dir / "checkpoints"
-    assert sorted(p.name for p in outputs.iterdir()) == ["model_final.pth", "snapshot.pt"]
+    outputs = run_dir / "checkpoints"  # the job's files, beside links to the project's entries
+    assert sorted(p.name for p in outputs.iterdir() if not p.is_symlink()) == ["model_final.pth",
+                                                                               "snapshot.pt"]
+    assert (outputs / "trainers").is_symlink()
     assert f"outputs (the working directory) in {outputs}" in err
 
 
@@ -146,9 +148,11 @@ def test_kdist_up_loses_a_node_and_every_rank_resumes(tutorial_job: Job, victim:
 
 
 def volume_files(volume: str) -> list[str]:
-    listed = subprocess.run(["docker", "run", "--rm", "-v", f"{volume}:/c", IMAGE, "ls", "/c"],
-                            capture_output=True, text=True, timeout=120, check=True)
-    return listed.stdout.split()
+    """The job's own files on the volume (not the links to the project's entries)."""
+    listed = subprocess.run(["docker", "run", "--rm", "-v", f"{volume}:/c", IMAGE, "find", "/c",
+                             "-mindepth", "1", "-maxdepth", "1", "!", "-type", "l", "-printf",
+                             "%f\n"], capture_output=True, text=True, timeout=120, check=True)
+    return sorted(listed.stdout.split())
 
 
 def pod_run_options(plan: LaunchPlan, volume: str) -> list[str]:

@@ -65,6 +65,11 @@ def describe_event(name: str, fields: dict[str, Any]) -> str:
     node, members = f"node-{fields.get('node')}", ", ".join(fields.get("members", ()))
     if name == "lost":
         return str(fields["message"])
+    if name == "outputs":
+        how = ("it holds an earlier run's outputs: the trainer resumes from them, --fresh starts "
+               "over" if fields.get("resumes") else "relative paths the trainer writes land there, "
+               "the project's files are linked in")
+        return f"nodes start in {fields['path']} ({how})"
     if name == "exit" and fields.get("killed"):
         return f"{node} lost (killed on purpose, exit code {fields.get('code')})"
     if name == "exit":

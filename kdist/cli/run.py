@@ -51,13 +51,17 @@ def _fit_to_host(plan: LaunchPlan, nodes: int) -> LaunchPlan:
               help="Start one more node TIME after start, e.g. 30s (up to the spec's MAX). "
                    "Repeatable.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Folder for this run's logs, metrics and checkpoints "
-                   "[default: .kdist/runs/<run-id>]. Reusing one resumes from its checkpoint.")
+              help="Folder for this run's logs, metrics and outputs (DIR/checkpoints) "
+                   "[default: logs in .kdist/runs/<run-id>, outputs in "
+                   ".kdist/jobs/<name>/checkpoints]. Reusing one resumes from its checkpoint.")
+@click.option("--fresh", is_flag=True,
+              help="Start over: empty the job's outputs first (by default a run resumes from "
+                   "the checkpoint an earlier run of the job left there).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show torchrun's agent log lines too (they are always in the node logs).")
 @json_lines("local")
 def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: tuple[str, ...],
-        run_dir: Path | None, verbose: bool) -> None:
+        run_dir: Path | None, fresh: bool, verbose: bool) -> None:
     """Run the job here: every node is a torchrun process group on this host.
 
     The terminal shows the trainers' output and kdist's events (node lost, new rendezvous round
@@ -75,11 +79,13 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
         add_nodes=tuple(parse_seconds(a, "--add-node") for a in add_nodes),
         run_dir=run_dir,
         verbose=verbose,
+        fresh=fresh,
     )
     plan = load_plan(spec_file)
     check_file(plan.spec, spec_file, Path.cwd(), local=True)
     plan = _fit_to_host(plan, nodes or plan.spec.nodes.count)
     _run(plan, options, current())
+
 
 
 def _run(plan: LaunchPlan, options: RunOptions, out: JsonLines | None) -> None:

@@ -19,19 +19,27 @@ from kdist.spec.load import Pos, _pos_of, parse_yaml, read_text
 from kdist.spec.model import JobSpec
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, False also for a name the system refuses (too long, for instance)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def entrypoint_problem(entrypoint: str, project: Path, local: bool) -> str:
     """Why the entrypoint cannot start ("" when it can). An absolute path names a file in the
     image, checked only for `kdist run` (`local`), where it must exist on this host."""
     path = Path(entrypoint)
     if path.is_absolute():
-        if local and not path.is_file():
+        if local and not _is_file(path):
             return f"{entrypoint} does not exist on this host (kdist run starts it here)"
         return ""
     if posixpath.normpath(entrypoint).startswith("../"):
         return (f"{entrypoint} is outside the project folder {project}; the image holds the "
                 f"project at {IMAGE_PROJECT_DIR}")
     full = project / path
-    if full.is_file():
+    if _is_file(full):
         return ""
     near = _near_files(project, posixpath.normpath(entrypoint))
     hint = f" (did you mean {', '.join(near)}?)" if near else ""

@@ -139,11 +139,14 @@ Call with (dict "root" $ "host" HOST "isHost" BOOL).
 
 {{/*
 The wait command (plan.wait_argv) as a list of words.
-Call with (dict "root" $ "connect" "1"|"0").
+Call with (dict "root" $ "connect" "1"|"0" ["project" "/app"]): with a project, it first links
+the project's entries into the working directory.
 */}}
 {{- define "kdist.waitArgv" -}}
 {{- $r := .root.Values.rendezvous -}}
-{{- toJson (list "python3" "-c" (include "kdist.waitCode" .root) (include "kdist.storeHost" .root) (toString (int $r.port)) (toString (int $r.waitTimeout)) .connect) -}}
+{{- $argv := list "python3" "-c" (include "kdist.waitCode" .root) (include "kdist.storeHost" .root) (toString (int $r.port)) (toString (int $r.waitTimeout)) .connect -}}
+{{- if .project }}{{ $argv = append $argv .project }}{{ end -}}
+{{- toJson $argv -}}
 {{- end }}
 
 {{/*
@@ -158,7 +161,7 @@ finish="${KDIST_FINISH_DIR:-/var/run/kdist}"
 idle() { trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }
 if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
 trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
-{{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone)) | fromJsonArray) }} &
+{{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone) "project" "/app") | fromJsonArray) }} &
 child=$!
 wait "$child"
 rc=$?

@@ -24,6 +24,7 @@ import os
 import queue
 import re
 import secrets
+import shutil
 import signal
 import site
 import socket
@@ -39,9 +40,11 @@ from typing import IO, Any, Protocol
 
 from kdist import policy
 from kdist.errors import KdistError, UsageError
+from kdist.node.wait import link_project
 from kdist.plan import CHECKPOINT_ENV, LaunchPlan
 from kdist.progress import NodeProgress, RunProgress, barrier_note, format_elapsed
 from kdist.targets.local import LOCAL_HOST, netsim
+from kdist.targets.local.listening import running_jobs
 from kdist.torchlog import (
     Failure,
     NodeLog,
@@ -53,7 +56,8 @@ from kdist.torchlog import (
 
 RUN_ID_ENV = "KDIST_RUN_ID"
 NODE_RANK_ENV = "KDIST_NODE_RANK"
-RUNS_DIR = Path(".kdist") / "runs"
+RUNS_DIR = Path(".kdist") / "runs"  # a run's logs and metrics, one folder per run
+JOBS_DIR = Path(".kdist") / "jobs"  # a job's outputs (the working directory), kept across runs
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 LISTEN_SHIM = Path(__file__).resolve().parents[2] / "node" / "loopback"
 
@@ -74,11 +78,12 @@ class RunOptions:
     nodes: int | None = None  # overrides nodes.count, within MIN:MAX
     kills: tuple[Kill, ...] = ()
     add_nodes: tuple[float, ...] = ()  # seconds after start at which one more node starts
-    run_dir: Path | None = None  # default: .kdist/runs/<run-id>
+    run_dir: Path | None = None  # logs; default .kdist/runs/<run-id> (outputs: outputs_dir)
     grace: float = 5.0  # SIGTERM -> SIGKILL when stopping
     linger: float = 60.0  # how long other nodes may run on after one finished successfully
     store_timeout: float = 60.0  # for the standalone store's port to open
     verbose: bool = False  # torchrun's agent lines on the console too (always in the node logs)
+    fresh: bool = False  # empty the job's outputs first instead of resuming from them
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class RunResult:
     rounds: int = 0  # rendezvous rounds, restarts and world sizes: from torchrun's agent logs
     restarts: int = 0
     world_sizes: tuple[int, ...] = ()
+    outputs: Path = Path()  # the nodes' working directory
+    project_writes: tuple[str, ...] = ()  # files written into the project's own folders
 
     @property
     def succeeded(self) -> bool:
@@ -125,11 +132,16 @@ class RunResult:
         step = "" if self.final_step is None else f"final step {self.final_step}, "
         line = (f"run {self.run_id} {word}: {nodes}, {step}"
                 f"{format_elapsed(self.elapsed)} elapsed, logs in {self.run_dir}, outputs "
-                f"(the working directory) in {self.run_dir / 'checkpoints'}")
-        if not self.world_sizes:
-            return line
-        sizes = " -> ".join(map(str, self.world_sizes))
-        return f"{line}\n  rounds {self.rounds}, restarts {self.restarts}, world sizes {sizes}"
+                f"(the working directory) in {self.outputs}")
+        if self.world_sizes:
+            sizes = " -> ".join(map(str, self.world_sizes))
+            line += f"\n  rounds {self.rounds}, restarts {self.restarts}, world sizes {sizes}"
+        if self.project_writes:
+            shown = ", ".join(self.project_writes[:5]) + (", ..." if len(self.project_writes) > 5 else "")
+            line += (f"\n  warning: the trainer wrote into the project's own folders ({shown}); in a "
+                     "container they come from the image, read-only, and these writes fail: write "
+                     "outputs to paths of their own (docs/outputs.md)")
+        return line
 
 
 class RunFailed(KdistError):
@@ -417,6 +429,10 @@ class LocalRun:
     node_restarts: dict[int, int] = field(default_factory=dict)  # lost nodes started again
     metrics: IO[str] | None = None
     net: netsim.Placement = field(default_factory=netsim.HostNetwork)  # spec `network:`
+    project: Path = Path()  # where kdist runs: the project folder
+    outputs: Path = Path()
+    linked: list[str] = field(default_factory=list)  # project entries linked by this run
+    since: float = 0.0  # wall time the nodes were about to start
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0 if self.t0 else 0.0
@@ -424,10 +440,18 @@ class LocalRun:
     def run(self, count: int) -> RunResult:
         self.run_id = new_run_id(self.plan.name)
         self.run_dir = (self.options.run_dir or RUNS_DIR / self.run_id).resolve()
+        self.outputs = outputs_dir(self.plan, self.options).resolve()
         try:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.options.fresh:
+                shutil.rmtree(self.outputs, ignore_errors=True)
+            self.outputs.mkdir(parents=True, exist_ok=True)
+            earlier = any(not p.is_symlink() for p in self.outputs.iterdir())
+            self.linked = link_project(str(self.project), str(self.outputs))
         except OSError as e:
-            raise KdistError(f"cannot create the run folder {self.run_dir}: {e.strerror}") from None
+            raise KdistError(f"cannot prepare {e.filename or self.run_dir}: {e.strerror}") from None
+        self.since = time.time()
+        self.event("outputs", path=str(outputs_dir(self.plan, self.options)), resumes=earlier)
         self.port = free_port()
         self.timers = sorted([Timer(k.at, "kill", k.node) for k in self.options.kills]
                              + [Timer(at, "add") for at in self.options.add_nodes],
@@ -451,8 +475,9 @@ class LocalRun:
 
     @property
     def workdir(self) -> Path:
-        """Every node's working directory: the run's stand-in for the checkpoint volume."""
-        return self.run_dir / "checkpoints"
+        """Every node's working directory: the job's stand-in for the checkpoint volume, with a
+        link to each top-level entry of the project (kdist/node/wait.py, link_project)."""
+        return self.outputs
 
     def base_env(self) -> dict[str, str]:
         env = {**os.environ, **self.plan.env(), RUN_ID_ENV: self.run_id}
@@ -718,7 +743,8 @@ class LocalRun:
         interrupted = signal.Signals(self.signals[0]).name if self.signals else ""
         return RunResult(self.run_id, self.run_dir, nodes, self.status.step, self.elapsed(),
                          interrupted, len(self.status.rounds), self.status.restarts,
-                         tuple(self.status.world_sizes))
+                         tuple(self.status.world_sizes), self.outputs,
+                         project_writes(self.project, self.outputs, self.since))
 
 
 def stop_reason(nodes: Sequence[NodeResult], minimum: int, adds_pending: bool,
@@ -752,13 +778,52 @@ def run_local(plan: LaunchPlan, options: RunOptions, console: Console) -> RunRes
     netsim.check_available(plan.spec.network)
     count = check_options(plan, options)
     plan = resolve_entrypoint(plan, Path.cwd())
-    run = LocalRun(plan, options, console)
+    check_outputs_free(plan, options)
+    run = LocalRun(plan, options, console, project=Path.cwd().resolve())
     result = run.run(count)
     if run.signals:
         raise Interrupted(run.signals[0], result)
     if not result.succeeded:
         raise RunFailed(failure_message(result, run.reason), result)
     return result
+
+
+def outputs_dir(plan: LaunchPlan, options: RunOptions) -> Path:
+    """The nodes' working directory: the job's, kept across runs (a second run resumes from its
+    checkpoint, as `kdist up` and `kdist apply` do), or RUN_DIR/checkpoints with --run-dir."""
+    if options.run_dir is not None:
+        return options.run_dir / "checkpoints"
+    return JOBS_DIR / plan.name / "checkpoints"
+
+
+def check_outputs_free(plan: LaunchPlan, options: RunOptions) -> None:
+    """Two runs of one job would write into the same outputs: refuse the second."""
+    if options.run_dir is not None:
+        return
+    if running := running_jobs(plan.name, RUN_ID_ENV):
+        raise UsageError(f"job {plan.name} is already running here (run {min(running)}), with "
+                         f"its outputs in {outputs_dir(plan, options)}: wait for it, stop it, or "
+                         "give this run a folder of its own with --run-dir")
+
+
+def project_writes(project: Path, outputs: Path, since: float) -> tuple[str, ...]:
+    """Files under the project's folders that the working directory links to, written since
+    `since` (what a node's trainer wrote through a link; byte code and hidden folders aside)."""
+    found = []
+    for link in sorted(outputs.iterdir()) if outputs.is_dir() else []:
+        target = Path(os.path.realpath(link))
+        if not link.is_symlink() or not target.is_dir() or link.name.startswith("."):
+            continue
+        if project not in target.parents:
+            continue
+        for folder, dirs, files in os.walk(target):
+            dirs[:] = [d for d in dirs if d != "__pycache__" and not d.startswith(".")]
+            for name in files:
+                path = Path(folder, name)
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime >= since:
+                        found.append(str(path.relative_to(project)))
+    return tuple(found)
 
 
 def failure_message(result: RunResult, reason: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,17 +82,17 @@ def listeners(pids: Iterable[int]) -> list[Listener]:
 
 def running_jobs(name: str, marker: str = "KDIST_RUN_ID") -> dict[str, list[int]]:
     """run id -> pids of the live processes of each local run of job `name` (`marker` in their
-    environment names the run: kdist/targets/local/job.py)."""
-    prefix = f"{marker}={name}-".encode()
+    environment names the run, `<name>-<date>-<time>-<hex>`: kdist/targets/local/job.py)."""
+    run_id = re.compile(re.escape(f"{marker}={name}-").encode() + rb"(\d{8}-\d{6}-[0-9a-f]{4})$")
     runs: dict[str, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
         for item in environ:
-            if item.startswith(prefix):
-                runs.setdefault(item.split(b"=", 1)[1].decode(), []).append(int(entry))
+            if match := run_id.match(item):
+                runs.setdefault(f"{name}-{match[1].decode()}", []).append(int(entry))
     return runs
