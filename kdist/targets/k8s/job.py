@@ -199,6 +199,7 @@ class K8sJob:
         self._refuse_finished("apply")
         self.check_permissions()
         self.check_storage()
+        self.check_priority_class()
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
@@ -259,6 +260,23 @@ class K8sJob:
             raise PreflightFailed(f"the checkpoint claim {self.plan.checkpoint_claim} "
                                   f"({c.access_mode}, {c.size}) cannot be provisioned: {problem}. "
                                   "Nothing was applied.")
+
+    def check_priority_class(self) -> None:
+        """Admission refuses every pod naming a PriorityClass that does not exist, so the
+        workloads would be stored and never get a pod: say so before applying."""
+        wanted = self.plan.spec.k8s.priority_class
+        if not wanted:
+            return
+        try:
+            classes = self.client.list("/apis/scheduling.k8s.io/v1/priorityclasses")
+        except (Forbidden, NotFound):  # may not list cluster-scoped classes: --wait will tell
+            return
+        names = sorted(str((c.get("metadata") or {}).get("name", "")) for c in classes)
+        if wanted not in names:
+            raise PreflightFailed(
+                f"k8s.priority_class {wanted!r} is not a PriorityClass of this cluster (classes: "
+                f"{', '.join(names) or 'none'}){did_you_mean(wanted, names)}; the API server "
+                "would refuse every pod of the job. Nothing was applied.")
 
     def _refuse_finished(self, verb: str) -> dict[str, Any] | None:
         sts = self.statefulset()

@@ -34,7 +34,8 @@ class ClusterUnreachable(KubeError):
 
 
 class ApiError(KubeError):
-    """The API server answered with an error Status; `status` is that object (may be empty)."""
+    """The API server answered with an error Status; `status` is that object (may be empty).
+    Exit 1 (a conflict, a server error); the subclasses below are bad input: exit 2."""
 
     def __init__(self, message: str, code: int, status: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -53,17 +54,25 @@ class ApiError(KubeError):
 class Unauthorized(ApiError):
     """401: the credentials were missing, expired or wrong."""
 
+    exit_code = 2
+
 
 class Forbidden(ApiError):
     """403 from RBAC: the user may not do this verb on this resource."""
+
+    exit_code = 2
 
 
 class Rejected(ApiError):
     """400/422, or a 403 from an admission controller: the object was refused."""
 
+    exit_code = 2
+
 
 class NotFound(ApiError):
     """404: the object, its namespace, or its API (a missing CRD/group) does not exist."""
+
+    exit_code = 2
 
 
 __all__ = ["ApiError", "ClusterUnreachable", "ContextNotFound", "Forbidden", "KubeConfigError",
