@@ -49,7 +49,9 @@ up() {
   esac
   mkdir -p "$SHARED"
   chmod 0777 "$SHARED"  # the trainer runs as uid 1000; hostPath volumes get no fsGroup
-  if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  local clusters
+  clusters="$(kind get clusters 2>/dev/null || true)"
+  if grep -qx "$CLUSTER" <<<"$clusters"; then
     say "kind cluster $CLUSTER exists"
   else
     say "creating kind cluster $CLUSTER (1 control plane, 2 workers)"

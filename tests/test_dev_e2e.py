@@ -78,7 +78,8 @@ def test_up_dev_serves_jupyterlab_on_loopback_with_a_token(job: Callable[..., Jo
     kernel = subprocess.run(["docker", "exec", f"{j.name}-dev-1", "python3", "-c",
                              "import torch, os; print(torch.__version__, os.environ['HOME'])"],
                             capture_output=True, text=True, timeout=120)
-    assert kernel.returncode == 0 and kernel.stdout.split() == ["2.13.0+cpu", "/tmp"], kernel
+    version, home = kernel.stdout.split()
+    assert kernel.returncode == 0 and version.startswith("2.13.0") and home == "/tmp", kernel
 
     down = j("down", "--volumes")
     assert down.returncode == 0, down.stderr

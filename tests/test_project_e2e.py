@@ -50,7 +50,7 @@ def test_kdist_run_reads_the_project_and_a_second_run_resumes(tmp_path: Path) ->
     first = kdist(folder, "run", "--nodes", "2")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     outputs = folder / ".kdist" / "jobs" / "proj-local" / "checkpoints"
-    assert "kdist: nodes start in .kdist/jobs/proj-local/checkpoints (relative paths" in first.stderr
+    assert "kdist | nodes start in .kdist/jobs/proj-local/checkpoints (relative paths" in first.stdout
     assert starts(first.stdout) == ["[rank 0] starting at epoch 0", "[rank 1] starting at epoch 0"]
     assert (outputs / "out" / "ckpt.pt").is_file() and not (outputs / "out").is_symlink()
     assert (outputs / "config.json").is_symlink() and (outputs / "data").is_symlink()
