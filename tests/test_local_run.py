@@ -142,6 +142,7 @@ def test_losing_a_node_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
 
 
 @pytest.mark.torch
+@pytest.mark.chaos
 def test_losing_node_0_is_survivable_with_the_standalone_store(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, "standalone", "1:2",
                       ["--synthetic", "--max-steps", "30", "--checkpoint-every", "5",
@@ -355,6 +356,34 @@ def test_a_node_left_waiting_in_the_exit_barrier_does_not_hold_the_job(tmp_path:
 
 
 PLAN = LaunchPlan(load_text(spec_text("opts", "2:3", ["--synthetic"])))
+
+
+HOME_READER = """\
+import os, pathlib
+home = pathlib.Path.home()
+token = (home / ".cache" / "huggingface" / "token").read_text().strip()
+print("home", home, "token", token, "netrc", (home / ".netrc").is_file(), flush=True)
+"""
+
+
+@pytest.mark.torch
+def test_nodes_see_the_users_home_as_under_plain_torchrun(tmp_path: Path) -> None:
+    """~/.netrc and a Hugging Face token in ~/.cache are where the trainer looks."""
+    home = tmp_path / "home"
+    (home / ".cache" / "huggingface").mkdir(parents=True)
+    (home / ".cache" / "huggingface" / "token").write_text("hf_test\n")
+    (home / ".netrc").write_text("machine example.invalid login me password x\n")
+    trainer = tmp_path / "reads_home.py"
+    trainer.write_text(HOME_READER, encoding="utf-8")
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(f"name: home\nimage: kdist-trainer:test\nentrypoint: {trainer.name}\n"
+                    "nodes: 2\n", encoding="utf-8")
+    result = subprocess.run([*KDIST, "run", "-f", str(spec), "--run-dir", str(tmp_path / "run")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                            env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, explain(result)
+    seen = sorted(line.split("| ", 1)[1] for line in result.stdout.splitlines() if "| home " in line)
+    assert seen == [f"home {home} token hf_test netrc True"] * 2, result.stdout[-2000:]
 
 
 def test_fault_injection_options_parse() -> None:

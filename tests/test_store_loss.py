@@ -120,6 +120,7 @@ def restart_counts(project: str) -> dict[str, int]:
 
 
 @pytest.mark.docker
+@pytest.mark.chaos
 def test_kdist_up_survives_losing_the_store(tutorial_job: Job) -> None:  # noqa: F811
     """The tutorial under `kdist up`: the `rdzv` container's store dies after the snapshot of
     epoch 4; Docker restarts `rdzv` and the failed nodes (their restart policies), every rank

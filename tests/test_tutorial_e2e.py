@@ -75,7 +75,7 @@ def read_until(proc: subprocess.Popen[str], text: str, seen: list[str], timeout:
             return
 
 
-@pytest.mark.parametrize("victim", [1, 0])
+@pytest.mark.parametrize("victim", [1, pytest.param(0, marks=pytest.mark.chaos)])
 def test_kdist_run_survives_a_node_killed_from_outside(tmp_path: Path, victim: int) -> None:
     """The tutorial trainer on 2 nodes; mid-run, every process of one node is SIGKILLed from
     outside kdist (as the OOM killer or a dying host would). The node is lost, started again
@@ -129,7 +129,7 @@ def wait_for_line(up: Attached, text: str, timeout: float = 300) -> None:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("victim", ["node-1", "node-0"])
+@pytest.mark.parametrize("victim", ["node-1", pytest.param("node-0", marks=pytest.mark.chaos)])
 def test_kdist_up_loses_a_node_and_every_rank_resumes(tutorial_job: Job, victim: str) -> None:
     j = tutorial_job
     up = Attached(j)

@@ -67,6 +67,7 @@ class Config:
     step_sleep: float
     fail_at_step: int
     dump_params: str | None
+    hog_at_step: int = -1
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,13 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         "(before running it); -1 disables",
     )
     p.add_argument(
+        "--hog-at-step",
+        type=int,
+        default=-1,
+        help="the last global rank allocates memory until the kernel kills it when it reaches "
+        "step N, in torchrun's first attempt only (for out-of-memory tests); -1 disables",
+    )
+    p.add_argument(
         "--dump-params",
         default=None,
         metavar="PATH",
@@ -157,6 +165,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         checkpoint_every=a.checkpoint_every,
         step_sleep=a.step_sleep,
         fail_at_step=a.fail_at_step,
+        hog_at_step=a.hog_at_step,
         dump_params=a.dump_params,
     )
 
@@ -393,6 +402,16 @@ def finished(cfg: Config, state: TrainState) -> bool:
     return state.epoch >= cfg.epochs
 
 
+def hog_memory() -> None:
+    """Touch 64 MiB blocks until the out-of-memory killer ends this process (first attempt only)."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    LOG.info("allocating memory until the kernel stops this process")
+    blocks = []
+    while True:
+        blocks.append(bytearray(b"\x01") * (64 << 20))
+
+
 def run_epoch(
     cfg: Config,
     model: nn.Module,
@@ -410,6 +429,8 @@ def run_epoch(
         fail_at = cfg.fail_at_step
         if info.rank == 0 and fail_at >= 0 and next_step == max(fail_at, 1):
             raise RuntimeError(f"injected failure at step {cfg.fail_at_step}")
+        if next_step == cfg.hog_at_step and info.rank == info.world_size - 1:
+            hog_memory()
         loss = train_step(ddp, opt, x, y, info)
         state.step = next_step
         state.consumed += global_batch

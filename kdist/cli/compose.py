@@ -8,6 +8,7 @@ become messages and exit codes in kdist.cli's group.
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
     out = current()
     console = out or TerminalConsole(sys.stderr if sys.stderr.isatty() else None)
     status, start = RunProgress(), time.monotonic()
+    worker_kills: dict[int, tuple[int, int]] = {}
     try:
         for line in job.follow():
             elapsed = time.monotonic() - start
@@ -63,10 +65,12 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
             console.clear()
             for text in shown:
                 click.echo(text, err=out is not None)
+            over = _judge_exit(job, status, line)
+            _judge_worker_kill(job, status, line, worker_kills)
             for event, fields in status.events:
                 console.event(event, elapsed, fields)
             status.events.clear()
-            if reason := _hopeless(job, status):
+            if reason := over or _hopeless(job, status):
                 console.clear()
                 click.echo(f"kdist: {reason}; stopping the other nodes", err=True)
                 from kdist.targets.compose.job import HOPELESS
@@ -95,6 +99,66 @@ def _observe(status: RunProgress, node: int, text: str, out: JsonLines | None,
     if out is not None:
         out.event("exit", elapsed, {"node": node, "code": int(exited[1])})
     return [*shown, text]
+
+
+def _judge_exit(job: ComposeJob, status: RunProgress, line: str) -> str:
+    """A node's container that ended by a signal nobody in the job sent (a kill from outside,
+    the OOM killer) is lost, not failed (kdist/policy.py): a `lost` event says so and whether
+    its restart policy brings it back. Returns why the job is over now (too few nodes left)."""
+    from kdist import policy
+
+    m = NODE_LINE.match(line)
+    exited = EXITED_TEXT.match(m[2].strip()) if m else None
+    if m is None or exited is None or int(exited[1]) == 0 or f"node-{m[1]}" in job.marks():
+        return ""
+    node, code = int(m[1]), int(exited[1])
+    failure = status.node(node).log.failure()
+    if (loss := policy.loss(node, code, failure, container=True)) is None:
+        return ""  # it failed by its own error
+    now = job.status()
+    mine = now.node(f"node-{node}")
+    container = mine.container if mine is not None else None
+    oom = container is not None and container.oom_killed
+    if oom:
+        loss = policy.Loss(node, "out of memory: OOM-killed", oom=True)
+    status.node_exited(node, code, killed=True)  # it left the job: not a failure of the job
+    returns = container is not None and container.active  # restarting by its restart policy
+    remaining = sum(1 for n in now.nodes if n.running and n is not mine)
+    total = sum(1 for n in now.nodes if n.container is not None and n.state != "created")
+    message = loss.message(remaining, total, job.project.min_nodes, returns)
+    if oom:
+        message += (f" (resources.memory: {job.project.memory}: raise it, or have each rank use "
+                    "less)")
+    status.events.append(("lost", {"node": node, "code": code, "why": loss.why,
+                                   "message": message}))
+    return "" if returns else policy.too_few(remaining, job.project.min_nodes)
+
+
+def _judge_worker_kill(job: ComposeJob, status: RunProgress, line: str,
+                       seen: dict[int, tuple[int, int]]) -> None:
+    """A worker killed by SIGKILL in a container where the OOM killer struck again: an `oom`
+    event names it (torchrun restarts the workers; the container lives on). `seen`: node ->
+    (worker failures, OOM kills) already looked at."""
+    m = NODE_LINE.match(line)
+    if m is None:
+        return
+    node = int(m[1])
+    exits = status.node(node).log.exits
+    failures, ooms = seen.get(node, (0, 0))
+    if len(exits) <= failures:
+        return
+    seen[node] = (len(exits), ooms)
+    if exits[-1].exit_code != -signal.SIGKILL:
+        return
+    kills = job.oom_kills(f"node-{node}")
+    if kills <= ooms:
+        return
+    seen[node] = (len(exits), kills)
+    rank = f" (rank {exits[-1].rank})" if exits[-1].rank is not None else ""
+    status.events.append(("oom", {"node": node, "message": (
+        f"node-{node}: a worker{rank} was OOM-killed at the container's memory limit "
+        f"(resources.memory: {job.project.memory}); torchrun restarts the workers within "
+        "max_restarts: raise resources.memory, or have each rank use less")}))
 
 
 def _hopeless(job: ComposeJob, status: RunProgress) -> str:

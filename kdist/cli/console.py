@@ -63,7 +63,7 @@ def describe_event(name: str, fields: dict[str, Any]) -> str:
     """`node-1 lost (SIGKILL by --kill)`, `round 1: world size 3, members node-0, node-1, ...`;
     other events as `kill node=1 signal=SIGKILL ...`."""
     node, members = f"node-{fields.get('node')}", ", ".join(fields.get("members", ()))
-    if name == "lost":
+    if name in ("lost", "oom"):
         return str(fields["message"])
     if name == "outputs":
         how = ("it holds an earlier run's outputs: the trainer resumes from them, --fresh starts "

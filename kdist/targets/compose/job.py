@@ -370,6 +370,17 @@ class ComposeJob:
             ))  # fmt: skip
         return out
 
+    def oom_kills(self, service: str) -> int:
+        """How many times the kernel's OOM killer struck in the service's container. Docker sets
+        State.OOMKilled only once the container exits; its `oom` events come at once."""
+        container = next((c for c in self.containers() if c.service == service), None)
+        if container is None:
+            return 0
+        got = run(["docker", "events", "--since", "0", "--until", str(int(time.time()) + 1),
+                   "--filter", f"container={container.id}", "--filter", "event=oom",
+                   "--format", "{{.Status}}"], timeout=INSPECT_TIMEOUT)
+        return got.stdout.split().count("oom") if got.returncode == 0 else 0
+
     def marks(self) -> dict[str, str]:
         """Nodes kdist stopped on purpose, with the reason."""
         try:
@@ -524,6 +535,11 @@ class ComposeJob:
         failed = status.failed_nodes
         if status.phase != FAILED or not failed:
             return None
+        if not any(n.failed for n in failed):  # only lost nodes: too few were left
+            lost = "; ".join(f"{n.service} lost ({n.lost})" for n in failed)
+            return JobFailed(f"job {status.name} failed: {lost}; fewer than nodes.min="
+                             f"{self.project.min_nodes} nodes were left to finish it",
+                             failed[0].exit_code or 1, failed[0].service)
         # a node kdist stopped because the job could not succeed may hold the first failure
         stopped = [n for n in status.nodes if n.stopped_by == HOPELESS and n.container is not None]
         node, (block, code) = min(((n, self._cause(n)) for n in [*failed, *stopped]),

@@ -12,6 +12,9 @@ NETWORK = "kdist"
 VOLUME = "checkpoints"
 TMP = "/tmp"  # a tmpfs (exec, like an emptyDir; in RAM) where the pods have an emptyDir; HOME too
 SCALE_PROFILE = "scale"  # nodes beyond `nodes.count`, started by `kdist scale`
+# `rdzv` exits this long after its last node left (kdist/node/store.py): the job has ended, and a
+# detached job leaves nothing running; a node back from a restart reconnects within seconds
+STORE_IDLE_EXIT = 30
 
 
 def node_service(i: int) -> str:
@@ -63,7 +66,7 @@ def _store_service(plan: LaunchPlan) -> dict[str, Any]:
     return {
         "image": plan.spec.image,
         "hostname": STORE_COMPONENT,
-        "command": plan.store_argv(),
+        "command": plan.store_argv(idle=STORE_IDLE_EXIT),
         "environment": {"HOME": TMP},
         **_hardening(plan),
         "healthcheck": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kdist import policy
 from kdist.status import (
     FAILED,
     NOT_STARTED,
@@ -60,8 +61,21 @@ class NodeStatus:
         return self.container is not None and self.container.active
 
     @property
+    def lost(self) -> str:
+        """Why the node was lost (kdist/policy.py): its container ended by a signal nobody in
+        the job sent, or out of memory; "" when it ended by itself or kdist stopped it."""
+        c = self.container
+        if c is None or not c.stopped or self.stopped_by or not c.exit_code:
+            return ""
+        if c.oom_killed:
+            return "out of memory (OOM-killed at its memory limit)"
+        name = policy.exit_signal(c.exit_code, container=True)
+        return f"killed by {name} from outside kdist" if name else ""
+
+    @property
     def failed(self) -> bool:
-        return bool(self.exit_code) and not self.stopped_by
+        """It failed by an error of its own (a lost node is not a verdict on the job)."""
+        return bool(self.exit_code) and not self.stopped_by and not self.lost
 
     @property
     def note(self) -> str:
@@ -70,10 +84,10 @@ class NodeStatus:
             return "standby (kdist scale starts it)" if self.standby else ""
         if c.stopped and self.stopped_by:
             return self.stopped_by
-        if c.oom_killed:
-            return "out of memory (killed at its memory limit)"
-        if c.stopped and c.exit_code == 137:
-            return "killed (SIGKILL)"
+        if self.lost:
+            return f"lost: {self.lost}"
+        if c.oom_killed:  # a worker was, and torchrun restarted it
+            return "a worker ran out of memory (OOM-killed at its memory limit) and was restarted"
         return ""
 
 
@@ -85,7 +99,10 @@ class JobStatus:
 
     @property
     def phase(self) -> str:
-        """One of kdist.status.PHASES (Compose has no pending: a started node runs or has ended)."""
+        """One of kdist.status.PHASES (Compose has no pending: a started node runs or has ended).
+
+        Lost nodes do not fail a job that others finished; a job that lost nodes and that no
+        node finished failed (too few were left)."""
         started = [n for n in self.nodes if n.container is not None and n.state != "created"]
         if not started:
             return NOT_STARTED
@@ -93,11 +110,17 @@ class JobStatus:
             return RUNNING
         if any(n.failed for n in started):
             return FAILED
-        return SUCCEEDED if any(n.exit_code == 0 for n in started) else STOPPED
+        if any(n.exit_code == 0 for n in started):
+            return SUCCEEDED
+        return FAILED if any(n.lost for n in started) else STOPPED
 
     @property
     def failed_nodes(self) -> list[NodeStatus]:
-        return [n for n in self.nodes if n.failed]
+        """The nodes the job failed by: those that failed by themselves, else the lost ones."""
+        own = [n for n in self.nodes if n.failed]
+        if own or self.phase != FAILED:
+            return own
+        return [n for n in self.nodes if n.lost]
 
     def node(self, service: str) -> NodeStatus | None:
         return next((n for n in self.nodes if n.service == service), None)

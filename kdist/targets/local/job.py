@@ -26,7 +26,6 @@ import re
 import secrets
 import shutil
 import signal
-import site
 import socket
 import subprocess
 import sys
@@ -508,12 +507,12 @@ class LocalRun:
         net = self.net.node(index)
         cmd = [*net.prefix, sys.executable, "-m", "torch.distributed.run", *argv[1:]]
         node_dir = self.run_dir / f"node-{index}"
-        tmp = node_dir / "tmp"  # the pod's private /tmp emptyDir (HOME=/tmp there too)
+        tmp = node_dir / "tmp"  # the pod's private /tmp emptyDir
         tmp.mkdir(parents=True, exist_ok=True)
+        # HOME stays the user's, as under plain torchrun: ~/.netrc, ~/.cache (Hugging Face,
+        # torch hub) and tokens are where the trainer looks (pods: HOME=/tmp, docs/outputs.md)
         env = {**self.base_env(), **dict(net.env), NODE_RANK_ENV: str(index),
-               "TORCHELASTIC_ERROR_FILE": str(node_dir / "error.json"),
-               "HOME": str(tmp), "TMPDIR": str(tmp),
-               "PYTHONUSERBASE": os.environ.get("PYTHONUSERBASE", site.getuserbase()),
+               "TORCHELASTIC_ERROR_FILE": str(node_dir / "error.json"), "TMPDIR": str(tmp),
                **listen_env(net.address)}
         proc = start_process(f"node-{index}", index, cmd, self.workdir, env,
                              self.run_dir / f"node-{index}.log", self.lines)
