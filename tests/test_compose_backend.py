@@ -221,6 +221,17 @@ def test_phases() -> None:
     assert standby.note.startswith("standby") and killed.note == backend.KILLED
 
 
+def test_a_node_kdist_stopped_after_its_own_error_failed_and_was_not_lost() -> None:
+    """SIGTERM (143) from kdist's stop after the node's own error (the FAILING mark): failed.
+    The same exit with no mark came from outside kdist: lost."""
+    outside = NodeStatus("node-0", container("node-0", "exited", 143))
+    failing = NodeStatus("node-0", container("node-0", "exited", 143), "", halted=True)
+    assert outside.lost == "killed by SIGTERM from outside kdist" and not outside.failed
+    assert failing.lost == "" and failing.failed
+    assert status_of(failing).failed_nodes == [failing]
+    assert backend._purpose(backend.FAILING) == "" and backend._purpose(backend.KILLED)
+
+
 def test_oom_is_ranked_first_and_peer_errors_last() -> None:
     oom = NodeStatus("node-1", container("node-1", "exited", 137, oom_killed=True,
                                          finished_at="2"))

@@ -43,6 +43,7 @@ KILLED = "killed by kdist kill"
 SCALED_DOWN = "stopped by kdist scale"
 INTERRUPTED = "stopped: kdist up was interrupted"
 HOPELESS = "stopped by kdist: the job could not succeed any more"
+FAILING = "failing"  # a node kdist stopped after its own error: its exit still counts as failed
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PREFIX_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-(?P<num>\d+)\s*\|\s?(?P<text>.*)$")
 EXITED_RE = re.compile(r"^(?P<svc>[A-Za-z0-9][-A-Za-z0-9_.]*?)-\d+ exited with code (?P<code>-?\d+)$")
@@ -293,6 +294,12 @@ def project_for(plan: LaunchPlan, workdir: Path) -> Project:
     )  # fmt: skip
 
 
+def _purpose(mark: str) -> str:
+    """Why kdist stopped a node on purpose, from its mark ("" for a node stopped after its own
+    error: that is not on purpose)."""
+    return "" if mark == FAILING else mark
+
+
 def _cause_rank(item: tuple[NodeStatus, tuple[list[str], int]]) -> tuple[bool, bool, str]:
     """Order failed nodes: OOM first, then real errors before peers' follow-on errors, then time."""
     node, (block, _) = item
@@ -427,7 +434,8 @@ class ComposeJob:
         for c in self.containers():
             by_service.setdefault(c.service, c)
         marks = self.marks()
-        nodes = tuple(NodeStatus(s, by_service.get(s), marks.get(s, ""), i >= self.project.count)
+        nodes = tuple(NodeStatus(s, by_service.get(s), _purpose(marks.get(s, "")),
+                                 i >= self.project.count, s in marks)
                       for i, s in enumerate(self.project.nodes))
         store = by_service.get(self.project.store) if self.project.store else None
         return JobStatus(self.project.name, store, nodes)
@@ -521,9 +529,10 @@ class ComposeJob:
         """Stop every container (Ctrl-C on an attached `kdist up`); containers and logs stay.
 
         Running nodes are marked as stopped on purpose, but for `failed` (their own failure
-        stopped the job: their exit codes count)."""
-        self._mark([n.service for n in self.status().nodes if n.running and n.service not in failed],
-                   reason)
+        stopped the job: their exit codes count, and the signal is not a loss)."""
+        running = [n.service for n in self.status().nodes if n.running]
+        self._mark([s for s in running if s not in failed], reason)
+        self._mark([s for s in running if s in failed], FAILING)
         self._check("stop", "--timeout", "30", action="docker compose stop")
 
     def failure(self, status: JobStatus | None = None) -> JobFailed | None:

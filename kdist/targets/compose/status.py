@@ -46,6 +46,7 @@ class NodeStatus:
     container: Container | None
     stopped_by: str = ""  # why kdist stopped it on purpose ("" when it did not)
     standby: bool = False  # in the `scale` profile: `up` does not start it, `kdist scale` does
+    halted: bool = False  # kdist sent it the stop signal (on purpose, or after its own error)
 
     @property
     def state(self) -> str:
@@ -65,7 +66,7 @@ class NodeStatus:
         """Why the node was lost (kdist/policy.py): its container ended by a signal nobody in
         the job sent, or out of memory; "" when it ended by itself or kdist stopped it."""
         c = self.container
-        if c is None or not c.stopped or self.stopped_by or not c.exit_code:
+        if c is None or not c.stopped or self.stopped_by or self.halted or not c.exit_code:
             return ""
         if c.oom_killed:
             return "out of memory (OOM-killed at its memory limit)"
