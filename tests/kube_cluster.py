@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,7 @@ class KubeCluster:
             self._phase("kubelet", self._start_kubelet)
             self._phase("kube-proxy", self._start_proxy)
             self._phase("coredns", self._start_dns)
+            self._phase("default ServiceAccount", self._wait_default_account)
         except BaseException:
             self.stop()
             raise
@@ -166,6 +168,8 @@ class KubeCluster:
         return {"cniVersion": "1.0.0", "name": "kdist", "plugins": [
             {"type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": True,
              "hairpinMode": True, "ipam": ipam},
+            # accepts the pods' traffic in FORWARD, whose policy may be DROP (Docker sets it)
+            {"type": "firewall", "backend": "iptables"},
             {"type": "portmap", "capabilities": {"portMappings": True},
              "externalSetMarkChain": "KUBE-MARK-MASQ"},
         ]}
@@ -227,6 +231,12 @@ class KubeCluster:
             return False
         return any(c["type"] == "Ready" and c["status"] == "True"
                    for c in node.get("status", {}).get("conditions", []))
+
+    def _wait_default_account(self) -> None:
+        """Pods are refused until the controller-manager made the namespace's account."""
+        self.server.wait(lambda: self.server.request(
+            "GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            "ServiceAccount default/default")
 
     def _start_proxy(self) -> None:
         config = self.folder / "kube-proxy.yaml"
@@ -340,8 +350,9 @@ def cluster_objects(volumes: Path) -> list[tuple[str, dict[str, Any]]]:
                    "storageclass.kubernetes.io/is-default-class": "true"}},
                "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "Immediate"}
     rbac = "/apis/rbac.authorization.k8s.io/v1"
-    objects: list[tuple[str, dict[str, Any]]] = [(f"{rbac}/clusterroles", role), (f"{rbac}/clusterrolebindings", binding),
-               ("/apis/storage.k8s.io/v1/storageclasses", storage)]
+    objects: list[tuple[str, dict[str, Any]]] = [
+        (f"{rbac}/clusterroles", role), (f"{rbac}/clusterrolebindings", binding),
+        ("/apis/storage.k8s.io/v1/storageclasses", storage)]
     for i in range(PV_COUNT):
         objects.append(("/api/v1/persistentvolumes", {
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"kdist-pv-{i}"},
@@ -435,7 +446,7 @@ def _drop_chains() -> None:
             rules = run(tool, "-t", table, "-S", check=False).splitlines()
             chains = [r.split()[1] for r in rules if r.startswith("-N ") and ours.match(r.split()[1])]
             for rule in rules:
-                words = rule.split()
+                words = shlex.split(rule)
                 if words[:1] == ["-A"] and not ours.match(words[1]) and any(
                         ours.match(w) for w in words[2:]):
                     run(tool, "-t", table, "-D", *words[1:], check=False)
@@ -454,12 +465,16 @@ def _remove_cgroups() -> None:
 
 
 def _remove_log_links(folder: Path) -> None:
-    """kubelet links each container's log into /var/log/containers."""
+    """kubelet links each container's log into /var/log/containers; libcni caches results in
+    /var/lib/cni. Each folder goes once empty."""
     logs = Path("/var/log/containers")
     if logs.is_dir():
         for link in logs.iterdir():
             if link.is_symlink() and os.readlink(link).startswith(str(folder)):
                 link.unlink()
+    for empty in (logs, Path("/var/lib/cni/results"), Path("/var/lib/cni")):
+        with contextlib.suppress(OSError):
+            empty.rmdir()
 
 
 def _restore_sysctls(folder: Path) -> None:
