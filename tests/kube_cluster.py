@@ -402,6 +402,7 @@ def _stop(names: tuple[str, ...], procs: dict[str, subprocess.Popen[bytes]],
     for name in names:
         proc = procs.pop(name, None)
         pid = pids.pop(name, None)
+        began = time.monotonic()
         if proc is not None:
             proc.terminate()
             try:
@@ -411,6 +412,8 @@ def _stop(names: tuple[str, ...], procs: dict[str, subprocess.Popen[bytes]],
                 proc.wait()
         elif pid is not None:
             stop_pid(pid)
+        if proc is not None or pid is not None:
+            print(f"cluster: stopped {name} in {time.monotonic() - began:.1f}s", file=sys.stderr)
 
 
 def _kill_shims(sock: Path) -> None:
