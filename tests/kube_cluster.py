@@ -205,7 +205,11 @@ class KubeCluster:
     # ---- API objects -------------------------------------------------------------------------
 
     def _create_objects(self) -> None:
-        for path, body in cluster_objects(self.folder / "volumes"):
+        volumes = self.folder / "volumes"
+        for i in range(PV_COUNT):  # writable by the non-root users of restricted pods
+            (volumes / f"pv-{i}").mkdir(parents=True, exist_ok=True)
+            (volumes / f"pv-{i}").chmod(0o1777)
+        for path, body in cluster_objects(volumes):
             self.server.create(path, body)
 
     # ---- kubelet, kube-proxy, CoreDNS ---------------------------------------------------------
