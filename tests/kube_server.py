@@ -42,6 +42,10 @@ USERS = {
     "dev": ("kdist-dev-token", "kdist:devs"),
     "system:kube-controller-manager": ("kdist-kcm-token", ""),
     "system:kube-scheduler": ("kdist-scheduler-token", ""),
+    # the node's components (tests/kube_cluster.py); the Node authorizer needs this exact name
+    "system:node:kdist-node": ("kdist-node-token", "system:nodes"),
+    "system:kube-proxy": ("kdist-proxy-token", ""),
+    "kdist:coredns": ("kdist-coredns-token", ""),
 }
 START_TIMEOUT = 90.0
 
@@ -79,20 +83,27 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certs(folder: Path) -> None:
-    """A throwaway CA, the apiserver's serving certificate, the service-account key pair."""
+def make_certs(folder: Path, address: str = "127.0.0.1") -> None:
+    """A throwaway CA, the apiserver's serving and kubelet-client certificates, the
+    service-account key pair."""
     folder.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
              "-days", "2", "-subj", "/CN=kdist-test-ca", cwd=folder)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key",
              "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver", cwd=folder)
-    names = ["IP:127.0.0.1", "IP:10.0.0.1", "DNS:localhost", "DNS:kubernetes",
+    names = ["IP:127.0.0.1", f"IP:{address}", "IP:10.0.0.1", "DNS:localhost", "DNS:kubernetes",
              "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
              "DNS:kubernetes.default.svc.cluster.local"]
     (folder / "san.ext").write_text(f"subjectAltName={','.join(names)}\n", encoding="utf-8")
     _openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
              "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "apiserver.crt",
              cwd=folder)
+    # the apiserver's identity towards kubelets (their webhook authorizer asks RBAC)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "kubelet-client.key",
+             "-out", "kubelet-client.csr", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+             cwd=folder)
+    _openssl("x509", "-req", "-in", "kubelet-client.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-out", "kubelet-client.crt", cwd=folder)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=folder)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=folder)
 
@@ -104,13 +115,14 @@ class KubeServer:
     folder: Path
     components: tuple[str, ...] = CONTROL_PLANE
     bin: Path = field(default_factory=bin_dir)
+    address: str = "127.0.0.1"  # the apiserver listens and advertises here
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_in: float = 0.0  # seconds from start() to a ready apiserver
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -128,17 +140,17 @@ class KubeServer:
     def start(self) -> KubeServer:
         began = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
-        make_certs(self.certs)
+        make_certs(self.certs, self.address)
         self._write_tokens()
         try:
             etcd = self._start_etcd()
             self.port = free_port()
-            self._write_kubeconfig()
-            self._spawn("kube-apiserver", self._apiserver_args(etcd))
+            self.write_kubeconfig()
+            self.spawn("kube-apiserver", self._apiserver_args(etcd))
             self._wait_ready("/readyz")
             for name in self.components:
                 if name in CONTROLLERS:
-                    self._spawn(name, self._controller_args(name))
+                    self.spawn(name, self._controller_args(name))
         except BaseException:
             self.stop()
             raise
@@ -166,9 +178,10 @@ class KubeServer:
 
     # ---- processes ---------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def spawn(self, name: str, args: list[str], exe: Path | None = None) -> None:
+        """Start `name` (from the binaries' folder unless `exe`), logging to <name>.log."""
         with open(self.folder / f"{name}.log", "wb") as log:  # the child keeps its own copy
-            self.procs[name] = subprocess.Popen([str(self.bin / name), *args], stdout=log,
+            self.procs[name] = subprocess.Popen([str(exe or self.bin / name), *args], stdout=log,
                                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                 start_new_session=True)
         pids = {n: p.pid for n, p in self.procs.items()}
@@ -177,21 +190,22 @@ class KubeServer:
     def _start_etcd(self) -> str:
         client, peer = free_port(), free_port()
         url = f"http://127.0.0.1:{client}"
-        self._spawn("etcd", [
+        self.spawn("etcd", [
             "--name=kdist", f"--data-dir={self.folder / 'etcd'}",
             f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
             f"--listen-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-cluster=kdist=http://127.0.0.1:{peer}",
             "--unsafe-no-fsync", "--log-level=warn"])
-        self._wait(lambda: json.loads(urllib.request.urlopen(f"{url}/health", timeout=2).read())
+        self.wait(lambda: json.loads(urllib.request.urlopen(f"{url}/health", timeout=2).read())
                    .get("health") == "true", "etcd")
         return url
 
     def _apiserver_args(self, etcd: str) -> list[str]:
         c = self.certs
         return [
-            f"--etcd-servers={etcd}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--etcd-servers={etcd}", f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.port}", f"--cert-dir={c}",
             f"--tls-cert-file={c / 'apiserver.crt'}", f"--tls-private-key-file={c / 'apiserver.key'}",
             f"--client-ca-file={c / 'ca.crt'}", f"--token-auth-file={self.folder / 'tokens.csv'}",
@@ -199,13 +213,16 @@ class KubeServer:
             f"--service-account-issuer={ISSUER}", f"--service-account-key-file={c / 'sa.pub'}",
             f"--service-account-signing-key-file={c / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_RANGE}", "--profiling=false",
+            f"--kubelet-client-certificate={c / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={c / 'kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
         ]
 
     def _controller_args(self, name: str) -> list[str]:
         user = f"system:{name}"
         common = [f"--kubeconfig={self.folder / (name + '.kubeconfig')}", "--leader-elect=false",
                   "--bind-address=127.0.0.1", "--secure-port=0"]
-        self._write_kubeconfig(self.folder / f"{name}.kubeconfig", user)
+        self.write_kubeconfig(self.folder / f"{name}.kubeconfig", user)
         if name == "kube-scheduler":
             return common
         c = self.certs
@@ -213,8 +230,9 @@ class KubeServer:
                 f"--root-ca-file={c / 'ca.crt'}", "--use-service-account-credentials",
                 f"--service-cluster-ip-range={SERVICE_RANGE}", "--controllers=*"]
 
-    def _wait(self, ready: Any, what: str) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
+    def wait(self, ready: Any, what: str, timeout: float = START_TIMEOUT) -> None:
+        """Poll ready() until true; fails early when a started process exits."""
+        deadline = time.monotonic() + timeout
         while True:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
@@ -225,11 +243,11 @@ class KubeServer:
             except (OSError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not ready after {START_TIMEOUT:g}s")
+                raise RuntimeError(f"{what} not ready after {timeout:g}s")
             time.sleep(0.2)
 
     def _wait_ready(self, path: str) -> None:
-        self._wait(lambda: self.get(path) == "ok", f"kube-apiserver {path}")
+        self.wait(lambda: self.get(path) == "ok", f"kube-apiserver {path}")
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         log = self.folder / f"{name}.log"
@@ -243,7 +261,7 @@ class KubeServer:
                 for user, (token, groups) in USERS.items()]
         (self.folder / "tokens.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
-    def _write_kubeconfig(self, path: Path | None = None, only: str | None = None) -> None:
+    def write_kubeconfig(self, path: Path | None = None, only: str | None = None) -> None:
         users = [only] if only else ["admin", "dev"]
         config = {
             "apiVersion": "v1", "kind": "Config",

@@ -596,6 +596,8 @@ def test_storage_problems() -> None:
     assert "maybe nfs)" in problem(_classes(rwo, nfs)["items"], "standard", "ReadWriteMany")
     assert problem(_classes(rwo, nfs)["items"], "nfs", "ReadWriteMany") == ""
     assert problem(_classes(rwo, nfs)["items"], "standard", "ReadWriteOnce") == ""
+    static = ("static", "kubernetes.io/no-provisioner", True)  # binds RWX PVs made by hand
+    assert problem(_classes(static)["items"], "", "ReadWriteMany") == ""
 
 
 def test_wait_says_why_pods_are_pending_and_times_out(env: dict[str, str], api: FakeApi,

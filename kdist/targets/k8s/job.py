@@ -35,9 +35,11 @@ TRANSIENT = (429, 500, 502, 503, 504)
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # Provisioners that serve only ReadWriteOnce(Pod) volumes: kind/k3s local-path, EBS, PD, Azure Disk.
+# Not kubernetes.io/no-provisioner: its claims bind static PVs, which may be ReadWriteMany
+# (hostPath, NFS; tests/kube_cluster.py makes such a class).
 RWO_ONLY = ("rancher.io/local-path", "ebs.csi.aws.com", "kubernetes.io/aws-ebs",
             "pd.csi.storage.gke.io", "kubernetes.io/gce-pd", "disk.csi.azure.com",
-            "kubernetes.io/azure-disk", "kubernetes.io/no-provisioner")
+            "kubernetes.io/azure-disk")
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
