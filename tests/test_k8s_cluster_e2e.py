@@ -5,17 +5,25 @@ Skips with the reason when root, Docker, Go, containerd or the built binaries ar
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kube_cluster import HOST_IP, PROBE_IMAGE, KubeCluster, missing
 from kube_server import KubeServer
 
 pytestmark = pytest.mark.cluster
 POD_TIMEOUT = 120.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -130,3 +138,193 @@ def test_read_write_many_claim_binds_on_the_default_class(cluster: KubeCluster) 
                      "claim shared Bound", 60)
     assert claim["spec"]["storageClassName"] == "kdist-local"
     assert claim["spec"]["volumeName"].startswith("kdist-pv-")
+
+
+# ---- kdist's own jobs on the cluster ------------------------------------------------------------
+
+TRAINER_IMAGE = "kdist-trainer:0.1.0"
+KDIST = [sys.executable, "-c", "import sys; from kdist.cli import main; sys.argv[0] = 'kdist'; main()"]
+METRIC = "KDIST_METRIC "
+STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def trainer_image(cluster: KubeCluster) -> str:
+    """trainers/Dockerfile's image, on the node (docker save | ctr import: minutes for ~5 GB)."""
+    build = subprocess.run(["docker", "build", "-t", TRAINER_IMAGE, "-f", "trainers/Dockerfile", "."],
+                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert build.returncode == 0, f"docker build failed:\n{build.stderr[-3000:]}"
+    began = time.monotonic()
+    cluster.import_image(TRAINER_IMAGE)
+    print(f"{TRAINER_IMAGE} imported into the node's containerd in {time.monotonic() - began:.0f}s")
+    return TRAINER_IMAGE
+
+
+class ClusterJob:
+    """cpu-gloo.yaml (3 nodes, min 2) sized for a 2-CPU node, in a namespace of its own; the
+    node containers' logs are polled while it runs, since pods go when the job finishes."""
+
+    def __init__(self, cluster: KubeCluster, tmp_path: Path, name: str, *args: str,
+                 memory: str = "2Gi") -> None:
+        self.api, self.name, self.ns = cluster.server, name, namespace(cluster.server, name)
+        spec = yaml.safe_load((ROOT / "trainers" / "examples" / "cpu-gloo.yaml").read_text())
+        spec.update(name=name, args=["--synthetic", "--max-steps", str(STEPS),
+                                     "--checkpoint-every", "10", "--step-sleep", "0.1", *args],
+                    k8s={"namespace": name})
+        spec["resources"].update(cpu="300m", memory=memory)  # 3 nodes + the store on 2 CPUs
+        self.file = tmp_path / "kdist.yaml"
+        self.file.write_text(yaml.safe_dump(spec, sort_keys=False))
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+        self.logs: dict[str, str] = {}  # pod uid -> the node container's log
+        self.order: list[str] = []  # pod uids in the order first seen
+        self.oom_kills: dict[str, int] = {}  # pod uid -> OOM kills in its memory cgroup
+
+    def apply(self) -> subprocess.Popen[str]:
+        return subprocess.Popen([*KDIST, "apply", "-f", str(self.file), "--wait", "--timeout", "400"],
+                                cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    def pods(self) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=node"
+        got = self.api.get(f"/api/v1/namespaces/{self.ns}/pods?labelSelector={selector}")
+        return list(got.get("items", [])) if isinstance(got, dict) else []
+
+    def poll_logs(self) -> None:
+        for pod in self.pods():
+            uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
+            status, text = self.api.request(
+                "GET", f"/api/v1/namespaces/{self.ns}/pods/{name}/log?container=node")
+            if status == 200 and isinstance(text, str):
+                if uid not in self.logs:
+                    self.order.append(uid)
+                self.logs[uid] = max(text, self.logs.get(uid, ""), key=len)
+            self.oom_kills[uid] = max(oom_kills(uid), self.oom_kills.get(uid, 0))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Rank 0's KDIST_METRIC lines, in the order their pods were first seen."""
+        return [json.loads(line.split(METRIC, 1)[1]) for uid in self.order
+                for line in self.logs[uid].splitlines() if METRIC in line]
+
+    def run_until(self, proc: subprocess.Popen[str], ready: Callable[[], bool],
+                  act: Callable[[], None]) -> str:
+        """Polls logs; once `ready`, runs `act` (the outside failure); returns kdist's output."""
+        acted, deadline = False, time.monotonic() + 420
+        while proc.poll() is None and time.monotonic() < deadline:
+            self.poll_logs()
+            if not acted and ready():
+                act()
+                acted = True
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+        out = proc.communicate()[0]
+        assert acted, f"the job never got ready for the failure:\n{out[-3000:]}"
+        return out
+
+    def checkpointed(self, step: int) -> bool:
+        return any(m["event"] == "checkpoint" and m["step"] >= step for m in self.metrics())
+
+    def volume(self) -> Path:
+        """The host folder of the job's checkpoint claim (a static hostPath PV)."""
+        claim = self.api.get(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/"
+                             f"{self.name}-checkpoints")
+        pv = self.api.get(f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}")
+        return Path(pv["spec"]["hostPath"]["path"])
+
+    def saved_step(self) -> int:
+        import torch
+
+        return int(torch.load(self.volume() / "checkpoint.pt", weights_only=False)["step"])
+
+
+def assert_resumed(job: ClusterJob, since: int) -> None:
+    """After the loss (the first `since` metrics came before it) the ranks started again from
+    the newest checkpoint, and the job's last checkpoint is its last step."""
+    metrics = job.metrics()
+    before = [m["step"] for m in metrics[:since] if m["event"] == "checkpoint"]
+    starts = [m for m in metrics[since:] if m["event"] == "start" and m["resumed_step"] > 0]
+    assert starts, f"no restart from a checkpoint after the loss: {metrics[since:][:5]}"
+    assert starts[0]["resumed_step"] >= max(before) >= 10
+    assert job.saved_step() == STEPS
+
+
+def test_kdist_apply_survives_a_deleted_pod(cluster: KubeCluster, trainer_image: str,
+                                            tmp_path: Path) -> None:
+    """`kubectl delete pod` (what a drain or an eviction does): the StatefulSet makes the pod
+    again, the other nodes go on from the checkpoint, and `kdist apply --wait` exits 0."""
+    job = ClusterJob(cluster, tmp_path, "e2e-deleted")
+    began, since = time.monotonic(), [0]
+
+    def delete() -> None:
+        since[0] = len(job.metrics())
+        status, _ = job.api.request("DELETE", f"/api/v1/namespaces/{job.ns}/pods/{job.name}-1")
+        assert status == 200
+
+    out = job.run_until(job.apply(), lambda: job.checkpointed(50), delete)
+    print(f"deleted-pod job finished in {time.monotonic() - began:.0f}s")
+    assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
+    assert len(job.order) >= 4, "the deleted pod was not made again"  # 3 pods + a new node-1
+    assert_resumed(job, since[0])
+
+
+def test_kdist_apply_survives_a_worker_killed_from_the_host(cluster: KubeCluster,
+                                                            trainer_image: str,
+                                                            tmp_path: Path) -> None:
+    """SIGKILL of a node's training process from the host (what the OOM killer does at the
+    container's memory limit): torchrun restarts the workers from the checkpoint."""
+    job = ClusterJob(cluster, tmp_path, "e2e-hostkill")
+    since = [0]
+
+    def kill() -> None:
+        since[0] = len(job.metrics())
+        pid = worker_pid(f"{job.name}-2")
+        os.kill(pid, signal.SIGKILL)
+
+    out = job.run_until(job.apply(), lambda: job.checkpointed(50), kill)
+    assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
+    assert_resumed(job, since[0])
+
+
+def test_kdist_apply_survives_a_rank_out_of_memory(cluster: KubeCluster, trainer_image: str,
+                                                   tmp_path: Path) -> None:
+    """The last rank allocates past its pod's memory limit once (trainer --hog-at-step): the
+    kernel's OOM killer ends it inside the pod's cgroup, torchrun restarts the workers from the
+    checkpoint, and the job finishes."""
+    job = ClusterJob(cluster, tmp_path, "e2e-oom", "--hog-at-step", "60", memory="1Gi")
+    began = time.monotonic()
+    proc = job.apply()
+    out = job.run_until(proc, lambda: job.checkpointed(50), lambda: None)
+    print(f"out-of-memory job finished in {time.monotonic() - began:.0f}s")
+    assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
+    metrics = job.metrics()
+    since = next((i for i, m in enumerate(metrics) if m["event"] == "start" and
+                  m["resumed_step"] > 0), len(metrics))  # the workers' restart after the kill
+    assert_resumed(job, since)
+    assert sum(job.oom_kills.values()) >= 1, "the kernel OOM-killed nothing in the job's pods"
+
+
+def oom_kills(pod_uid: str) -> int:
+    """The kernel's count of OOM kills in the pod's memory cgroups (cgroup v1, kubelet's
+    cgroupfs layout: kubepods[/<qos>]/pod<uid>/<container>, each counting its own); 0 once
+    the pod's cgroups are gone."""
+    kills = 0
+    for pod in Path("/sys/fs/cgroup/memory").glob(f"kubepods*/**/pod{pod_uid}"):
+        for control in pod.rglob("memory.oom_control"):
+            with contextlib.suppress(OSError):
+                kills += sum(int(line.split()[1]) for line in control.read_text().splitlines()
+                             if line.startswith("oom_kill "))
+    return kills
+
+
+def worker_pid(pod: str) -> int:
+    """The training process (not torchrun) of `pod`, found in the host's /proc."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        trainer = any(arg.endswith(b"trainers/train.py") for arg in cmdline)
+        if trainer and b"torchrun" not in b" ".join(cmdline) and b"HOSTNAME=" + pod.encode() in environ:
+            return int(proc.name)
+    raise AssertionError(f"no training process of pod {pod} on this host")

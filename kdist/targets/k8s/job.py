@@ -360,10 +360,13 @@ class K8sJob:
 
     def why_pending(self) -> list[str]:
         """Warning events about the job's StatefulSet, claim and pods: one line per object and
-        reason, oldest first (unbound claim, unschedulable, image pull, admission denial)."""
+        reason, oldest first (unbound claim, unschedulable, image pull, admission denial).
+        Events about an earlier pod of the same name (a job deleted and applied again) are not
+        about this run: only the current pods' count."""
         try:
             events = self.client.list(f"/api/v1/namespaces/{self.namespace}/events",
                                       field_selector="type=Warning")
+            current = {str(p["metadata"].get("uid")) for p in self.pods()}
         except ApiError:
             return []
         latest: dict[tuple[str, str, str], tuple[str, str]] = {}
@@ -371,6 +374,8 @@ class K8sJob:
             obj = ev.get("involvedObject") or {}
             name = str(obj.get("name", ""))
             if name not in (self.name, self.plan.checkpoint_claim) and not name.startswith(f"{self.name}-"):
+                continue
+            if obj.get("kind") == "Pod" and obj.get("uid") and str(obj["uid"]) not in current:
                 continue
             key = (str(obj.get("kind", "")), name, str(ev.get("reason", "")))
             latest.pop(key, None)
