@@ -53,6 +53,11 @@ class LaunchPlan:
         return f"{self.spec.name}-finish"
 
     @property
+    def outcome_record(self) -> str:
+        """The ConfigMap where the finish sidecar records the outcome (kdist/node/finish.py)."""
+        return f"{self.spec.name}-outcome"
+
+    @property
     def checkpoint_claim(self) -> str:
         return f"{self.spec.name}-checkpoints"
 

@@ -18,7 +18,7 @@ import click
 import pytest
 from click.testing import CliRunner
 from test_compose_e2e import Job, image, job, train_args  # noqa: F401 (fixtures)
-from test_k8s_backend import CPU, PODS, STS, api, env, fixture, sequence  # noqa: F401 (fixtures)
+from test_k8s_backend import CPU, PODS, STS, api, env, finishing, fixture, sequence  # noqa: F401 (fixtures)
 from test_kube_client import FakeApi, Reply, status_body
 from test_local_run import KDIST, ROOT, explain, write_spec
 from test_progress import NODE0_LOG
@@ -274,11 +274,11 @@ def apply_json(environ: dict[str, str], *args: str) -> Any:
 def test_apply_wait_json_lines(env: dict[str, str], api: FakeApi,  # noqa: F811
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
-    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")),
-                                Reply(200, fixture("statefulset-pending")),
-                                Reply(200, fixture("statefulset-pending")),
-                                Reply(200, fixture("statefulset-running")),
-                                Reply(200, fixture("statefulset-succeeded"))))
+    finishing(api, Reply(404, status_body(404, "NotFound", "not found")),
+              Reply(200, fixture("statefulset-pending")),
+              Reply(200, fixture("statefulset-pending")),
+              Reply(200, fixture("statefulset-running")),
+              Reply(200, fixture("statefulset-succeeded")), record=fixture("outcome-succeeded"))
     api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
                                  Reply(200, fixture("pods-pending")),
                                  Reply(200, fixture("pods-running")),
@@ -300,18 +300,17 @@ def test_apply_wait_json_lines(env: dict[str, str], api: FakeApi,  # noqa: F811
 def test_apply_wait_json_of_a_failed_job(env: dict[str, str], api: FakeApi,  # noqa: F811
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
-    failed = fixture("statefulset-failed")
-    failed["metadata"]["annotations"]["kdist.dev/exit-code"] = "3"
-    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")),
-                                Reply(200, failed)))
+    record = fixture("outcome-failed")
+    record["data"]["exit-code"] = "3"
+    finishing(api, Reply(404, status_body(404, "NotFound", "not found")),
+              Reply(200, fixture("statefulset-failed")), record=record)
     api.on("GET", PODS, Reply(200, fixture("pods-empty")))
     result = apply_json(env, "--wait", "-o", "json")
     assert result.exit_code == 3
     final = records(result.stdout)[-1]
     assert final["error"].startswith("job cifar-cpu failed: torchrun exited with code 3 on ")
-    assert final["root_cause"] == {"exit_code": 3, "log": None, "node": failed["metadata"][
-        "annotations"]["kdist.dev/finished-by"], "rank": None, "signal": None, "traceback": [],
-        "exception": None}
+    assert final["root_cause"] == {"exit_code": 3, "log": None, "node": record["data"][
+        "finished-by"], "rank": None, "signal": None, "traceback": [], "exception": None}
 
 
 def test_apply_json_without_wait_prints_the_objects(env: dict[str, str], api: FakeApi,  # noqa: F811

@@ -300,3 +300,37 @@ def test_delete_removes_everything_but_the_claim(server: KubeServer, namespace: 
         status = server.request("GET", object_path(doc, namespace))[0]
         assert status == (200 if doc["kind"] == "PersistentVolumeClaim" else 404), doc["kind"]
 
+
+
+# ---- least privilege of the finish sidecar's token ------------------------------------------------
+
+
+def allowed(server: KubeServer, user: str, namespace: str, verb: str, resource: str,
+            name: str = "", group: str = "", subresource: str = "") -> bool:
+    """The server's RBAC answer (a SubjectAccessReview) for `user`."""
+    attrs = {"namespace": namespace, "verb": verb, "group": group, "resource": resource,
+             "subresource": subresource, "name": name}
+    review = server.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": user, "groups": ["system:serviceaccounts"],
+                 "resourceAttributes": {k: v for k, v in attrs.items() if v}}})
+    return bool(review["status"].get("allowed"))
+
+
+def test_the_finish_token_can_record_and_scale_but_rewrite_no_pod_template(
+        server: KubeServer, namespace: str, env: dict[str, str]) -> None:
+    assert run(env, "apply", "-f", str(CPU), "-n", namespace).exit_code == 0
+    user = f"system:serviceaccount:{namespace}:cifar-cpu"
+
+    def may(verb: str, resource: str, name: str = "", group: str = "", sub: str = "") -> bool:
+        return allowed(server, user, namespace, verb, resource, name, group, sub)
+
+    assert may("get", "configmaps", "cifar-cpu-outcome") and may("patch", "configmaps",
+                                                                 "cifar-cpu-outcome")
+    assert may("get", "statefulsets", "cifar-cpu", "apps", "scale")
+    assert may("patch", "statefulsets", "cifar-cpu", "apps", "scale")
+    for verb in ("patch", "update", "delete"):  # what would rewrite or replace pods
+        assert not may(verb, "statefulsets", "cifar-cpu", "apps")
+    assert not may("create", "pods") and not may("patch", "configmaps", "other")
+    assert not may("patch", "deployments", "cifar-cpu-rdzv", "apps")
+    assert not may("create", "pods", "cifar-cpu-0", "", "exec")

@@ -41,6 +41,7 @@ CPU = ROOT / "trainers" / "examples" / "cpu-gloo.yaml"  # job cifar-cpu, nodes 2
 GPU = ROOT / "trainers" / "examples" / "gpu-nccl.yaml"  # job cifar-gpu, namespace ml
 STS = "/apis/apps/v1/namespaces/default/statefulsets/cifar-cpu"
 PODS = "/api/v1/namespaces/default/pods"
+RECORD = "/api/v1/namespaces/default/configmaps/cifar-cpu-outcome"  # the finish sidecar's
 SELECTOR = "app.kubernetes.io/instance=cifar-cpu,app.kubernetes.io/managed-by=kdist"
 APPLY_QUERY = {"fieldManager": ["kdist"], "force": ["true"]}
 SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -88,6 +89,26 @@ def sequence(*replies: Reply) -> Any:
     return lambda _req: next(it)
 
 
+def finishing(api: FakeApi, *replies: Reply, record: dict[str, Any] | None = None) -> None:
+    """The StatefulSet answers each reply in turn (then the last again); the job's outcome
+    record (a ConfigMap) is there once the last was answered, as the finish sidecar writes it
+    when it scales the StatefulSet to 0."""
+    answered: list[Reply] = []
+    it = itertools.chain(replies, itertools.repeat(replies[-1]))
+
+    def sts(_req: Any) -> Reply:
+        answered.append(next(it))
+        return answered[-1]
+
+    def outcome(_req: Any) -> Reply:
+        if record is not None and answered and answered[-1] is replies[-1]:
+            return Reply(200, record)
+        return Reply(404, status_body(404, "NotFound", 'configmaps "cifar-cpu-outcome" not found'))
+
+    api.on("GET", STS, sts)
+    api.on("GET", RECORD, outcome)
+
+
 # ---- apply -------------------------------------------------------------------------------------
 
 
@@ -129,7 +150,8 @@ def test_rest_paths_for_every_kind() -> None:
         "Service": "/api/v1/namespaces/ml/services/x",
         "Deployment": "/apis/apps/v1/namespaces/ml/deployments/x",
         "PodDisruptionBudget": "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/x",
-        "StatefulSet": "/apis/apps/v1/namespaces/ml/statefulsets/x",
+        "ConfigMap": "/api/v1/namespaces/ml/configmaps/x",
+            "StatefulSet": "/apis/apps/v1/namespaces/ml/statefulsets/x",
     }
     for example in EXAMPLES:  # every kind the renderer emits has a path
         for doc in k8s.render(plan(example)):
@@ -171,10 +193,11 @@ def test_namespace_precedence(tmp_path: Path, env: dict[str, str], api: FakeApi)
 
 
 def test_a_finished_job_is_not_reapplied(env: dict[str, str], api: FakeApi) -> None:
-    api.on("GET", STS, Reply(200, fixture("statefulset-succeeded")))
+    finishing(api, Reply(200, fixture("statefulset-succeeded")),
+              record=fixture("outcome-succeeded"))
     with pytest.raises(JobFinished, match=r"job cifar-cpu already finished .*succeeded: exit code 0"):
         list(job(env).apply())
-    assert [r.method for r in api.requests] == ["GET"]
+    assert [r.method for r in api.requests] == ["GET", "GET"]  # the StatefulSet, its record
 
 
 # ---- status and wait ---------------------------------------------------------------------------
@@ -195,9 +218,9 @@ def test_status_not_found(env: dict[str, str], api: FakeApi) -> None:
 
 
 def test_watch_yields_snapshots_until_finished(env: dict[str, str], api: FakeApi) -> None:
-    api.on("GET", STS, sequence(Reply(200, fixture("statefulset-pending")),
-                                Reply(200, fixture("statefulset-running")),
-                                Reply(200, fixture("statefulset-succeeded"))))
+    finishing(api, Reply(200, fixture("statefulset-pending")),
+              Reply(200, fixture("statefulset-running")),
+              Reply(200, fixture("statefulset-succeeded")), record=fixture("outcome-succeeded"))
     api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
                                  Reply(200, fixture("pods-running")),
                                  Reply(200, fixture("pods-finished"))))
@@ -334,10 +357,10 @@ def test_client_dry_run_yaml_equals_render(example: Path, tmp_path: Path) -> Non
 def test_cli_apply_then_wait_until_succeeded(env: dict[str, str], api: FakeApi,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend, "WAIT_INTERVAL", 0.01)
-    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")),
-                                Reply(200, fixture("statefulset-pending")),
-                                Reply(200, fixture("statefulset-running")),
-                                Reply(200, fixture("statefulset-succeeded"))))
+    finishing(api, Reply(404, status_body(404, "NotFound", "not found")),
+              Reply(200, fixture("statefulset-pending")),
+              Reply(200, fixture("statefulset-running")),
+              Reply(200, fixture("statefulset-succeeded")), record=fixture("outcome-succeeded"))
     api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
                                  Reply(200, fixture("pods-running")),
                                  Reply(200, fixture("pods-finished"))))
@@ -355,9 +378,10 @@ def test_cli_apply_then_wait_until_succeeded(env: dict[str, str], api: FakeApi,
 
 
 def test_cli_wait_for_a_failed_job_exits_with_its_code(env: dict[str, str], api: FakeApi) -> None:
-    failed = fixture("statefulset-failed")
-    failed["metadata"]["annotations"]["kdist.dev/exit-code"] = "3"
-    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")), Reply(200, failed)))
+    record = fixture("outcome-failed")
+    record["data"]["exit-code"] = "3"
+    finishing(api, Reply(404, status_body(404, "NotFound", "not found")),
+              Reply(200, fixture("statefulset-failed")), record=record)
     api.on("GET", PODS, Reply(200, fixture("pods-empty")))
     result = run(env, "apply", "-f", str(CPU), "--wait")
     assert result.exit_code == 3
@@ -373,8 +397,8 @@ def test_cli_wait_for_a_failed_job_reads_the_root_cause_from_the_finishing_pod(
         env: dict[str, str], api: FakeApi) -> None:
     """While the pod that reported the outcome is still there, its node log names the cause:
     the same parser (kdist/torchlog.py) as `kdist run` and `kdist up`."""
-    failed = fixture("statefulset-failed")
-    api.on("GET", STS, sequence(Reply(404, status_body(404, "NotFound", "not found")), Reply(200, failed)))
+    finishing(api, Reply(404, status_body(404, "NotFound", "not found")),
+              Reply(200, fixture("statefulset-failed")), record=fixture("outcome-failed"))
     api.on("GET", PODS, Reply(200, fixture("pods-empty")))
     log = (TORCHRUN_FIXTURES / "raise-no-restarts" / "node-0.log").read_text(encoding="utf-8")
     api.on("GET", f"{PODS}/cifar-cpu-0/log", Reply(200, log))
@@ -467,13 +491,20 @@ def _wait_routes(api: FakeApi, on_pending: Any = None) -> None:
     steps = iter([Reply(404, status_body(404, "NotFound", "not found")),
                   Reply(200, fixture("statefulset-pending")), Reply(200, fixture("statefulset-running"))])
 
+    finished: list[bool] = []
+
     def sts(req: Any) -> Reply:
-        reply = next(steps, Reply(200, fixture("statefulset-succeeded")))
+        reply = next(steps, None)
+        if reply is None:
+            finished.append(True)
+            reply = Reply(200, fixture("statefulset-succeeded"))
         if reply.body is not None and reply.body.get("metadata", {}).get("name") and on_pending:
             on_pending(reply)
         return reply
 
     api.on("GET", STS, sts)
+    api.on("GET", RECORD, lambda _req: Reply(200, fixture("outcome-succeeded")) if finished else
+           Reply(404, status_body(404, "NotFound", "not found")))
     api.on("GET", PODS, sequence(Reply(200, fixture("pods-pending")),
                                  Reply(200, fixture("pods-running")),
                                  Reply(200, fixture("pods-finished"))))

@@ -1,11 +1,12 @@
 """The Kubernetes node pod's scripts for real: sh + python3 against a local HTTPS "API server".
 
-A StatefulSet restarts containers that exit, so a finished job records its outcome on its
-StatefulSet and scales it (and the store) to zero. The trainer container holds no token: it
-hands its exit code to the finish sidecar (kdist/node/finish.py) through a shared folder. Only
-the API server is stood in for (recording exact requests at the HTTP boundary); both containers'
-commands run as rendered by kdist/targets/k8s/render.py. The test plays the kubelet: it starts the
-sidecar, waits for its startupProbe file, then starts (and "restarts") the trainer container.
+A StatefulSet restarts containers that exit, so a finished job records its outcome in its
+ConfigMap <job>-outcome and scales the StatefulSet (and the store) to zero. The trainer
+container holds no token: it hands its exit code to the finish sidecar (kdist/node/finish.py)
+through a shared folder. Only the API server is stood in for (recording exact requests at the
+HTTP boundary); both containers' commands run as rendered by kdist/targets/k8s/render.py. The
+test plays the kubelet: it starts the sidecar, waits for its startupProbe file, then starts (and
+"restarts") the trainer container.
 """
 
 from __future__ import annotations
@@ -42,25 +43,29 @@ max_restarts: {retries}
 rendezvous: {{store: {store}, port: {port}, wait_timeout: {wait}}}
 """
 APPS = "/apis/apps/v1/namespaces/team/"
-STS, SCALE, STORE_SCALE = APPS + "statefulsets/job", APPS + "statefulsets/job/scale", \
-    APPS + "deployments/job-rdzv/scale"
-LEFT = "kdist.dev/left-"
+SCALE, STORE_SCALE = APPS + "statefulsets/job/scale", APPS + "deployments/job-rdzv/scale"
+RECORD = "/api/v1/namespaces/team/configmaps/job-outcome"
+LEFT = "left."
+OUTCOME = {"outcome": "Succeeded"}
 
 
 @dataclass
 class Cluster:
-    """What the stand-in API server holds: the StatefulSet's annotations and replicas."""
+    """What the stand-in API server holds: the job's record (its ConfigMap's data) and the
+    StatefulSet's replicas."""
 
     replicas: int
-    annotations: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
     store_replicas: int = 1
     unavailable: int = 0  # answer this many requests with 503 first
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sts(self) -> dict[str, Any]:
-        return {"metadata": {"name": "job", "annotations": dict(self.annotations)},
-                "spec": {"replicas": self.replicas}}
+        return {"metadata": {"name": "job"}, "spec": {"replicas": self.replicas}}
+
+    def record(self) -> dict[str, Any]:
+        return {"metadata": {"name": "job-outcome"}, "data": dict(self.data)}
 
     def calls(self) -> list[tuple[str, str]]:
         return [(r["method"], r["path"]) for r in self.requests]
@@ -97,24 +102,26 @@ class FakeApi(BaseHTTPRequestHandler):
             self._record()
             if self._unavailable():
                 return
-            if self.path == STS:
-                self._reply(200, self.cluster.sts())
+            if self.path == RECORD:
+                self._reply(200, self.cluster.record())
+            elif self.path == SCALE:
+                self._reply(200, {"spec": {"replicas": self.cluster.replicas}})
             else:
                 self._reply(404, {"kind": "Status", "code": 404})
 
     def do_PATCH(self) -> None:
-        """A JSON merge patch (RFC 7386) of annotations or of a scale's replicas."""
+        """A JSON merge patch (RFC 7386) of the record's data or of a scale's replicas."""
         with self.cluster.lock:
             body, c = self._record(), self.cluster
             if self._unavailable():
                 return
-            if self.path == STS:
-                for key, value in body["metadata"]["annotations"].items():
+            if self.path == RECORD:
+                for key, value in body["data"].items():
                     if value is None:
-                        c.annotations.pop(key, None)
+                        c.data.pop(key, None)
                     else:
-                        c.annotations[key] = value
-                self._reply(200, c.sts())
+                        c.data[key] = value
+                self._reply(200, c.record())
             elif self.path == SCALE:
                 c.replicas = body["spec"]["replicas"]
                 self._reply(200, {"spec": {"replicas": c.replicas}})
@@ -261,10 +268,13 @@ def test_only_the_finish_sidecar_holds_a_token(store: str) -> None:
 def test_role_grants_only_the_outcome_record_and_the_scale_subresources() -> None:
     role = next(d for d in k8s.render(make_plan(store="standalone")) if d["kind"] == "Role")
     assert [(r["resources"], r["resourceNames"], r["verbs"]) for r in role["rules"]] == [
-        (["statefulsets"], ["job"], ["get", "patch"]),
-        (["statefulsets/scale"], ["job"], ["patch"]),
+        (["configmaps"], ["job-outcome"], ["get", "patch"]),
+        (["statefulsets/scale"], ["job"], ["get", "patch"]),
         (["deployments/scale"], ["job-rdzv"], ["patch"]),
     ]
+    assert [r["apiGroups"] for r in role["rules"]] == [[""], ["apps"], ["apps"]]
+    record = next(d for d in k8s.render(make_plan()) if d["kind"] == "ConfigMap")
+    assert record["metadata"]["name"] == "job-outcome" and "data" not in record
 
 
 def test_every_container_keeps_pod_security_restricted() -> None:
@@ -335,11 +345,10 @@ def test_success_records_outcome_and_scales_job_and_store_to_zero(tmp_path: Path
         trainer = pod.trainer(rc=0)
         pod.sidecar_says("to 0")
     idles(trainer, pod)
-    assert api.cluster.calls() == [("GET", STS), ("GET", STS), ("PATCH", STS),
+    assert api.cluster.calls() == [("GET", RECORD), ("GET", RECORD), ("PATCH", RECORD),
                                    ("PATCH", SCALE), ("PATCH", STORE_SCALE)]
-    notes = api.cluster.requests[2]["body"]["metadata"]["annotations"]
-    assert notes == {"kdist.dev/outcome": "Succeeded", "kdist.dev/exit-code": "0",
-                     "kdist.dev/finished-by": "job-0"}
+    notes = api.cluster.requests[2]["body"]["data"]
+    assert notes == {"outcome": "Succeeded", "exit-code": "0", "finished-by": "job-0"}
     assert (api.cluster.replicas, api.cluster.store_replicas) == (0, 0)
     assert {r["auth"] for r in api.cluster.requests} == {"Bearer t0ken"}
     assert {r["type"] for r in api.cluster.requests if r["method"] == "PATCH"} == {
@@ -358,16 +367,17 @@ def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path
     first = Pod(tmp_path, api, plan, "job-1")
     first.start_sidecar()
     assert first.trainer(rc=3).wait(timeout=20) == 3  # restart 1 of max_restarts 1
-    assert api.cluster.calls() == [("GET", STS)]
+    assert api.cluster.calls() == [("GET", RECORD)]
     trainer = first.trainer(rc=3)
     assert "1 of 2 nodes can continue (min 1)" in first.sidecar_says("left the job")
     idles(trainer, first)
-    assert api.cluster.calls() == [("GET", STS), ("PATCH", STS)]
-    assert api.cluster.annotations == {LEFT + "job-1": "3"} and api.cluster.replicas == 2
+    assert api.cluster.calls() == [("GET", RECORD), ("PATCH", RECORD), ("GET", SCALE)]
+    assert api.cluster.data == {LEFT + "job-1": "3"} and api.cluster.replicas == 2
     running = {"phase": "Running", "containerStatuses": [{"name": "node", "state": {"running": {}}}]}
     pods = [{"metadata": {"name": n, "labels": {"app.kubernetes.io/component": "node"}},
              "status": running} for n in ("job-0", "job-1")]
-    status = job_status("job", "team", 1, 2, api.cluster.sts(), pods)  # kdist status
+    status = job_status("job", "team", 1, 2, api.cluster.sts(), pods,  # kdist status
+                        api.cluster.record())
     assert (status.phase, status.running, status.left) == ("running", 1, (LeftNode("job-1", 3),))
     assert to_state(status, "ctx").summary().endswith("; job-1 left the job (exit 3)")
 
@@ -378,12 +388,12 @@ def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path
     trainer = second.trainer(rc=4)
     assert "0 of 2 nodes can continue" in second.sidecar_says("to 0")
     idles(trainer, second)
-    assert api.cluster.annotations == {
-        LEFT + "job-1": "3", LEFT + "job-0": "4", "kdist.dev/outcome": "Failed",
-        "kdist.dev/exit-code": "4", "kdist.dev/finished-by": "job-0"}
+    assert api.cluster.data == {
+        LEFT + "job-1": "3", LEFT + "job-0": "4", "outcome": "Failed", "exit-code": "4",
+        "finished-by": "job-0"}
     assert api.cluster.replicas == 0
-    assert api.cluster.calls()[2:] == [("GET", STS), ("PATCH", STS), ("GET", STS),
-                                       ("PATCH", STS), ("PATCH", SCALE)]
+    assert api.cluster.calls()[3:] == [("GET", RECORD), ("PATCH", RECORD), ("GET", SCALE),
+                                       ("GET", RECORD), ("PATCH", RECORD), ("PATCH", SCALE)]
     first.stop()
     second.stop()
 
@@ -396,8 +406,8 @@ def test_the_sidecar_retries_an_unavailable_api(tmp_path: Path, api: Env) -> Non
     log = pod.sidecar_says("to 0")
     assert log.count("HTTP Error 503") == 2
     idles(trainer, pod)
-    assert api.cluster.calls()[1:] == [("GET", STS)] * 3 + [("PATCH", STS), ("PATCH", SCALE)]
-    assert api.cluster.annotations["kdist.dev/outcome"] == "Succeeded"
+    assert api.cluster.calls()[1:] == [("GET", RECORD)] * 3 + [("PATCH", RECORD), ("PATCH", SCALE)]
+    assert api.cluster.data["outcome"] == "Succeeded"
     pod.stop()
 
 
@@ -408,7 +418,7 @@ def test_a_fixed_size_job_fails_when_one_node_runs_out_of_retries(tmp_path: Path
     trainer = pod.trainer(rc=3)
     assert "1 of 2 nodes can continue (min 2)" in pod.sidecar_says("to 0")
     idles(trainer, pod)
-    assert api.cluster.annotations["kdist.dev/outcome"] == "Failed"
+    assert api.cluster.data["outcome"] == "Failed"
     pod.stop()
 
 
@@ -430,25 +440,25 @@ def test_a_failed_store_wait_counts_as_an_attempt(tmp_path: Path, api: Env) -> N
 
 def test_a_finished_job_does_not_train_again(tmp_path: Path, api: Env) -> None:
     """A re-applied or upgraded finished job: new pods see the outcome and stop the job."""
-    api.cluster.annotations = {"kdist.dev/outcome": "Succeeded"}
+    api.cluster.data = dict(OUTCOME)
     pod = Pod(tmp_path, api, make_plan(), "job-0")
     pod.start_sidecar()
     assert (pod.finish / "finished").read_text() == "Succeeded"
-    assert api.cluster.calls() == [("GET", STS), ("PATCH", SCALE)]
+    assert api.cluster.calls() == [("GET", RECORD), ("PATCH", SCALE)]
     trainer = pod.trainer(rc=0)
     time.sleep(1.5)
     assert trainer.poll() is None and not (pod.dir / "argv").exists()
     assert stop(trainer) == 0
-    assert api.cluster.annotations == {"kdist.dev/outcome": "Succeeded"}
+    assert api.cluster.data == OUTCOME
     pod.stop()
 
 
 def test_a_new_pod_of_a_node_that_left_rejoins(tmp_path: Path, api: Env) -> None:
-    api.cluster.annotations = {LEFT + "job-1": "3", LEFT + "job-0": "1"}
+    api.cluster.data = {LEFT + "job-1": "3", LEFT + "job-0": "1"}
     pod = Pod(tmp_path, api, make_plan(), "job-1")
     pod.start_sidecar()
-    assert api.cluster.annotations == {LEFT + "job-0": "1"}
-    assert api.cluster.requests[1]["body"] == {"metadata": {"annotations": {LEFT + "job-1": None}}}
+    assert api.cluster.data == {LEFT + "job-0": "1"}
+    assert api.cluster.requests[1]["body"] == {"data": {LEFT + "job-1": None}}
     pod.stop()
 
 
@@ -459,6 +469,6 @@ def test_termination_while_training_records_nothing(tmp_path: Path, api: Env) ->
     wait_for(lambda: (pod.dir / "argv").exists())
     assert stop(trainer) == 143
     time.sleep(1.5)
-    assert api.cluster.calls() == [("GET", STS)]
+    assert api.cluster.calls() == [("GET", RECORD)]
     assert not (pod.finish / "exit-code").exists()
     pod.stop()

@@ -16,9 +16,11 @@ def load(name: str) -> Any:
     return json.loads((API / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def status(sts: str | None, pods: str, nodes_min: int = 2, nodes_max: int = 3) -> K8sJobStatus:
+def status(sts: str | None, pods: str, nodes_min: int = 2, nodes_max: int = 3,
+           record: str | None = None) -> K8sJobStatus:
     return job_status("cifar-cpu", "default", nodes_min, nodes_max,
-                      load(sts) if sts else None, load(pods)["items"])
+                      load(sts) if sts else None, load(pods)["items"],
+                      load(record) if record else None)
 
 
 def summary(s: K8sJobStatus) -> str:
@@ -71,19 +73,19 @@ def test_restarting_below_min_is_pending() -> None:
     assert s.phase == "pending"
 
 
-def test_succeeded_from_the_annotation_when_scaled_to_zero() -> None:
-    s = status("statefulset-succeeded", "pods-finished")
+def test_succeeded_from_the_record_when_scaled_to_zero() -> None:
+    s = status("statefulset-succeeded", "pods-finished", record="outcome-succeeded")
     assert (s.phase, s.exit_code, s.finished_by, s.replicas, s.finished) == (
         "succeeded", 0, "cifar-cpu-1", 0, True)
     assert [(n.name, n.state) for n in s.nodes] == [("cifar-cpu-0", "Terminating")]
     assert summary(s) == "succeeded: exit code 0; reported by cifar-cpu-1, 1 pods stopping"
-    gone = status("statefulset-succeeded", "pods-empty")
+    gone = status("statefulset-succeeded", "pods-empty", record="outcome-succeeded")
     assert (gone.phase, gone.nodes, summary(gone)) == (
         "succeeded", (), "succeeded: exit code 0; reported by cifar-cpu-1")
 
 
-def test_failed_from_the_annotation() -> None:
-    s = status("statefulset-failed", "pods-empty")
+def test_failed_from_the_record() -> None:
+    s = status("statefulset-failed", "pods-empty", record="outcome-failed")
     assert (s.phase, s.exit_code, s.finished_by) == ("failed", 1, "cifar-cpu-0")
     assert summary(s) == "failed: exit code 1; reported by cifar-cpu-0"
 
@@ -95,9 +97,10 @@ def test_not_found_without_a_statefulset() -> None:
 
 
 def test_an_unknown_outcome_value_is_ignored() -> None:
-    sts = load("statefulset-running")
-    sts["metadata"]["annotations"] = {"kdist.dev/outcome": "Maybe"}
-    s = job_status("cifar-cpu", "default", 2, 3, sts, load("pods-running")["items"])
+    record = load("outcome-succeeded")
+    record["data"] = {"outcome": "Maybe"}
+    s = job_status("cifar-cpu", "default", 2, 3, load("statefulset-running"),
+                   load("pods-running")["items"], record)
     assert s.phase == "running"
 
 

@@ -6,10 +6,14 @@ the standalone store's Deployment, or "" without one. DIR is an emptyDir shared 
 trainer container, whose script (kdist/targets/k8s/node.py) writes DIR/exit-code when its torchrun ends for
 good (success, or retries used up). Then:
 
-- exit code 0: record kdist.dev/outcome Succeeded on the job's StatefulSet (unless a node did)
-  and scale the StatefulSet and the store to zero;
-- otherwise this node leaves the job: record kdist.dev/left-<pod> on the StatefulSet. The job
-  is Failed, and stopped, only when fewer than NODES_MIN nodes can continue.
+- exit code 0: record `outcome: Succeeded` in the job's ConfigMap NAME-outcome (unless a node
+  did) and scale the StatefulSet and the store to zero;
+- otherwise this node leaves the job: record `left.<pod>` in that ConfigMap. The job is Failed,
+  and stopped, only when fewer than NODES_MIN nodes can continue.
+
+The record is a ConfigMap, not annotations on the StatefulSet, so that the token can patch
+nothing that holds a pod template: its Role allows that one ConfigMap and the /scale
+subresources of the job's StatefulSet and store, by name.
 
 At start (before DIR/ready lets the kubelet start the trainer), a pod of a job that already has
 an outcome (re-applied, or a `helm upgrade`) writes DIR/finished, so the trainer does not train
@@ -28,15 +32,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-OUTCOME = "kdist.dev/outcome"
-LEFT = "kdist.dev/left-"
+RECORD = "-outcome"  # the job's ConfigMap: NAME-outcome
+OUTCOME, EXIT_CODE, FINISHED_BY = "outcome", "exit-code", "finished-by"
+LEFT = "left."  # + the pod's name: the exit code it left the job with
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TRIES = 5
 
 
 class Api:
-    """The apps/v1 API of the pod's namespace, with the projected token (re-read each call:
-    the kubelet rotates it)."""
+    """The API server, with the projected token (re-read each call: the kubelet rotates it);
+    `apps` and `core` are the pod's namespace in apps/v1 and v1."""
 
     def __init__(self) -> None:
         sa = Path(os.environ.get("KDIST_SERVICEACCOUNT_DIR", TOKEN_DIR))
@@ -45,7 +50,9 @@ class Api:
         host = os.environ["KUBERNETES_SERVICE_HOST"]
         host = f"[{host}]" if ":" in host else host
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        self.base = f"https://{host}:{port}/apis/apps/v1/namespaces/{namespace}/"
+        self.base = f"https://{host}:{port}"
+        self.apps = f"/apis/apps/v1/namespaces/{namespace}/"
+        self.core = f"/api/v1/namespaces/{namespace}/"
         self.tls = ssl.create_default_context(cafile=str(sa / "ca.crt"))
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,8 +76,14 @@ class Api:
             return result
 
 
-def notes_of(obj: dict[str, Any]) -> dict[str, str]:
-    return dict((obj.get("metadata") or {}).get("annotations") or {})
+def record_of(api: Api, name: str, data: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The job's record (its ConfigMap's data); with `data`, merged in first (None deletes)."""
+    body = None if data is None else {"data": data}
+    return dict(api.call(f"{api.core}configmaps/{name}{RECORD}", body).get("data") or {})
+
+
+def replicas_of(api: Api, name: str) -> int:
+    return int((api.call(f"{api.apps}statefulsets/{name}/scale").get("spec") or {}).get("replicas", 1))
 
 
 def ordinal(name: str, pod: str) -> int:
@@ -80,40 +93,38 @@ def ordinal(name: str, pod: str) -> int:
 
 
 def stop(api: Api, name: str, store: str) -> None:
-    api.call(f"statefulsets/{name}/scale", {"spec": {"replicas": 0}})
+    api.call(f"{api.apps}statefulsets/{name}/scale", {"spec": {"replicas": 0}})
     if store:
-        api.call(f"deployments/{store}/scale", {"spec": {"replicas": 0}})
+        api.call(f"{api.apps}deployments/{store}/scale", {"spec": {"replicas": 0}})
     print(f"kdist: scaled statefulset {name}" + (f" and deployment {store}" if store else "")
           + " to 0", flush=True)
 
 
 def record(api: Api, name: str, outcome: str, rc: int, pod: str) -> None:
-    """Write the outcome on the StatefulSet, unless a node already did."""
-    if OUTCOME in notes_of(api.call(f"statefulsets/{name}")):
+    """Write the outcome in the job's record, unless a node already did."""
+    if OUTCOME in record_of(api, name):
         return
-    notes = {OUTCOME: outcome, "kdist.dev/exit-code": str(rc), "kdist.dev/finished-by": pod}
-    api.call(f"statefulsets/{name}", {"metadata": {"annotations": notes}})
+    record_of(api, name, {OUTCOME: outcome, EXIT_CODE: str(rc), FINISHED_BY: pod})
     print(f"kdist: recorded {outcome} (exit code {rc})", flush=True)
 
 
 def start(api: Api, name: str, store: str, pod: str, folder: Path) -> None:
-    notes = notes_of(api.call(f"statefulsets/{name}"))
+    notes = record_of(api, name)
     if OUTCOME in notes:
         (folder / "finished").write_text(notes[OUTCOME])
         print(f"kdist: job {name} already finished ({notes[OUTCOME]}); not training again. "
               "Delete it (kdist delete) to train again.", flush=True)
         stop(api, name, store)
     elif LEFT + pod in notes:
-        api.call(f"statefulsets/{name}", {"metadata": {"annotations": {LEFT + pod: None}}})
+        record_of(api, name, {LEFT + pod: None})
         print(f"kdist: {pod} rejoins the job", flush=True)
 
 
 def leave(api: Api, name: str, pod: str, rc: int, nodes_min: int) -> bool:
     """Record that `pod` left the job; True when at least `nodes_min` nodes can continue."""
-    sts = api.call(f"statefulsets/{name}", {"metadata": {"annotations": {LEFT + pod: str(rc)}}})
-    replicas = int((sts.get("spec") or {}).get("replicas", 1))
-    left = [k for k in notes_of(sts)
-            if k.startswith(LEFT) and ordinal(name, k[len(LEFT):]) < replicas]
+    notes = record_of(api, name, {LEFT + pod: str(rc)})
+    replicas = replicas_of(api, name)
+    left = [k for k in notes if k.startswith(LEFT) and ordinal(name, k[len(LEFT):]) < replicas]
     able = replicas - len(left)
     print(f"kdist: {pod} left the job (exit code {rc}); {able} of {replicas} nodes can "
           f"continue (min {nodes_min})", flush=True)
@@ -143,7 +154,7 @@ def main(argv: list[str]) -> int:
         try:
             start(api, name, store, pod, folder)
         except OSError as e:
-            print(f"kdist: could not read statefulset {name} ({e}); training anyway",
+            print(f"kdist: could not read configmap {name}{RECORD} ({e}); training anyway",
                   file=sys.stderr, flush=True)
     (folder / "ready").touch()
     while not done.exists():

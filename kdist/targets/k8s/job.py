@@ -4,8 +4,9 @@ apply (server-side apply of what kdist.targets.k8s.render renders), status, logs
 Every function returns data or raises a KdistError subclass; nothing here prints or exits
 (kdist/cli/k8s.py turns the data into output).
 
-A finished job stops itself: the node whose torchrun exited writes `kdist.dev/outcome` on the
-StatefulSet and scales it to 0 (see kdist/node/finish.py); kdist.targets.k8s.status reads it back.
+A finished job stops itself: the node whose torchrun exited writes its outcome in the job's
+ConfigMap <name>-outcome and scales the StatefulSet to 0 (see kdist/node/finish.py);
+kdist.targets.k8s.status reads it back.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "ServiceAccount": Kind("v1", "serviceaccounts"),
+    "ConfigMap": Kind("v1", "configmaps"),
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
@@ -69,7 +71,7 @@ KINDS: dict[str, Kind] = {
 }
 # `kdist delete`: the pods' owners first; the checkpoint claim (only with --volumes) last.
 DELETE_ORDER = ("StatefulSet", "Deployment", "PodDisruptionBudget", "Service", "NetworkPolicy",
-                "RoleBinding", "Role", "ServiceAccount", "PersistentVolumeClaim")
+                "RoleBinding", "Role", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim")
 
 
 class JobNotFound(KdistError):
@@ -282,7 +284,7 @@ class K8sJob:
 
     def _refuse_finished(self, verb: str) -> dict[str, Any] | None:
         sts = self.statefulset()
-        status = self._status(sts, [])
+        status = self._status(sts, [], self.record() if sts is not None else None)
         if status.finished:
             raise JobFinished(
                 f"job {self.name} already finished ({self.summary(status)}) in {self.where}; "
@@ -298,12 +300,21 @@ class K8sJob:
         except NotFound:
             return None
 
+    def record(self) -> dict[str, Any] | None:
+        """The finish sidecar's outcome record (a ConfigMap; kdist/node/finish.py)."""
+        try:
+            return self.client.get(collection_path("ConfigMap", self.namespace)
+                                   + f"/{self.plan.outcome_record}")
+        except NotFound:
+            return None
+
     def pods(self) -> list[dict[str, Any]]:
         return self.client.list(f"/api/v1/namespaces/{self.namespace}/pods", self.selector)
 
-    def _status(self, sts: dict[str, Any] | None, pods: list[dict[str, Any]]) -> K8sJobStatus:
+    def _status(self, sts: dict[str, Any] | None, pods: list[dict[str, Any]],
+                record: dict[str, Any] | None) -> K8sJobStatus:
         n = self.plan.spec.nodes
-        return job_status(self.name, self.namespace, n.min, n.max, sts, pods)
+        return job_status(self.name, self.namespace, n.min, n.max, sts, pods, record)
 
     def state(self) -> JobState:
         """The job in kdist's one status model (kdist/status.py)."""
@@ -320,7 +331,7 @@ class K8sJob:
 
     def status(self) -> K8sJobStatus:
         sts = self.statefulset()
-        return self._status(sts, self.pods())
+        return self._status(sts, self.pods(), self.record() if sts is not None else None)
 
     def watch(self, timeout: float | None = None, interval: float | None = None,
               sleep: Callable[[float], None] | None = None,

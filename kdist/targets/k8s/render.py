@@ -74,20 +74,23 @@ def _service(plan: LaunchPlan, name: str, component: str, headless: bool) -> dic
 
 
 def finish_access(plan: LaunchPlan) -> list[dict[str, Any]]:
-    """ServiceAccount (unless the spec names one), and the finish sidecar's Role: read and
-    annotate this job's own StatefulSet (its outcome record) and scale it and the store to zero,
-    by resourceNames. Only the sidecar holds the account's token."""
+    """ServiceAccount (unless the spec names one), the job's outcome record (a ConfigMap), and
+    the finish sidecar's Role: read and patch that record, and scale the job's StatefulSet and
+    the store to zero, by resourceNames; nothing that holds a pod template. Only the sidecar
+    holds the account's token."""
     docs = []
     account = plan.spec.k8s.service_account or plan.name
     if not plan.spec.k8s.service_account:
         docs.append({"apiVersion": "v1", "kind": "ServiceAccount",
                      "metadata": _meta(plan, account, FINISH_COMPONENT)})
-    grants = [("statefulsets", plan.name, ["get", "patch"]),
-              ("statefulsets/scale", plan.name, ["patch"])]
+    docs.append({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": _meta(plan, plan.outcome_record, FINISH_COMPONENT)})
+    grants = [("", "configmaps", plan.outcome_record, ["get", "patch"]),
+              ("apps", "statefulsets/scale", plan.name, ["get", "patch"])]
     if plan.standalone_store:
-        grants.append(("deployments/scale", plan.store_name, ["patch"]))
-    rules = [{"apiGroups": ["apps"], "resources": [resource], "resourceNames": [name],
-              "verbs": verbs} for resource, name, verbs in grants]
+        grants.append(("apps", "deployments/scale", plan.store_name, ["patch"]))
+    rules = [{"apiGroups": [group], "resources": [resource], "resourceNames": [name],
+              "verbs": verbs} for group, resource, name, verbs in grants]
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
             "metadata": _meta(plan, plan.finish_role, FINISH_COMPONENT), "rules": rules}
     subject: dict[str, Any] = {"kind": "ServiceAccount", "name": account}

@@ -3,13 +3,14 @@ status model (kdist/status.py). Pure: dicts in, dataclasses out.
 
 The phase (kdist.status.PHASES), in order of precedence:
 - not-started: there is no StatefulSet named after the job.
-- succeeded / failed: the StatefulSet carries the `kdist.dev/outcome` annotation, which the node
-  whose torchrun exited writes before scaling the StatefulSet to 0 (so it holds when pods are gone).
+- succeeded / failed: the job's record (ConfigMap <job>-outcome) holds an `outcome`, which the
+  node whose torchrun exited writes before scaling the StatefulSet to 0 (so it holds when pods
+  are gone).
 - pending: fewer than nodes.min node containers are running (per-pod reasons say why:
   Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...).
 - running: otherwise. Restarting nodes (restartCount, last exit code) show in their rows.
-A node out of retries leaves the job: its finish sidecar records `kdist.dev/left-<pod>` (the
-exit code) on the StatefulSet, and it no longer counts as running.
+A node out of retries leaves the job: its finish sidecar records `left.<pod>` (the exit code)
+in the record, and it no longer counts as running.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from kdist.node.finish import EXIT_CODE, FINISHED_BY, LEFT, OUTCOME
 from kdist.status import (
     FAILED,
     NOT_STARTED,
@@ -27,10 +29,6 @@ from kdist.status import (
     NodeRow,
 )
 
-OUTCOME_ANNOTATION = "kdist.dev/outcome"
-EXIT_CODE_ANNOTATION = "kdist.dev/exit-code"
-FINISHED_BY_ANNOTATION = "kdist.dev/finished-by"
-LEFT_PREFIX = "kdist.dev/left-"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 # the outcome the finishing node writes (kdist/node/finish.py) -> the job's phase
 OUTCOMES = {"Succeeded": SUCCEEDED, "Failed": FAILED}
@@ -172,8 +170,10 @@ def pod_row(job: str, pod: dict[str, Any]) -> PodRow:
 
 
 def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
-               statefulset: dict[str, Any] | None, pods: list[dict[str, Any]]) -> K8sJobStatus:
-    """The job's status from its StatefulSet (None when absent) and its pods (nodes and store)."""
+               statefulset: dict[str, Any] | None, pods: list[dict[str, Any]],
+               record: dict[str, Any] | None = None) -> K8sJobStatus:
+    """The job's status from its StatefulSet (None when absent), its pods (nodes and store) and
+    its outcome record (the ConfigMap the finish sidecar writes; None when absent)."""
     rows = [pod_row(name, p) for p in pods]
     nodes = tuple(sorted((r for r in rows if r.component == "node"),
                          key=lambda r: (r.index is None, r.index or 0, r.name)))
@@ -182,17 +182,17 @@ def job_status(name: str, namespace: str, nodes_min: int, nodes_max: int,
                           nodes_max=nodes_max, replicas=0, nodes=nodes, store=store)
     if statefulset is None:
         return status
-    annotations = (statefulset.get("metadata") or {}).get("annotations") or {}
+    notes = (record or {}).get("data") or {}
     replicas = _int((statefulset.get("spec") or {}).get("replicas"))
     replicas = 1 if replicas is None else replicas  # the API's default
-    left = tuple(LeftNode(k[len(LEFT_PREFIX):], _int(v)) for k, v in sorted(annotations.items())
-                 if k.startswith(LEFT_PREFIX))
+    left = tuple(LeftNode(k[len(LEFT):], _int(v)) for k, v in sorted(notes.items())
+                 if k.startswith(LEFT))
     status = replace(status, left=left)
-    outcome = annotations.get(OUTCOME_ANNOTATION)
+    outcome = notes.get(OUTCOME)
     if outcome in OUTCOMES:
         return replace(status, phase=OUTCOMES[str(outcome)], replicas=replicas,
-                       exit_code=_int(annotations.get(EXIT_CODE_ANNOTATION)),
-                       finished_by=str(annotations.get(FINISHED_BY_ANNOTATION) or ""))
+                       exit_code=_int(notes.get(EXIT_CODE)),
+                       finished_by=str(notes.get(FINISHED_BY) or ""))
     return replace(status, phase=PENDING if status.running < nodes_min else RUNNING,
                    replicas=replicas)
 
