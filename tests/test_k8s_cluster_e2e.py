@@ -165,12 +165,12 @@ class ClusterJob:
     node containers' logs are polled while it runs, since pods go when the job finishes."""
 
     def __init__(self, cluster: KubeCluster, tmp_path: Path, name: str, *args: str,
-                 memory: str = "2Gi") -> None:
+                 memory: str = "2Gi", max_restarts: int = 3) -> None:
         self.api, self.name, self.ns = cluster.server, name, namespace(cluster.server, name)
         spec = yaml.safe_load((ROOT / "trainers" / "examples" / "cpu-gloo.yaml").read_text())
         spec.update(name=name, args=["--synthetic", "--max-steps", str(STEPS),
                                      "--checkpoint-every", "10", "--step-sleep", "0.1", *args],
-                    k8s={"namespace": name})
+                    k8s={"namespace": name}, max_restarts=max_restarts)
         spec["resources"].update(cpu="300m", memory=memory)  # 3 nodes + the store on 2 CPUs
         self.file = tmp_path / "kdist.yaml"
         self.file.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -178,6 +178,7 @@ class ClusterJob:
         self.logs: dict[str, str] = {}  # pod uid -> the node container's log
         self.order: list[str] = []  # pod uids in the order first seen
         self.oom_kills: dict[str, int] = {}  # pod uid -> OOM kills in its memory cgroup
+        self.returncode: int | None = None  # kdist apply --wait's
 
     def apply(self) -> subprocess.Popen[str]:
         return subprocess.Popen([*KDIST, "apply", "-f", str(self.file), "--wait", "--timeout", "400"],
@@ -205,19 +206,27 @@ class ClusterJob:
         return [json.loads(line.split(METRIC, 1)[1]) for uid in self.order
                 for line in self.logs[uid].splitlines() if METRIC in line]
 
+    def kdist(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*KDIST, *args], cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=120)
+
     def run_until(self, proc: subprocess.Popen[str], ready: Callable[[], bool],
-                  act: Callable[[], None]) -> str:
-        """Polls logs; once `ready`, runs `act` (the outside failure); returns kdist's output."""
+                  act: Callable[[], None], finish: bool = True) -> str:
+        """Polls logs; once `ready`, runs `act` (the outside failure); then, with `finish`,
+        waits for kdist to exit and returns its output ("" without)."""
         acted, deadline = False, time.monotonic() + 420
         while proc.poll() is None and time.monotonic() < deadline:
             self.poll_logs()
             if not acted and ready():
                 act()
                 acted = True
+                if not finish:
+                    return ""
             time.sleep(0.5)
         if proc.poll() is None:
             proc.kill()
         out = proc.communicate()[0]
+        self.returncode = proc.returncode
         assert acted, f"the job never got ready for the failure:\n{out[-3000:]}"
         return out
 
@@ -278,6 +287,9 @@ def test_kdist_apply_survives_a_worker_killed_from_the_host(cluster: KubeCluster
     def kill() -> None:
         since[0] = len(job.metrics())
         pid = worker_pid(f"{job.name}-2")
+        assert not TOKEN_DIRS & mount_points(pid)  # the trainer holds no token
+        sidecar = mount_points(sidecar_pid(f"{job.name}-2"))
+        assert TOKEN_DIRS & sidecar, sorted(sidecar)  # only the sidecar does
         os.kill(pid, signal.SIGKILL)
 
     out = job.run_until(job.apply(), lambda: job.checkpointed(50), kill)
@@ -316,15 +328,80 @@ def oom_kills(pod_uid: str) -> int:
     return kills
 
 
-def worker_pid(pod: str) -> int:
-    """The training process (not torchrun) of `pod`, found in the host's /proc."""
+# where the token is mounted; runc resolves the image's /var/run -> /run link when it mounts
+TOKEN_DIRS = {"/var/run/secrets/kubernetes.io/serviceaccount", "/run/secrets/kubernetes.io/serviceaccount"}
+
+
+def mount_points(pid: int) -> set[str]:
+    """Where the process's container has mounts, as its own root sees them (mountinfo field
+    5; paths under /proc/PID/root would follow the image's absolute /var/run link out of it)."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return {line.split()[4] for line in lines}
+
+
+def pid_of(pod: str, what: str, match: Callable[[list[bytes]], bool]) -> int:
+    """A process of `pod` whose argv `match`es, found in the host's /proc."""
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        trainer = any(arg.endswith(b"trainers/train.py") for arg in cmdline)
-        if trainer and b"torchrun" not in b" ".join(cmdline) and b"HOSTNAME=" + pod.encode() in environ:
+        if b"HOSTNAME=" + pod.encode() in environ and match(cmdline):
             return int(proc.name)
-    raise AssertionError(f"no training process of pod {pod} on this host")
+    raise AssertionError(f"no {what} of pod {pod} on this host")
+
+
+def worker_pid(pod: str) -> int:
+    """The training process (not torchrun)."""
+    return pid_of(pod, "training process", lambda argv: any(
+        a.endswith(b"trainers/train.py") for a in argv) and b"torchrun" not in b" ".join(argv))
+
+
+def sidecar_pid(pod: str) -> int:
+    """The finish sidecar (python3 -I -S -c <kdist/node/finish.py>)."""
+    return pid_of(pod, "finish sidecar", lambda argv: argv[:4] == [b"python3", b"-I", b"-S", b"-c"])
+
+
+def test_a_trainer_that_raises_fails_the_job_and_kdist_names_the_cause(
+        cluster: KubeCluster, trainer_image: str, tmp_path: Path) -> None:
+    """Rank 0 raises at step 20 and there are no restarts: every node's torchrun ends, too few
+    are left, the job is Failed, and `kdist apply --wait` exits non-zero with the exception."""
+    job = ClusterJob(cluster, tmp_path, "e2e-raise", "--fail-at-step", "20", max_restarts=0)
+    out = job.run_until(job.apply(), lambda: True, lambda: None)
+    assert job.returncode not in (0, None), out[-3000:]
+    assert f"kdist: job {job.name} failed" in out, out[-3000:]
+    assert "root cause" in out and "RuntimeError: injected failure at step 20" in out, \
+        out[-3000:]
+    status = job.kdist("status", "-t", "k8s", "-f", str(job.file), "-o", "json")
+    assert json.loads(status.stdout)["phase"] == "failed", status.stdout + status.stderr
+    deleted = job.kdist("delete", "-f", str(job.file), "--volumes")
+    assert deleted.returncode == 0, deleted.stderr
+    for path in (f"/apis/apps/v1/namespaces/{job.ns}/statefulsets/{job.name}",
+                 f"/api/v1/namespaces/{job.ns}/configmaps/{job.name}-outcome",
+                 f"/api/v1/namespaces/{job.ns}/persistentvolumeclaims/{job.name}-checkpoints"):
+        assert job.api.request("GET", path)[0] == 404, path
+
+
+def test_kdist_scale_down_and_up_while_running(cluster: KubeCluster, trainer_image: str,
+                                               tmp_path: Path) -> None:
+    """`kdist scale 2` stops the highest pod and the other two train on; `kdist scale 3` brings
+    it back into the next round; the job finishes."""
+    job = ClusterJob(cluster, tmp_path, "e2e-scale")
+    steps: list[tuple[int, int]] = []
+
+    def world(size: int) -> bool:
+        steps[:] = [(m["step"], m["world_size"]) for m in job.metrics() if m["event"] == "step"]
+        return any(w == size for _, w in steps)
+
+    def scale(n: int) -> None:
+        scaled = job.kdist("scale", "-t", "k8s", "-f", str(job.file), str(n))
+        assert scaled.returncode == 0, scaled.stderr
+
+    proc = job.apply()
+    job.run_until(proc, lambda: job.checkpointed(30), lambda: scale(2), finish=False)
+    job.run_until(proc, lambda: world(2), lambda: scale(3), finish=False)
+    out = job.run_until(proc, lambda: world(3) and steps[-1][1] == 3, lambda: None)
+    assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
+    sizes = [w for _, w in steps]
+    assert 2 in sizes and sizes[-1] == 3, sizes

@@ -191,11 +191,12 @@ idle
 
 {{/*
 The finish sidecar's command (plan.finish_argv): files/finish.py, the same bytes as
-kdist/node/finish.py (tests/test_helm.py compares them), and NAME STORE NODES_MIN DIR.
+kdist/node/finish.py (tests/test_helm.py compares them), and NAME STORE NODES_MIN DIR; -I -S:
+nothing but the standard library runs beside the token.
 */}}
 {{- define "kdist.finishArgv" -}}
 {{- $store := ternary (include "kdist.storeName" .) "" (eq .Values.rendezvous.store "standalone") -}}
-{{- toJson (list "python3" "-c" (.Files.Get "files/finish.py") (include "kdist.fullname" .) $store (toString (int .Values.nodes.min)) "/var/run/kdist") -}}
+{{- toJson (list "python3" "-I" "-S" "-c" (.Files.Get "files/finish.py") (include "kdist.fullname" .) $store (toString (int .Values.nodes.min)) "/var/run/kdist") -}}
 {{- end }}
 
 {{/* Environment of a node container (k8s._env): PET_LOCAL_ADDR, then plan.env() sorted, HOME. */}}

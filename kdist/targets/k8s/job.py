@@ -26,8 +26,8 @@ from kdist.targets import LogQuery
 from kdist.targets.k8s.kube import ApiError, ClusterUnreachable, Forbidden, NotFound
 from kdist.targets.k8s.kube.client import APPLY_PATCH, MERGE_PATCH, KubeClient
 from kdist.targets.k8s.kube.config import Connection, connect, did_you_mean
-from kdist.targets.k8s.status import K8sJobStatus, job_status, to_state
-from kdist.torchlog import error_line, root_cause
+from kdist.targets.k8s.status import COMPONENT_LABEL, K8sJobStatus, job_status, to_state
+from kdist.torchlog import error_line, is_peer_error, root_cause
 
 FIELD_MANAGER = "kdist"
 WAIT_INTERVAL = 2.0
@@ -402,11 +402,27 @@ class K8sJob:
         pod = status.finished_by
         head = (f"job {self.name} failed: torchrun exited with code {status.exit_code}"
                 + (f" on {pod}" if pod else ""))
-        block = self._cause(pod) if pod else []
+        culprit, block = self._root_cause(pod)
         if not block:
             return JobFailed(f"{head}; see `kdist logs --target k8s`", status.exit_code, pod)
-        lines = [f"{head}; root cause: {error_line(block)}", *(f"  {b}" for b in block)]
-        return JobFailed("\n".join(lines), status.exit_code, pod, block)
+        where = f" on {culprit}" if culprit != pod else ""
+        lines = [f"{head}; root cause{where}: {error_line(block)}", *(f"  {b}" for b in block)]
+        return JobFailed("\n".join(lines), status.exit_code, culprit, block)
+
+    def _root_cause(self, reporter: str) -> tuple[str, list[str]]:
+        """(pod, block) of the failure the job failed by. The node that recorded the outcome is
+        often only the last to give up, after a peer's error (on the cluster: the node whose
+        rank raised left first), so every node pod still there is read, and a real error is
+        preferred to peers' follow-on connection errors, as on Compose."""
+        try:
+            names = [str(p["metadata"]["name"]) for p in self.pods()
+                     if (p["metadata"].get("labels") or {}).get(COMPONENT_LABEL) == NODE_COMPONENT]
+        except ApiError:
+            names = []
+        order = [reporter, *sorted(n for n in names if n != reporter)] if reporter else sorted(names)
+        found = [(name, block) for name in order if (block := self._cause(name))]
+        own = [f for f in found if not is_peer_error(f[1])]
+        return (own or found or [(reporter, [])])[0]
 
     def _cause(self, pod: str) -> list[str]:
         """The root cause in `pod`'s node log (kdist/torchlog.py, as on Compose), while the pod

@@ -65,4 +65,6 @@ def node_script(plan: LaunchPlan, host: str) -> str:
 def finish_argv(plan: LaunchPlan, folder: str = FINISH_DIR) -> list[str]:
     """The finish sidecar (kdist/node/finish.py): NAME STORE NODES_MIN DIR."""
     store = plan.store_name if plan.standalone_store else ""
-    return ["python3", "-c", FINISH_CODE, plan.name, store, str(plan.spec.nodes.min), folder]
+    # -I -S: no PYTHON* variables, user or site packages run beside the token; stdlib only
+    return ["python3", "-I", "-S", "-c", FINISH_CODE, plan.name, store, str(plan.spec.nodes.min),
+            folder]
