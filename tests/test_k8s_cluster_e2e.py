@@ -5,12 +5,11 @@ Skips with the reason when root, Docker, Go, containerd or the built binaries ar
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any
 
 import pytest
 import yaml
+from cluster_job import KDIST, STEPS, TRAINER_IMAGE, ClusterJob, import_trainer_image, namespace, wait_for
 from kube_cluster import HOST_IP, PROBE_IMAGE, KubeCluster, missing
 from kube_server import KubeServer
+from tutorial_logs import RESUMED_RE, SAVED
 
 pytestmark = pytest.mark.cluster
-POD_TIMEOUT = 120.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,25 +40,6 @@ def cluster(request: pytest.FixtureRequest,
     with KubeCluster(tmp_path_factory.mktemp("cluster")) as started:
         print(f"cluster up: {started.timings}")
         yield started
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = POD_TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s")
-        time.sleep(0.5)
-
-
-def namespace(api: KubeServer, name: str) -> str:
-    api.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                      "metadata": {"name": name}})
-    wait_for(lambda: api.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")[0]
-             == 200, f"ServiceAccount {name}/default")
-    return name
 
 
 def probe_pod(name: str, *args: str) -> dict[str, Any]:
@@ -142,108 +123,11 @@ def test_read_write_many_claim_binds_on_the_default_class(cluster: KubeCluster) 
 
 # ---- kdist's own jobs on the cluster ------------------------------------------------------------
 
-TRAINER_IMAGE = "kdist-trainer:0.1.0"
-KDIST = [sys.executable, "-c", "import sys; from kdist.cli import main; sys.argv[0] = 'kdist'; main()"]
-METRIC = "KDIST_METRIC "
-STEPS = 300
-
-
 @pytest.fixture(scope="session")
 def trainer_image(cluster: KubeCluster) -> str:
-    """trainers/Dockerfile's image, on the node (docker save | ctr import: minutes for ~5 GB)."""
-    build = subprocess.run(["docker", "build", "-t", TRAINER_IMAGE, "-f", "trainers/Dockerfile", "."],
-                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert build.returncode == 0, f"docker build failed:\n{build.stderr[-3000:]}"
-    began = time.monotonic()
-    cluster.import_image(TRAINER_IMAGE)
-    print(f"{TRAINER_IMAGE} imported into the node's containerd in {time.monotonic() - began:.0f}s")
+    took = import_trainer_image(cluster)
+    print(f"{TRAINER_IMAGE} imported into the node's containerd in {took:.0f}s")
     return TRAINER_IMAGE
-
-
-class ClusterJob:
-    """cpu-gloo.yaml (3 nodes, min 2) sized for a 2-CPU node, in a namespace of its own; the
-    node containers' logs are polled while it runs, since pods go when the job finishes."""
-
-    def __init__(self, cluster: KubeCluster, tmp_path: Path, name: str, *args: str,
-                 memory: str = "2Gi", max_restarts: int = 3) -> None:
-        self.api, self.name, self.ns = cluster.server, name, namespace(cluster.server, name)
-        spec = yaml.safe_load((ROOT / "trainers" / "examples" / "cpu-gloo.yaml").read_text())
-        spec.update(name=name, args=["--synthetic", "--max-steps", str(STEPS),
-                                     "--checkpoint-every", "10", "--step-sleep", "0.1", *args],
-                    k8s={"namespace": name}, max_restarts=max_restarts)
-        spec["resources"].update(cpu="300m", memory=memory)  # 3 nodes + the store on 2 CPUs
-        self.file = tmp_path / "kdist.yaml"
-        self.file.write_text(yaml.safe_dump(spec, sort_keys=False))
-        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        self.logs: dict[str, str] = {}  # pod uid -> the node container's log
-        self.order: list[str] = []  # pod uids in the order first seen
-        self.oom_kills: dict[str, int] = {}  # pod uid -> OOM kills in its memory cgroup
-        self.returncode: int | None = None  # kdist apply --wait's
-
-    def apply(self) -> subprocess.Popen[str]:
-        return subprocess.Popen([*KDIST, "apply", "-f", str(self.file), "--wait", "--timeout", "400"],
-                                cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-
-    def pods(self) -> list[dict[str, Any]]:
-        selector = f"app.kubernetes.io/instance={self.name},app.kubernetes.io/component=node"
-        got = self.api.get(f"/api/v1/namespaces/{self.ns}/pods?labelSelector={selector}")
-        return list(got.get("items", [])) if isinstance(got, dict) else []
-
-    def poll_logs(self) -> None:
-        for pod in self.pods():
-            uid, name = pod["metadata"]["uid"], pod["metadata"]["name"]
-            status, text = self.api.request(
-                "GET", f"/api/v1/namespaces/{self.ns}/pods/{name}/log?container=node")
-            if status == 200 and isinstance(text, str):
-                if uid not in self.logs:
-                    self.order.append(uid)
-                self.logs[uid] = max(text, self.logs.get(uid, ""), key=len)
-            self.oom_kills[uid] = max(oom_kills(uid), self.oom_kills.get(uid, 0))
-
-    def metrics(self) -> list[dict[str, Any]]:
-        """Rank 0's KDIST_METRIC lines, in the order their pods were first seen."""
-        return [json.loads(line.split(METRIC, 1)[1]) for uid in self.order
-                for line in self.logs[uid].splitlines() if METRIC in line]
-
-    def kdist(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*KDIST, *args], cwd=ROOT, env=self.env, capture_output=True,
-                              text=True, timeout=120)
-
-    def run_until(self, proc: subprocess.Popen[str], ready: Callable[[], bool],
-                  act: Callable[[], None], finish: bool = True) -> str:
-        """Polls logs; once `ready`, runs `act` (the outside failure); then, with `finish`,
-        waits for kdist to exit and returns its output ("" without)."""
-        acted, deadline = False, time.monotonic() + 420
-        while proc.poll() is None and time.monotonic() < deadline:
-            self.poll_logs()
-            if not acted and ready():
-                act()
-                acted = True
-                if not finish:
-                    return ""
-            time.sleep(0.5)
-        if proc.poll() is None:
-            proc.kill()
-        out = proc.communicate()[0]
-        self.returncode = proc.returncode
-        assert acted, f"the job never got ready for the failure:\n{out[-3000:]}"
-        return out
-
-    def checkpointed(self, step: int) -> bool:
-        return any(m["event"] == "checkpoint" and m["step"] >= step for m in self.metrics())
-
-    def volume(self) -> Path:
-        """The host folder of the job's checkpoint claim (a static hostPath PV)."""
-        claim = self.api.get(f"/api/v1/namespaces/{self.ns}/persistentvolumeclaims/"
-                             f"{self.name}-checkpoints")
-        pv = self.api.get(f"/api/v1/persistentvolumes/{claim['spec']['volumeName']}")
-        return Path(pv["spec"]["hostPath"]["path"])
-
-    def saved_step(self) -> int:
-        import torch
-
-        return int(torch.load(self.volume() / "checkpoint.pt", weights_only=False)["step"])
 
 
 def assert_resumed(job: ClusterJob, since: int) -> None:
@@ -313,19 +197,6 @@ def test_kdist_apply_survives_a_rank_out_of_memory(cluster: KubeCluster, trainer
                   m["resumed_step"] > 0), len(metrics))  # the workers' restart after the kill
     assert_resumed(job, since)
     assert sum(job.oom_kills.values()) >= 1, "the kernel OOM-killed nothing in the job's pods"
-
-
-def oom_kills(pod_uid: str) -> int:
-    """The kernel's count of OOM kills in the pod's memory cgroups (cgroup v1, kubelet's
-    cgroupfs layout: kubepods[/<qos>]/pod<uid>/<container>, each counting its own); 0 once
-    the pod's cgroups are gone."""
-    kills = 0
-    for pod in Path("/sys/fs/cgroup/memory").glob(f"kubepods*/**/pod{pod_uid}"):
-        for control in pod.rglob("memory.oom_control"):
-            with contextlib.suppress(OSError):
-                kills += sum(int(line.split()[1]) for line in control.read_text().splitlines()
-                             if line.startswith("oom_kill "))
-    return kills
 
 
 # where the token is mounted; runc resolves the image's /var/run -> /run link when it mounts
@@ -405,3 +276,142 @@ def test_kdist_scale_down_and_up_while_running(cluster: KubeCluster, trainer_ima
     assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
     sizes = [w for _, w in steps]
     assert 2 in sizes and sizes[-1] == 3, sizes
+
+
+def test_the_tutorial_trainer_runs_unchanged_and_resumes_after_a_deleted_pod(
+        cluster: KubeCluster, trainer_image: str, tmp_path: Path) -> None:
+    """PyTorch's torchrun tutorial (trainers/examples/tutorial.yaml), which knows nothing of
+    kdist: while it trains, `kdist status` and `kdist logs` show all three nodes; a deleted
+    node pod comes back, every rank of the last round resumes from the same snapshot epoch > 0,
+    and the job succeeds with model_final.pth on the checkpoint claim."""
+    job = ClusterJob(cluster, tmp_path, "e2e-tutorial", example="tutorial.yaml")
+    seen: dict[str, Any] = {}
+
+    def all_logs() -> str:
+        return "\n".join(job.logs[uid] for uid in job.order)
+
+    def look_then_delete() -> None:
+        status = job.kdist("status", "-t", "k8s", "-f", str(job.file), "-o", "json")
+        seen["status"] = json.loads(status.stdout)
+        seen["logs"] = job.kdist("logs", "-t", "k8s", "--file", str(job.file)).stdout
+        seen["before"] = len(job.order)
+        status_code, _ = job.api.request("DELETE",
+                                         f"/api/v1/namespaces/{job.ns}/pods/{job.name}-1")
+        assert status_code == 200
+
+    out = job.run_until(job.apply(), lambda: all_logs().count(SAVED) >= 3, look_then_delete)
+    assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
+    assert seen["status"]["phase"] == "running", seen["status"]
+    assert [n["name"] for n in seen["status"]["nodes"] if n["running"]] == \
+        [f"{job.name}-{i}" for i in range(3)], seen["status"]
+    for i in range(3):
+        assert f"node-{i} | " in seen["logs"], seen["logs"][-2000:]
+    assert len(job.order) > seen["before"], "the deleted pod was not made again"
+    last = [RESUMED_RE.findall(log)[-1:] for log in job.newest_logs().values()]
+    assert all(last), f"a node did not resume from the snapshot: {last}"
+    assert sorted(int(rank) for (rank, _), in last) == [0, 1, 2], last  # one round, every rank
+    assert len({epoch for (_, epoch), in last}) == 1 and int(last[0][0][1]) > 0, last
+    assert (job.volume() / "model_final.pth").is_file()
+
+
+def test_kdist_apply_survives_losing_the_store_pod(cluster: KubeCluster, trainer_image: str,
+                                                   tmp_path: Path) -> None:
+    """The standalone store's pod deleted mid-run: its Deployment makes a new one behind the
+    same Service; every node's torchrun loses the store, its container restarts (one of
+    max_restarts: torch's store clients never reconnect), waits for the new store and the
+    ranks go on from the checkpoint."""
+    job = ClusterJob(cluster, tmp_path, "e2e-store")
+    since = [0]
+
+    def delete_store() -> None:
+        since[0] = len(job.metrics())
+        pods = job.api.get(f"/api/v1/namespaces/{job.ns}/pods?labelSelector="
+                           f"app.kubernetes.io/instance={job.name},"
+                           "app.kubernetes.io/component=rdzv")["items"]
+        assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+        name = pods[0]["metadata"]["name"]
+        assert job.api.request("DELETE", f"/api/v1/namespaces/{job.ns}/pods/{name}")[0] == 200
+
+    out = job.run_until(job.apply(), lambda: job.checkpointed(50), delete_store)
+    assert f"kdist: job {job.name} succeeded" in out, out[-3000:]
+    assert job.restarts() >= 1, "no node container was started again"
+    assert_resumed(job, since[0])
+
+
+def test_helm_install_runs_the_same_job_and_uninstall_keeps_the_claim(
+        cluster: KubeCluster, trainer_image: str, tmp_path: Path) -> None:
+    """`kdist render --target helm-values` into `helm install` of charts/kdist: the job trains
+    to Succeeded (kdist status reads it like an applied one), `helm test` reaches the store
+    while it runs, and `helm uninstall` removes the job but keeps the checkpoint claim."""
+    if shutil.which("helm") is None:
+        pytest.skip("helm is not installed (../shared/env/k8s-tools.sh installs it)")
+    job = ClusterJob(cluster, tmp_path, "e2e-helm")
+    values = job.kdist("render", "-t", "helm-values", "-f", str(job.file))
+    assert values.returncode == 0, values.stderr
+    (tmp_path / "values.yaml").write_text(values.stdout)
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["helm", *args, "--namespace", job.ns], cwd=ROOT, env=job.env,
+                              capture_output=True, text=True, timeout=180)
+
+    installed = helm("install", "release", "charts/kdist", "-f", str(tmp_path / "values.yaml"))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+
+    def phase() -> str:
+        status = job.kdist("status", "-t", "k8s", "-f", str(job.file), "-o", "json")
+        return str(json.loads(status.stdout)["phase"]) if status.stdout else status.stderr
+
+    def trained(step: int) -> bool:
+        job.poll_logs()
+        return job.checkpointed(step)
+
+    wait_for(lambda: trained(10), "the first checkpoint", timeout=300)
+    tested = helm("test", "release")
+    assert tested.returncode == 0 and "Phase:          Succeeded" in tested.stdout, \
+        tested.stdout + tested.stderr
+    wait_for(lambda: phase() == "succeeded", "the helm-installed job succeeded", timeout=400)
+    assert job.saved_step() == STEPS
+    uninstalled = helm("uninstall", "release", "--wait")
+    assert uninstalled.returncode == 0, uninstalled.stderr
+    base = f"/namespaces/{job.ns}"
+    assert job.api.request("GET", f"/apis/apps/v1{base}/statefulsets/{job.name}")[0] == 404
+    claim = job.api.get(f"/api/v1{base}/persistentvolumeclaims/{job.name}-checkpoints")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_an_image_the_node_lacks_is_named_while_apply_waits(cluster: KubeCluster,
+                                                           tmp_path: Path) -> None:
+    """No registry is reachable, so the kubelet's pull fails: `kdist apply --wait` names the
+    failed pull as the reason the pods are Pending before its 30 s timeout and exits 1 saying
+    the job keeps running."""
+    job = ClusterJob(cluster, tmp_path, "e2e-noimage", image="kdist-missing:0.0")
+    waited = subprocess.run([*KDIST, "apply", "-f", str(job.file), "--wait", "--timeout", "30"],
+                            cwd=ROOT, env=job.env, capture_output=True, text=True, timeout=120)
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    before_timeout = waited.stderr.split("kdist: timed out after 30s", 1)[0]
+    assert 'why pending: pod/e2e-noimage-0: Failed: Failed to pull image "kdist-missing:0.0"' in \
+        before_timeout, waited.stderr
+    assert "it keeps running" in waited.stderr
+    assert job.kdist("delete", "-f", str(job.file), "--volumes").returncode == 0
+
+
+def test_no_cluster_and_a_wrong_context_are_one_clear_message(cluster: KubeCluster,
+                                                              tmp_path: Path) -> None:
+    """The cluster's own kubeconfig with a context it lacks (exit 2, did-you-mean), and with
+    the server's port closed (exit 3, nothing written, no traceback)."""
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text((ROOT / "trainers" / "examples" / "cpu-gloo.yaml").read_text())
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    context = yaml.safe_load(cluster.kubeconfig.read_text())["current-context"]
+    wrong = subprocess.run([*KDIST, "apply", "-f", str(spec), "--context", context + "x"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2, wrong.stderr
+    assert f"did you mean '{context}'" in wrong.stderr and "Traceback" not in wrong.stderr
+    closed = yaml.safe_load(cluster.kubeconfig.read_text())
+    closed["clusters"][0]["cluster"]["server"] = f"https://{HOST_IP}:1"
+    (tmp_path / "closed.kubeconfig").write_text(yaml.safe_dump(closed))
+    gone = subprocess.run([*KDIST, "apply", "-f", str(spec)], cwd=ROOT, capture_output=True,
+                          env={**env, "KUBECONFIG": str(tmp_path / "closed.kubeconfig")},
+                          text=True, timeout=60)
+    assert gone.returncode == 3, gone.stderr
+    assert "connection refused" in gone.stderr and "Traceback" not in gone.stderr

@@ -17,12 +17,8 @@ from typing import Any
 import pytest
 from test_compose_e2e import Attached, Job, image  # noqa: F401  (image: a fixture)
 from test_local_run import KDIST, ROOT, check_resumes, write_spec
-from test_tutorial_e2e import (  # noqa: F401  (tutorial_job: a fixture)
-    SAVED,
-    assert_resumed_together,
-    tutorial_job,
-    wait_for_line,
-)
+from test_tutorial_e2e import tutorial_job, wait_for_line  # noqa: F401  (tutorial_job: a fixture)
+from tutorial_logs import SAVED, assert_resumed_together
 
 from kdist.plan import STORE_CODE
 

@@ -7,7 +7,6 @@ says. Real torchrun processes (`kdist run`) and a real Docker Engine (`kdist up`
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_compose_e2e import IMAGE, Attached, Job, image  # noqa: F401  (image: a fixture)
+from tutorial_logs import SAVED, assert_resumed_together
 
 from kdist.plan import LaunchPlan
 from kdist.spec.load import load_text
@@ -29,27 +29,6 @@ from kdist.targets.local.listening import listeners
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIAL = ROOT / "trainers" / "examples" / "tutorial.yaml"
 KDIST = [sys.executable, "-c", "from kdist.cli import main; main()"]
-RESUMED_RE = re.compile(r"\[RANK(\d+)\] Resuming training from snapshot at Epoch (\d+)")
-SAVED = "Training snapshot saved at snapshot.pt"
-
-
-def resumed(output: str) -> dict[int, int]:
-    """rank -> epoch of the last round's "Resuming" lines (one per rank of that round)."""
-    found = [(int(rank), int(epoch)) for rank, epoch in RESUMED_RE.findall(output)]
-    last: dict[int, int] = {}
-    for rank, epoch in reversed(found):
-        if rank in last:
-            break
-        last[rank] = epoch
-    return last
-
-
-def assert_resumed_together(output: str, ranks: int) -> None:
-    last = resumed(output)
-    assert sorted(last) == list(range(ranks)), output[-3000:]
-    assert len(set(last.values())) == 1 and min(last.values()) > 0, last
-
-
 def job_pids(run_dir: Path, node: int | None = None) -> list[int]:
     """Live processes of the `kdist run` that writes to run_dir (its KDIST_* markers), or of
     one of its nodes: what an outsider (the OOM killer, `kill -9`) would find."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +34,9 @@ FIELD_MANAGER = "kdist"
 WAIT_INTERVAL = 2.0
 WATCH_RETRIES = 5  # consecutive transient errors a wait survives
 TRANSIENT = (429, 500, 502, 503, 504)
+# the kubelet's echo of a container's waiting reason as an event message: says less than the
+# event before it of the same reason ("Failed to pull image ...: <the cause>")
+BARE_REASON = re.compile(r"Error: [A-Za-z]+")
 SSAR_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # Provisioners that serve only ReadWriteOnce(Pod) volumes: kind/k3s local-path, EBS, PD, Azure Disk.
@@ -389,8 +393,11 @@ class K8sJob:
             if obj.get("kind") == "Pod" and obj.get("uid") and str(obj["uid"]) not in current:
                 continue
             key = (str(obj.get("kind", "")), name, str(ev.get("reason", "")))
+            message = " ".join(str(ev.get("message", "")).split())
+            if key in latest and BARE_REASON.fullmatch(message):
+                continue  # "Error: ErrImagePull" after "Failed to pull image ...: <the cause>"
             latest.pop(key, None)
-            latest[key] = (_event_time(ev), " ".join(str(ev.get("message", "")).split()))
+            latest[key] = (_event_time(ev), message)
         return [f"{kind.lower()}/{name}: {reason}: {msg}" for (kind, name, reason), (_, msg)
                 in latest.items()]
 
