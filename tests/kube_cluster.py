@@ -50,7 +50,7 @@ NODE_PROCS = ("coredns", "kube-proxy", "kubelet")  # stopped before the sandboxe
 # kubelet and this module set these; down() puts back what was there before
 SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "vm/overcommit_memory",
            "kernel/panic", "kernel/panic_on_oops")
-PV_COUNT = 8  # each claim binds one for good (Retain): enough for every e2e job of a session
+PV_COUNT = 16  # each claim binds one for good (Retain): enough for every e2e or bench job of a session
 NODE_TIMEOUT = 120.0
 
 

@@ -9,6 +9,7 @@ kernel with the netem qdisc (sch_netem) and skip, saying so, where it is missing
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import shutil
 import signal
@@ -19,11 +20,14 @@ from pathlib import Path
 
 import pytest
 from test_local_run import KDIST, ROOT, explain, kdist_run, start_until_stepping
+from test_tutorial_e2e import TUTORIAL, job_pids, read_until
+from tutorial_logs import SAVED
 
 from kdist.errors import KdistError
 from kdist.netem import netem_args
 from kdist.spec.model import Network
 from kdist.targets.local import netsim
+from kdist.targets.local.listening import listeners
 
 SERVER = """\
 import socket, sys
@@ -262,3 +266,33 @@ def test_ctrl_c_removes_the_namespaces(tmp_path: Path) -> None:
             proc.kill()
     assert proc.returncode == 130, stderr
     assert kdist_namespaces() <= before, "namespaces left behind"
+
+
+@needs_root
+@pytest.mark.torch
+def test_with_a_network_the_job_listens_only_on_loopback_and_its_own_addresses(
+        tmp_path: Path) -> None:
+    """`network:` puts every node in a namespace of its own: while the tutorial trains, every
+    listening socket of the job is on loopback or on the simulated network (10.213.S.0/24: the
+    store on the host's veth, each node's eth0), none on this host's own addresses; the job
+    succeeds."""
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(TUTORIAL.read_text() + "network: {}\n")
+    run_dir = (tmp_path / "run").resolve()
+    proc = subprocess.Popen([*KDIST, "run", "-f", str(spec), "--run-dir", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "KDIST_RUN_DIR": str(run_dir)})
+    seen: list[str] = []
+    try:
+        read_until(proc, f"Epoch 4 | {SAVED}", seen)
+        listening = listeners(job_pids(run_dir))
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, "".join(seen)[-2000:] + out[-2000:] + err[-3000:]
+    assert len(listening) >= 3, listening  # the store, rank 0's store, gloo's pairs
+    simulated = [x for x in listening if ipaddress.ip_address(x.address) in netsim.SUBNETS]
+    assert simulated, [str(x) for x in listening]  # the store on the host's veth
+    assert all(x.loopback_only or x in simulated for x in listening), [str(x) for x in listening]
