@@ -16,10 +16,26 @@ from kdist.spec.model import JobSpec
 STORE_COMPONENT = "rdzv"
 NODE_COMPONENT = "node"
 CHECKPOINT_ENV = "KDIST_CHECKPOINT_DIR"
-# Where the project's code is in the image (trainers/Dockerfile's WORKDIR): a relative
-# entrypoint is resolved against it, since nodes start in the job's working directory.
+# Where the project's code is in kdist's images (trainers/Dockerfile's WORKDIR); the checkpoint
+# volume may not hide it.
 IMAGE_PROJECT_DIR = "/app"
+# A container node's script starts in its image's working directory (WORKDIR: where the image
+# keeps the project, /app in kdist's, /workspace in NGC's), keeps it as $project, then moves to
+# the job's working directory; a relative entrypoint and the project's links point into $project.
+PROJECT = "$project"
 
+
+
+def sh_join(argv: list[str]) -> str:
+    """shlex.join, except that $project (PROJECT) at the start of a word stays a variable."""
+    words = []
+    for arg in argv:
+        if arg == PROJECT or arg.startswith(PROJECT + "/"):
+            rest = arg[len(PROJECT):]
+            words.append(f'"{PROJECT}"' + (shlex.quote(rest) if rest else ""))
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
 
 
 def program(name: str) -> str:
@@ -69,8 +85,10 @@ class LaunchPlan:
 
     @property
     def image_entrypoint(self) -> str:
-        """The entrypoint as a path in the image (an absolute one stays as it is)."""
-        return posixpath.normpath(posixpath.join(IMAGE_PROJECT_DIR, self.spec.entrypoint))
+        """The entrypoint as a node's script names it in the image: a relative one under $project
+        (the image's working directory, PROJECT), an absolute one as it is."""
+        entrypoint = posixpath.normpath(self.spec.entrypoint)
+        return entrypoint if posixpath.isabs(entrypoint) else f"{PROJECT}/{entrypoint}"
 
     def selector_job(self) -> dict[str, str]:
         """Matches every pod of this job (nodes and store)."""
@@ -130,12 +148,17 @@ class LaunchPlan:
         r = self.spec.rendezvous
         connect = "1" if self.standalone_store else "0"
         return ["python3", "-c", WAIT_CODE, host, str(r.port), str(r.wait_timeout), connect,
-                IMAGE_PROJECT_DIR]
+                PROJECT]
+
+    def enter_workdir(self) -> str:
+        """The first lines of a container node's script: keep the image's working directory as
+        $project, then move to the job's (the checkpoint volume)."""
+        return f"project=$PWD\ncd {shlex.quote(self.workdir)} || exit 1\n"
 
     def node_script(self, host: str, is_host: bool = False) -> str:
         """POSIX sh for a Compose node: wait for the store, then exec torchrun (PID 1 under init)."""
-        torchrun = shlex.join(self.torchrun_argv(host, is_host=is_host))
-        return f"set -e\n{shlex.join(self.wait_argv(host))}\nexec {torchrun}\n"
+        torchrun = sh_join(self.torchrun_argv(host, is_host=is_host))
+        return f"set -e\n{self.enter_workdir()}{sh_join(self.wait_argv(host))}\nexec {torchrun}\n"
 
     def env(self) -> dict[str, str]:
         """Environment shared by every node on every target (before target-specific entries)."""

@@ -197,9 +197,10 @@ def test_what_a_trainer_can_write_is_compared(tmp_path: Path) -> None:
     result = invoke("-f", str(MINIMAL), "--k8s", str(manifest))
     assert flagged(result) == ["root filesystem"]
     assert "root filesystem: compose: read-only / k8s: writable" in result.stdout
-    manifest = altered_k8s(tmp_path, MINIMAL, "workingDir: /checkpoints", "workingDir: /app")
+    manifest = altered_k8s(tmp_path, MINIMAL, "cd /checkpoints || exit 1", "cd /app || exit 1")
     result = invoke("-f", str(MINIMAL), "--k8s", str(manifest))
     assert flagged(result) == ["workdir"]
+    assert "workdir: compose: /checkpoints / k8s: /app" in result.stdout
 
 
 def test_rendezvous_port_changed_in_the_service(tmp_path: Path) -> None:

@@ -190,6 +190,7 @@ class Pod:
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(env.port)}
         self.sidecar: subprocess.Popen[str] | None = None
+        self.image_dir = self.dir / "image"
 
     def start_sidecar(self) -> None:
         (command,) = [c["command"] for c in pod_spec(self.plan)["initContainers"]]
@@ -209,7 +210,14 @@ class Pod:
         host = self.plan.store_name if self.plan.standalone_store else "job-0.job"
         assert container["command"] == ["sh", "-c", node_script(self.plan, host)]
         script = node_script(self.plan, "localhost")  # the same, with a name that resolves
-        return subprocess.Popen(["sh", "-c", script], env=self.env, text=True,
+        # the container starts in the image's working directory; the claim is mounted at DIR/volume
+        volume = self.dir / "volume"
+        volume.mkdir(exist_ok=True)
+        self.image_dir.mkdir(exist_ok=True)
+        moved = f"cd {self.plan.workdir} || exit 1\n"
+        assert moved in script
+        return subprocess.Popen(["sh", "-c", script.replace(moved, f"cd {volume} || exit 1\n")],
+                                cwd=self.image_dir, env=self.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def sidecar_says(self, words: str) -> str:
@@ -353,7 +361,9 @@ def test_success_records_outcome_and_scales_job_and_store_to_zero(tmp_path: Path
     assert {r["auth"] for r in api.cluster.requests} == {"Bearer t0ken"}
     assert {r["type"] for r in api.cluster.requests if r["method"] == "PATCH"} == {
         "application/merge-patch+json"}
-    assert "is_host=false" in (pod.dir / "argv").read_text()
+    argv = (pod.dir / "argv").read_text().split()
+    assert "is_host=false" in " ".join(argv)
+    assert argv[-1] == f"{pod.image_dir}/train.py"  # relative to the image's working directory
     time.sleep(0.3)
     assert pod.sidecar is not None and pod.sidecar.poll() is None  # idles until the pod stops
     pod.stop()

@@ -87,10 +87,13 @@ def test_kdist_run_warns_when_the_trainer_writes_into_the_project(tmp_path: Path
 
 @pytest.mark.docker
 def test_kdist_up_runs_the_project_image_unchanged(tmp_path: Path, image: str) -> None:  # noqa: F811
-    """`kdist up` builds the project's image (FROM the trainer image, COPY . /app/) and runs it:
-    the outputs land on the volume at out/ckpt.pt; a write into data/ fails, as in a pod."""
+    """`kdist up` builds the project's image (FROM the trainer image, the project copied into a
+    WORKDIR of its own, as NGC's /workspace, not kdist's /app) and runs it: the relative
+    entrypoint is found there, the outputs land on the volume at out/ckpt.pt; a write into data/
+    fails, as in a pod."""
     name = f"proj-up-{uuid.uuid4().hex[:6]}"
     folder = project_copy(tmp_path, name)
+    (folder / "Dockerfile").write_text(f"FROM {IMAGE}\nWORKDIR /workspace\nCOPY . /workspace/\n")
     spec = (folder / "kdist.yaml").read_text().replace("kdist-project:0.1.0", f"{name}:test")
     (folder / "kdist.yaml").write_text(spec)
     try:

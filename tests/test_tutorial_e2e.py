@@ -20,7 +20,7 @@ import yaml
 from test_compose_e2e import IMAGE, Attached, Job, image  # noqa: F401  (image: a fixture)
 from tutorial_logs import SAVED, assert_resumed_together
 
-from kdist.plan import LaunchPlan
+from kdist.plan import LaunchPlan, sh_join
 from kdist.spec.load import load_text
 from kdist.spec.quantity import memory_bytes
 from kdist.targets.k8s import render as k8s
@@ -135,13 +135,14 @@ def volume_files(volume: str) -> list[str]:
 
 
 def pod_run_options(plan: LaunchPlan, volume: str) -> list[str]:
-    """`docker run` options for the rendered node pod's security context, mounts and workdir."""
+    """`docker run` options for the rendered node pod's security context and mounts."""
     sts = next(d for d in k8s.render(plan) if d["kind"] == "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     container = pod["containers"][0]
     security = container["securityContext"]
+    assert "workingDir" not in container  # it starts in the image's
     options = ["--user", f"{security['runAsUser']}:{security['runAsGroup']}", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges:true", "-w", container["workingDir"]]
+               "--security-opt", "no-new-privileges:true"]
     options += ["--read-only"] if security["readOnlyRootFilesystem"] else []
     volumes = {v["name"]: v for v in pod["volumes"]}
     for mount in container["volumeMounts"]:
@@ -158,14 +159,16 @@ def pod_run_options(plan: LaunchPlan, volume: str) -> list[str]:
 
 @pytest.mark.docker
 def test_user_image_runs_with_the_pods_security_settings(tmp_path: Path, image: str) -> None:  # noqa: F811
-    """The recipe of docs/outputs.md (FROM the trainer image, COPY the project), started as the k8s pod
-    starts it: its securityContext (read-only root, uid 1000), mounts and working directory."""
+    """The recipe of docs/outputs.md (FROM the trainer image, COPY the project; here into a
+    WORKDIR of its own, as NGC's /workspace), started as the k8s pod starts it: its
+    securityContext (read-only root, uid 1000), mounts and script's first lines (keep the image's
+    working directory as $project, move to the volume), torchrun of the relative entrypoint."""
     project = tmp_path / "project"
     (project / "train").mkdir(parents=True)
     for name in ("train.py", "datautils.py"):
         source = ROOT / "trainers" / "examples" / "tutorial" / name
         (project / "train" / name).write_text(source.read_text())
-    (project / "Dockerfile").write_text(f"FROM {IMAGE}\nCOPY . /app/\n")
+    (project / "Dockerfile").write_text(f"FROM {IMAGE}\nWORKDIR /workspace\nCOPY . /workspace/\n")
     tag = f"kdist-user-{uuid.uuid4().hex[:8]}:test"
     volume = f"kdist-user-{uuid.uuid4().hex[:8]}"
     spec = yaml.safe_load(TUTORIAL.read_text()) | {"image": tag, "entrypoint": "train/train.py"}
@@ -176,9 +179,10 @@ def test_user_image_runs_with_the_pods_security_settings(tmp_path: Path, image: 
                            text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     try:
+        torchrun = sh_join(["torchrun", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+                            plan.image_entrypoint, "4", "2"])
         ran = subprocess.run(
-            ["docker", "run", "--rm", *options, tag, "torchrun", "--standalone", "--nnodes", "1",
-             "--nproc-per-node", "2", plan.image_entrypoint, "4", "2"],
+            ["docker", "run", "--rm", *options, tag, "sh", "-c", f"{plan.enter_workdir()}exec {torchrun}"],
             capture_output=True, text=True, timeout=300)
         assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
         assert "Saved model_final.pth" in ran.stdout

@@ -3,6 +3,9 @@ anything starts: the entrypoint exists (kdist/tools/workdir.py), the volume path
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,23 +40,65 @@ def test_every_target_starts_nodes_in_the_checkpoint_volume() -> None:
     plan = LaunchPlan(load_text(spec(path="/data")))
     assert plan.workdir == "/data"
     node = compose.render(plan)["services"]["node-0"]
-    assert node["working_dir"] == "/data" and "checkpoints:/data" in node["volumes"]
+    assert "checkpoints:/data" in node["volumes"] and "working_dir" not in node
+    assert node["command"][2].startswith("set -e\nproject=$$PWD\ncd /data || exit 1\n")
     assert node["read_only"] is True and node["tmpfs"] == ["/tmp:exec"]
     assert node["environment"]["HOME"] == "/tmp"
     sts = next(d for d in k8s.render(plan) if d["kind"] == "StatefulSet")
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    assert container["workingDir"] == "/data"
+    assert container["command"][2].startswith("project=$PWD\ncd /data || exit 1\n")
+    assert "workingDir" not in container  # it starts in the image's, where its code is
     assert {"name": "checkpoints", "mountPath": "/data"} in container["volumeMounts"]
 
 
-def test_a_relative_entrypoint_is_resolved_against_the_image_project_dir() -> None:
-    for entrypoint, in_image in (("./train.py", "/app/train.py"),
-                                 ("trainers/examples/tutorial/train.py",
-                                  "/app/trainers/examples/tutorial/train.py"),
-                                 ("/opt/code/train.py", "/opt/code/train.py")):
+def test_a_relative_entrypoint_is_resolved_against_the_image_working_directory() -> None:
+    for entrypoint, in_image, in_script in (
+            ("./train.py", "$project/train.py", '"$project"/train.py'),
+            ("trainers/examples/tutorial/train.py", "$project/trainers/examples/tutorial/train.py",
+             '"$project"/trainers/examples/tutorial/train.py'),
+            ("src/$x/train.py", "$project/src/$x/train.py", "\"$project\"'/src/$x/train.py'"),
+            ("/opt/code/train.py", "/opt/code/train.py", "/opt/code/train.py")):
         plan = LaunchPlan(load_text(spec(entrypoint=entrypoint)))
         assert plan.image_entrypoint == in_image
-        assert in_image in compose.render(plan)["services"]["node-0"]["command"][2]
+        compose_script = compose.render(plan)["services"]["node-0"]["command"][2]
+        for script in (k8s_script(plan), compose_script.replace("$$", "$")):
+            assert re.search(f" {re.escape(in_script)}( &)?\n", script), script[-400:]
+
+
+def k8s_script(plan: LaunchPlan) -> str:
+    sts = next(d for d in k8s.render(plan) if d["kind"] == "StatefulSet")
+    return str(sts["spec"]["template"]["spec"]["containers"][0]["command"][2])
+
+
+@pytest.mark.parametrize("in_root", [False, True], ids=["workdir", "no-workdir"])
+def test_the_script_runs_the_entrypoint_from_the_image_working_directory(
+        tmp_path: Path, in_root: bool) -> None:
+    """The Compose node's script with `python3` and `torchrun` stand-ins, started in an
+    "image" folder: the entrypoint and the project's links point into it ("/" is no project:
+    nothing is linked)."""
+    image = tmp_path / "workspace"  # an image's WORKDIR, as NGC's /workspace
+    (image / "data").mkdir(parents=True)
+    volume, bin_dir = tmp_path / "volume", tmp_path / "bin"
+    volume.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "torchrun").write_text('#!/bin/sh\necho "$PWD $*" > "$OUT"\n')
+    (bin_dir / "torchrun").chmod(0o755)
+    plan = LaunchPlan(load_text(spec(entrypoint="train.py", path="/checkpoints")))
+    script = compose.render(plan)["services"]["node-0"]["command"][2].replace("$$", "$")
+    script = script.replace("cd /checkpoints ", f"cd {volume} ").replace(" rdzv 29400 ", " localhost 1 ")
+    start = Path("/") if in_root else image
+    with socket.create_server(("127.0.0.1", 0)) as store:  # the store's port accepts
+        port = store.getsockname()[1]
+        script = script.replace(" localhost 1 ", f" localhost {port} ")
+        ran = subprocess.run(["sh", "-c", script], cwd=start, capture_output=True, text=True,
+                             env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                  "OUT": str(tmp_path / "argv")}, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    cwd, *argv = (tmp_path / "argv").read_text().split()
+    assert cwd == str(volume)
+    assert argv[-1] == f"{start}/train.py"  # //train.py from /: the same file
+    linked = sorted(p.name for p in volume.iterdir() if p.is_symlink())
+    assert linked == ([] if in_root else ["data"])
 
 
 @pytest.mark.parametrize("path", ["/", "/tmp", "/dev/shm", "/proc/x", "/sys", "/app"])

@@ -19,7 +19,7 @@ import click
 from kdist import jsonout
 from kdist.cli import dev as cli_dev
 from kdist.cli.jsonlines import JsonLines, current, json_lines
-from kdist.cli.options import load_plan, spec_option
+from kdist.cli.options import load_plan, printable, spec_option
 from kdist.errors import KdistError
 from kdist.targets import NODE_LINE
 
@@ -235,11 +235,17 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, ve
     summary and exits 0 only when the job succeeded (nodes stopped by kdist kill/scale excepted);
     otherwise with the failing node's exit code and root cause.
     """
-    from kdist.tools.workdir import check_file
+    from kdist.spec.load import read_text
+    from kdist.tools.workdir import built_here, check, check_file
 
     port = cli_dev.dev_port(dev, dev_port)
     plan = load_plan(spec_file)
-    check_file(plan.spec, spec_file, Path.cwd())
+    if built_here(plan.spec):
+        check_file(plan.spec, spec_file, Path.cwd())
+    else:  # the image may hold what this folder lacks
+        for problem in check(plan.spec, read_text(spec_file), str(spec_file), Path.cwd()):
+            click.echo(printable(f"kdist: warning: {problem}; the image is not built from this "
+                                 "folder, so it may hold it"), err=True)
     job = cli_dev.open_job(spec_file, port) if dev else _open(spec_file, rewrite=True)
     started = job.up(build=build, on_output=lambda line: click.echo(line, err=True))
     name = job.project.name

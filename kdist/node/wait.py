@@ -2,7 +2,8 @@
 rendezvous store's DNS name resolves (and, for a standalone store, its port accepts
 connections). Headless-Service records appear late on real clusters. Run as:
 python3 -c TEXT HOST PORT TIMEOUT CONNECT [PROJECT] (kdist/plan.py, wait_argv) in the working
-directory of the node; the Helm chart ships the same bytes as charts/kdist/files/wait.py.
+directory of the node, PROJECT being the image's working directory; the Helm chart ships the
+same bytes as charts/kdist/files/wait.py.
 kdist run calls link_project itself (kdist/targets/local/job.py).
 """
 
@@ -20,9 +21,12 @@ def link_project(project: str, workdir: str) -> list[str]:
     """A link in WORKDIR to each top-level entry of PROJECT that it does not hold itself, so a
     trainer reads its config and data by relative paths while what it writes lands in WORKDIR
     (the shared volume). Links to entries the project no longer has are removed. Returns the
-    names linked now. Several nodes may do this at once: a link another made first is fine."""
+    names linked now. Several nodes may do this at once: a link another made first is fine.
+    An image without a WORKDIR starts in /, which is no project: nothing is linked."""
     project, workdir = os.path.abspath(project), os.path.abspath(workdir)
-    made = []
+    made: list[str] = []
+    if project == "/":
+        return made
     for name in os.listdir(workdir):
         path = os.path.join(workdir, name)
         if os.path.islink(path) and os.readlink(path).startswith(project + os.sep) \

@@ -155,6 +155,16 @@ def command_lines(command: Any) -> list[list[str]]:
     return torchrun_lines(script)
 
 
+def script_workdir(command: Any) -> str:
+    """Where a `sh -c SCRIPT` command moves before torchrun (its first `cd DIR` line), else ""."""
+    script = str(command[2]) if isinstance(command, list) and len(command) >= 3 else ""
+    for line in script.splitlines():
+        if line.startswith("cd "):
+            words = shlex.split(line.split("||", 1)[0])
+            return words[1] if len(words) == 2 else ""
+    return ""
+
+
 def normalise(argv: Sequence[str]) -> list[str]:
     """The argv with the rendezvous endpoint's host replaced by `<host>` (the port is kept)."""
     out, words = [], list(argv)
@@ -267,7 +277,7 @@ def _compose_node(name: str, svc: dict[str, Any], lines: list[list[str]]) -> Nod
     limits = _mapping(resources.get("limits"), f"{name}.deploy.resources.limits")
     node = Node(name, lines=lines, env=_compose_env(svc.get("environment")),
                 gpus=_compose_gpus(resources), checkpoint=_compose_volumes(svc.get("volumes")))
-    node.workdir = str(svc.get("working_dir") or node.workdir)
+    node.workdir = script_workdir(svc.get("command")) or str(svc.get("working_dir") or node.workdir)
     node.user = str(svc.get("user") or node.user)
     node.read_only = svc.get("read_only") is True
     node.scratch = sorted(str(t).split(":")[0] for t in svc.get("tmpfs") or [])
@@ -365,7 +375,8 @@ def _k8s_node(sts: dict[str, Any], pod: dict[str, Any], container: dict[str, Any
             node.scratch.append(path)
     node.checkpoint.sort()
     node.scratch.sort()
-    node.workdir = str(container.get("workingDir") or node.workdir)
+    node.workdir = (script_workdir(container.get("command"))
+                    or str(container.get("workingDir") or node.workdir))
     security = {**_mapping(pod.get("securityContext"), "pod securityContext"),
                 **_mapping(container.get("securityContext"), "container securityContext")}
     if security.get("runAsUser") is not None:

@@ -1,9 +1,12 @@
 """The check of the spec against the project folder, made before anything starts (`kdist run`,
 `kdist up`) and by `kdist validate`: the entrypoint exists in the project.
 
-The project's code is in the image at /app; nodes start in the checkpoint volume (a node's root
-filesystem is read-only, so that volume, /tmp and /dev/shm are all it can write). Where the volume
-may be mounted is a rule of the loader (kdist/spec/load.py, `checkpoint.path`).
+In an image the project's code is in the image's working directory (its WORKDIR; /app in kdist's
+images), which a relative entrypoint is resolved against; nodes then start in the checkpoint
+volume (a node's root filesystem is read-only, so that volume, /tmp and /dev/shm are all it can
+write). So this folder stands for the image's code only where the image is built from it
+(`compose.build`, `built_here`); elsewhere a missing entrypoint is a warning, since the image may
+hold it. Where the volume may be mounted is a rule of the loader (kdist/spec/load.py).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import posixpath
 from pathlib import Path
 
 from kdist.errors import Problem, SpecError
-from kdist.plan import IMAGE_PROJECT_DIR
 from kdist.spec.load import Pos, _pos_of, parse_yaml, read_text
 from kdist.spec.model import JobSpec
 
@@ -36,15 +38,15 @@ def entrypoint_problem(entrypoint: str, project: Path, local: bool) -> str:
             return f"{entrypoint} does not exist on this host (kdist run starts it here)"
         return ""
     if posixpath.normpath(entrypoint).startswith("../"):
-        return (f"{entrypoint} is outside the project folder {project}; the image holds the "
-                f"project at {IMAGE_PROJECT_DIR}")
+        return (f"{entrypoint} is outside the project folder {project}; in an image a relative "
+                "entrypoint is under the image's working directory (its WORKDIR)")
     full = project / path
     if _is_file(full):
         return ""
     near = _near_files(project, posixpath.normpath(entrypoint))
     hint = f" (did you mean {', '.join(near)}?)" if near else ""
     return (f"{entrypoint} not found in the project folder {project} (a relative entrypoint is "
-            f"resolved against it, and against {IMAGE_PROJECT_DIR} in the image){hint}")
+            f"resolved against it, and in an image against the image's working directory){hint}")
 
 
 def _near_files(project: Path, wanted: str) -> list[str]:
@@ -56,6 +58,12 @@ def _near_files(project: Path, wanted: str) -> list[str]:
         scripts += [str((Path(folder) / f).relative_to(project)) for f in files if f.endswith(".py")]
     same = sorted(s for s in scripts if posixpath.basename(s) == posixpath.basename(wanted))
     return same[:3] or difflib.get_close_matches(wanted, sorted(scripts), n=3, cutoff=0.6)
+
+
+def built_here(job: JobSpec) -> bool:
+    """Whether the nodes' image is built from this project (compose.build): then its working
+    directory holds what this folder holds, and a missing entrypoint is an error."""
+    return job.compose.build is not None
 
 
 def check(job: JobSpec, text: str, file: str, project: Path, local: bool = False) -> list[Problem]:

@@ -49,8 +49,14 @@ _ALL = [
     _r("spec", E, "schema", "kdist.yaml does not load (kdist's own spec checks).",
        "Fix the field named in the message; `kdist render` reports the same problem."),
     _r("spec-entrypoint", E, "schema",
-       "kdist.yaml's entrypoint is not a file in the project folder (the current directory).",
+       "kdist.yaml's entrypoint is not a file in the project folder (the current directory), "
+       "from which the image is built (compose.build).",
        "Give the training script's path relative to the project root, as kdist run resolves it."),
+    _r("spec-entrypoint-image", W, "schema",
+       "kdist.yaml's entrypoint is not a file in the project folder; the image is not built from "
+       "it (no compose.build), so it may hold the script in its working directory.",
+       "Check that the image has the script under its WORKDIR, or give an absolute path in the "
+       "image; `kdist run` needs it in the project folder."),
     _r("k8s-object", E, "schema",
        "A document in a manifest is not a Kubernetes object (needs apiVersion, kind, metadata.name).",
        "Every document needs apiVersion, kind and metadata.name."),

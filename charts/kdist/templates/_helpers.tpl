@@ -19,12 +19,15 @@ Object names come from .Values.name, never from the release name.
 {{- printf "%s-checkpoints" (include "kdist.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end }}
 
-{{/* The entrypoint as a path in the image (plan.image_entrypoint): relative to /app. */}}
+{{/*
+The entrypoint as the node's script names it (plan.image_entrypoint): a relative one under
+$project, the image's working directory.
+*/}}
 {{- define "kdist.imageEntrypoint" -}}
 {{- if hasPrefix "/" .Values.entrypoint -}}
 {{- clean .Values.entrypoint -}}
 {{- else -}}
-{{- clean (printf "/app/%s" .Values.entrypoint) -}}
+{{- printf "$project/%s" (clean .Values.entrypoint) -}}
 {{- end -}}
 {{- end }}
 
@@ -82,11 +85,20 @@ empty word, anything else in single quotes with each ' written as '"'"'.
 {{- end -}}
 {{- end }}
 
-{{/* Python's shlex.join: a list of words, each quoted by kdist.shquote, joined by spaces. */}}
+{{/*
+plan.sh_join: a list of words, each quoted by kdist.shquote, joined by spaces; $project at the
+start of a word stays a variable.
+*/}}
 {{- define "kdist.shjoin" -}}
 {{- $words := list -}}
 {{- range . -}}
+{{- if eq . "$project" -}}
+{{- $words = append $words "\"$project\"" -}}
+{{- else if hasPrefix "$project/" . -}}
+{{- $words = append $words (printf "\"$project\"%s" (include "kdist.shquote" (trimPrefix "$project" .))) -}}
+{{- else -}}
 {{- $words = append $words (include "kdist.shquote" .) -}}
+{{- end -}}
 {{- end -}}
 {{- join " " $words -}}
 {{- end }}
@@ -139,8 +151,8 @@ Call with (dict "root" $ "host" HOST "isHost" BOOL).
 
 {{/*
 The wait command (plan.wait_argv) as a list of words.
-Call with (dict "root" $ "connect" "1"|"0" ["project" "/app"]): with a project, it first links
-the project's entries into the working directory.
+Call with (dict "root" $ "connect" "1"|"0" ["project" "$project"]): with a project, it first
+links the project's entries into the working directory.
 */}}
 {{- define "kdist.waitArgv" -}}
 {{- $r := .root.Values.rendezvous -}}
@@ -150,18 +162,21 @@ the project's entries into the working directory.
 {{- end }}
 
 {{/*
-The node container's POSIX sh script (plan.k8s_node_script, plan.FINISH_SCRIPT): wait for the
-store, run torchrun, hand the exit code to the finish sidecar. With the store on node 0, node
+The node container's POSIX sh script (kdist/targets/k8s/node.py, node_script): keep the image's
+working directory as $project, move to the checkpoint volume, wait for the store, run torchrun,
+hand the exit code to the finish sidecar. With the store on node 0, node
 0's torchrun hosts it.
 */}}
 {{- define "kdist.nodeScript" -}}
 {{- $standalone := eq .Values.rendezvous.store "standalone" -}}
 {{- $host := include "kdist.storeHost" . -}}
+project=$PWD
+cd {{ include "kdist.shquote" .Values.checkpoint.path }} || exit 1
 finish="${KDIST_FINISH_DIR:-/var/run/kdist}"
 idle() { trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }
 if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
 trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
-{{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone) "project" "/app") | fromJsonArray) }} &
+{{ include "kdist.shjoin" (include "kdist.waitArgv" (dict "root" . "connect" (ternary "1" "0" $standalone) "project" "$project") | fromJsonArray) }} &
 child=$!
 wait "$child"
 rc=$?

@@ -118,7 +118,6 @@ def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
     svc |= {
         "hostname": name,
         "command": ["sh", "-c", plan.node_script(host, is_host=hosts_store)],
-        "working_dir": plan.workdir,
         "environment": {**plan.env(), "HOME": TMP, "PET_LOCAL_ADDR": name},
         **_hardening(plan),
         "shm_size": compose_size(s.resources.shm),

@@ -4,12 +4,11 @@ the job's outcome through the API. The chart's templates/_helpers.tpl renders th
 
 from __future__ import annotations
 
-import shlex
-
-from kdist.plan import LaunchPlan, program
+from kdist.plan import LaunchPlan, program, sh_join
 
 # A StatefulSet restarts containers that exit, so a Kubernetes node finishes the job itself. The
-# trainer container holds no API token: its script waits for the store, runs torchrun, and a
+# trainer container holds no API token: its script starts in the image's working directory
+# (kept as $project), moves to the job's, waits for the store, runs torchrun, and a
 # failure (of either) is retried by restarting the container up to `max_restarts` times (counted
 # in $TMPDIR or /tmp, an emptyDir that outlives container restarts). Then, or on success, it
 # hands the exit code to the finish sidecar (kdist/node/finish.py) through the shared folder
@@ -17,7 +16,7 @@ from kdist.plan import LaunchPlan, program
 # job finished already (DIR/finished) does not train.
 FINISH_DIR = "/var/run/kdist"
 FINISH_SCRIPT = """\
-finish="${{KDIST_FINISH_DIR:-{folder}}}"
+{enter}finish="${{KDIST_FINISH_DIR:-{folder}}}"
 idle() {{ trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done; }}
 if [ -e "$finish/finished" ] || [ -e "$finish/exit-code" ]; then idle; fi
 trap 'kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; exit 143' TERM INT
@@ -51,14 +50,15 @@ def node_script(plan: LaunchPlan, host: str) -> str:
     One pod template serves every node, so with the store on node 0 a shell test on the
     pod's hostname picks the hosting command line (`is_host=true`) for `<name>-0` only.
     """
-    client = shlex.join(plan.torchrun_argv(host))
+    client = sh_join(plan.torchrun_argv(host))
     if plan.standalone_store:
         lines = [f"  {client} &"]
     else:
-        hosting = shlex.join(plan.torchrun_argv(host, is_host=True))
+        hosting = sh_join(plan.torchrun_argv(host, is_host=True))
         lines = [f'  if [ "$HOSTNAME" = "{plan.name}-0" ]; then', f"    {hosting} &",
                  "  else", f"    {client} &", "  fi"]
-    return FINISH_SCRIPT.format(folder=FINISH_DIR, wait=shlex.join(plan.wait_argv(host)),
+    return FINISH_SCRIPT.format(enter=plan.enter_workdir(), folder=FINISH_DIR,
+                                wait=sh_join(plan.wait_argv(host)),
                                 torchrun="\n".join(lines), retries=plan.spec.max_restarts)
 
 

@@ -178,7 +178,6 @@ def _node_container(plan: LaunchPlan) -> dict[str, Any]:
         "image": s.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["sh", "-c", script],
-        "workingDir": plan.workdir,
         "env": _env(plan),
         "ports": [{"name": PORT_NAME, "containerPort": s.rendezvous.port, "protocol": "TCP"}],
         "resources": _resources(plan),
