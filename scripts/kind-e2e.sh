@@ -114,8 +114,8 @@ reset() {
 }
 
 # Wait until the node pods' logs match an extended regex (rank 0 prints KDIST_METRIC lines).
-# The logs are read into a variable first: `kubectl logs | grep -q` under pipefail fails
-# whenever grep exits early (kubectl gets SIGPIPE, 141).
+# The logs are read into a variable first: piped straight into a grep that quits at its first
+# match, kubectl would get SIGPIPE (141) and pipefail would fail the pipeline.
 wait_for_log() {
   local pattern=$1 what=$2 deadline=$((SECONDS + 900)) logs outcome
   while :; do

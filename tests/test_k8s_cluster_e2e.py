@@ -248,10 +248,12 @@ def test_a_trainer_that_raises_fails_the_job_and_kdist_names_the_cause(
     assert json.loads(status.stdout)["phase"] == "failed", status.stdout + status.stderr
     deleted = job.kdist("delete", "-f", str(job.file), "--volumes")
     assert deleted.returncode == 0, deleted.stderr
-    for path in (f"/apis/apps/v1/namespaces/{job.ns}/statefulsets/{job.name}",
-                 f"/api/v1/namespaces/{job.ns}/configmaps/{job.name}-outcome",
-                 f"/api/v1/namespaces/{job.ns}/persistentvolumeclaims/{job.name}-checkpoints"):
-        assert job.api.request("GET", path)[0] == 404, path
+    paths = (f"/apis/apps/v1/namespaces/{job.ns}/statefulsets/{job.name}",
+             f"/api/v1/namespaces/{job.ns}/configmaps/{job.name}-outcome",
+             f"/api/v1/namespaces/{job.ns}/persistentvolumeclaims/{job.name}-checkpoints")
+    # the claim goes once the last pod using it has stopped (pvc-protection)
+    wait_for(lambda: all(job.api.request("GET", p)[0] == 404 for p in paths),
+             "the job's StatefulSet, record and claim deleted", timeout=90)
 
 
 def test_kdist_scale_down_and_up_while_running(cluster: KubeCluster, trainer_image: str,

@@ -186,7 +186,7 @@ class Pod:
         bin_dir.mkdir(exist_ok=True)
         self.env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOSTNAME": hostname,
                     "TMPDIR": str(self.dir), "KDIST_FINISH_DIR": str(self.finish),
-                    "KDIST_SERVICEACCOUNT_DIR": str(env.sa),
+                    "KDIST_SERVICEACCOUNT_DIR": str(env.sa), "KDIST_FAILED_GRACE": "0.5",
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1",
                     "KUBERNETES_SERVICE_PORT": str(env.port)}
         self.sidecar: subprocess.Popen[str] | None = None
@@ -351,7 +351,7 @@ def test_success_records_outcome_and_scales_job_and_store_to_zero(tmp_path: Path
         pod = Pod(tmp_path, api, plan, "job-0")
         pod.start_sidecar()
         trainer = pod.trainer(rc=0)
-        pod.sidecar_says("to 0")
+        pod.sidecar_says("scaled statefulset")
     idles(trainer, pod)
     assert api.cluster.calls() == [("GET", RECORD), ("GET", RECORD), ("PATCH", RECORD),
                                    ("PATCH", SCALE), ("PATCH", STORE_SCALE)]
@@ -396,7 +396,10 @@ def test_a_node_out_of_retries_leaves_and_the_job_fails_below_min(tmp_path: Path
     assert second.trainer(rc=4).wait(timeout=20) == 4
     assert "is_host=true" in (second.dir / "argv").read_text()  # job-0 hosts the store
     trainer = second.trainer(rc=4)
-    assert "0 of 2 nodes can continue" in second.sidecar_says("to 0")
+    said = second.sidecar_says("scaled statefulset")
+    assert "0 of 2 nodes can continue" in said
+    # the logs stay readable a while before the pods go (KDIST_FAILED_GRACE: 0.5 s here)
+    assert said.index("scaling it to 0 in 0.5s") < said.index("scaled statefulset job")
     idles(trainer, second)
     assert api.cluster.data == {
         LEFT + "job-1": "3", LEFT + "job-0": "4", "outcome": "Failed", "exit-code": "4",
@@ -413,7 +416,7 @@ def test_the_sidecar_retries_an_unavailable_api(tmp_path: Path, api: Env) -> Non
     pod.start_sidecar()
     api.cluster.unavailable = 2  # the outcome's GET and its first retry
     trainer = pod.trainer(rc=0)
-    log = pod.sidecar_says("to 0")
+    log = pod.sidecar_says("scaled statefulset")
     assert log.count("HTTP Error 503") == 2
     idles(trainer, pod)
     assert api.cluster.calls()[1:] == [("GET", RECORD)] * 3 + [("PATCH", RECORD), ("PATCH", SCALE)]
@@ -426,7 +429,7 @@ def test_a_fixed_size_job_fails_when_one_node_runs_out_of_retries(tmp_path: Path
     pod = Pod(tmp_path, api, make_plan(nodes="2", retries=0), "job-1")
     pod.start_sidecar()
     trainer = pod.trainer(rc=3)
-    assert "1 of 2 nodes can continue (min 2)" in pod.sidecar_says("to 0")
+    assert "1 of 2 nodes can continue (min 2)" in pod.sidecar_says("scaled statefulset")
     idles(trainer, pod)
     assert api.cluster.data["outcome"] == "Failed"
     pod.stop()

@@ -9,7 +9,7 @@ good (success, or retries used up). Then:
 - exit code 0: record `outcome: Succeeded` in the job's ConfigMap NAME-outcome (unless a node
   did) and scale the StatefulSet and the store to zero;
 - otherwise this node leaves the job: record `left.<pod>` in that ConfigMap. The job is Failed,
-  and stopped, only when fewer than NODES_MIN nodes can continue.
+  and stopped FAILED_GRACE_S later, only when fewer than NODES_MIN nodes can continue.
 
 The record is a ConfigMap, not annotations on the StatefulSet, so that the token can patch
 nothing that holds a pod template: its Role allows that one ConfigMap and the /scale
@@ -37,6 +37,10 @@ OUTCOME, EXIT_CODE, FINISHED_BY = "outcome", "exit-code", "finished-by"
 LEFT = "left."  # + the pod's name: the exit code it left the job with
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TRIES = 5
+# A Failed job is scaled to 0 this many seconds after its outcome is recorded: the nodes have
+# stopped training, and their logs stay readable for `kdist apply --wait`'s root cause and for
+# kubectl logs (scaled at once, the pods and their logs were gone before anyone read them).
+FAILED_GRACE_S = float(os.environ.get("KDIST_FAILED_GRACE", "15"))
 
 
 class Api:
@@ -135,6 +139,10 @@ def finish(api: Api, name: str, store: str, pod: str, nodes_min: int, rc: int) -
     if rc != 0 and leave(api, name, pod, rc, nodes_min):
         return
     record(api, name, "Succeeded" if rc == 0 else "Failed", rc, pod)
+    if rc != 0:
+        print(f"kdist: job {name} failed; scaling it to 0 in {FAILED_GRACE_S:g}s (its logs stay "
+              "readable until then)", flush=True)
+        time.sleep(FAILED_GRACE_S)
     stop(api, name, store)
 
 
