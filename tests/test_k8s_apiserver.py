@@ -7,6 +7,7 @@ from the workloads, so a test that needs a pod creates it from the workload's te
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 from collections.abc import Iterator
@@ -302,6 +303,38 @@ def test_delete_removes_everything_but_the_claim(server: KubeServer, namespace: 
 
 
 
+def test_secret_env_goes_to_a_secret_the_nodes_read_and_goes_with_the_job(
+        server: KubeServer, namespace: str, env: dict[str, str], tmp_path: Path) -> None:
+    """`secret_env: [HF_TOKEN]`: apply refuses without the variable, writing nothing; with it,
+    the Secret <name>-env holds the value, the node container reads it by secretKeyRef, the
+    printed objects do not show it; delete removes the Secret."""
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text(CPU.read_text() + "secret_env: [HF_TOKEN]\n")
+    secret_path = f"/api/v1/namespaces/{namespace}/secrets/cifar-cpu-env"
+    sts_path = f"/apis/apps/v1/namespaces/{namespace}/statefulsets/cifar-cpu"
+    refused = run(env, "apply", "-f", str(spec), "-n", namespace)
+    assert refused.exit_code == 2, refused.output
+    assert "secret_env: HF_TOKEN is not set in this environment" in refused.output
+    assert server.request("GET", sts_path)[0] == 404 and server.request("GET", secret_path)[0] == 404
+
+    token = f"hf_{next(_names)}_not_in_any_file"
+    applied = run({**env, "HF_TOKEN": token}, "apply", "-f", str(spec), "-n", namespace, "-o", "yaml")
+    assert applied.exit_code == 0, applied.output
+    assert token not in applied.output and base64.b64encode(token.encode()).decode() not in \
+        applied.output
+    status, secret = server.request("GET", secret_path)
+    assert status == 200 and base64.b64decode(secret["data"]["HF_TOKEN"]).decode() == token
+    _, sts = server.request("GET", sts_path)
+    pod = sts["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"] + pod.get("initContainers", [])}
+    refs = {c: [e["valueFrom"]["secretKeyRef"] for e in spec_.get("env", []) if "valueFrom" in e
+                and "secretKeyRef" in e["valueFrom"]] for c, spec_ in containers.items()}
+    assert refs == {"node": [{"name": "cifar-cpu-env", "key": "HF_TOKEN"}], "finish": []}, refs
+
+    assert run(env, "delete", "-f", str(spec), "-n", namespace).exit_code == 0
+    assert server.request("GET", secret_path)[0] == 404
+
+
 # ---- least privilege of the finish sidecar's token ------------------------------------------------
 
 
@@ -334,3 +367,4 @@ def test_the_finish_token_can_record_and_scale_but_rewrite_no_pod_template(
     assert not may("create", "pods") and not may("patch", "configmaps", "other")
     assert not may("patch", "deployments", "cifar-cpu-rdzv", "apps")
     assert not may("create", "pods", "cifar-cpu-0", "", "exec")
+    assert not may("get", "secrets", "cifar-cpu-env") and not may("list", "secrets")

@@ -151,6 +151,7 @@ def test_rest_paths_for_every_kind() -> None:
         "Deployment": "/apis/apps/v1/namespaces/ml/deployments/x",
         "PodDisruptionBudget": "/apis/policy/v1/namespaces/ml/poddisruptionbudgets/x",
         "ConfigMap": "/api/v1/namespaces/ml/configmaps/x",
+        "Secret": "/api/v1/namespaces/ml/secrets/x",
             "StatefulSet": "/apis/apps/v1/namespaces/ml/statefulsets/x",
     }
     for example in EXAMPLES:  # every kind the renderer emits has a path

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,16 +165,20 @@ def test_kdist_apply_survives_a_worker_killed_from_the_host(cluster: KubeCluster
                                                             trainer_image: str,
                                                             tmp_path: Path) -> None:
     """SIGKILL of a node's training process from the host (what the OOM killer does at the
-    container's memory limit): torchrun restarts the workers from the checkpoint."""
-    job = ClusterJob(cluster, tmp_path, "e2e-hostkill")
+    container's memory limit): torchrun restarts the workers from the checkpoint. The trainer
+    has HF_TOKEN (secret_env, through the Secret kdist apply wrote) and no API token; the
+    finish sidecar has the API token and not HF_TOKEN."""
+    job = ClusterJob(cluster, tmp_path, "e2e-hostkill", extra={"secret_env": ["HF_TOKEN"]})
+    token = f"HF_TOKEN=hf_{uuid.uuid4().hex}".encode()
+    job.env["HF_TOKEN"] = token.decode().partition("=")[2]
     since = [0]
 
     def kill() -> None:
         since[0] = len(job.metrics())
-        pid = worker_pid(f"{job.name}-2")
-        assert not TOKEN_DIRS & mount_points(pid)  # the trainer holds no token
-        sidecar = mount_points(sidecar_pid(f"{job.name}-2"))
-        assert TOKEN_DIRS & sidecar, sorted(sidecar)  # only the sidecar does
+        pid, sidecar = worker_pid(f"{job.name}-2"), sidecar_pid(f"{job.name}-2")
+        assert not TOKEN_DIRS & mount_points(pid)  # the trainer holds no API token
+        assert TOKEN_DIRS & mount_points(sidecar), sorted(mount_points(sidecar))  # the sidecar does
+        assert token in environ(pid) and token not in environ(sidecar)
         os.kill(pid, signal.SIGKILL)
 
     out = job.run_until(job.apply(), lambda: job.checkpointed(50), kill)
@@ -208,6 +213,10 @@ def mount_points(pid: int) -> set[str]:
     5; paths under /proc/PID/root would follow the image's absolute /var/run link out of it)."""
     lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
     return {line.split()[4] for line in lines}
+
+
+def environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
 
 
 def pid_of(pod: str, what: str, match: Callable[[list[bytes]], bool]) -> int:

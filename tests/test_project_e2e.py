@@ -8,6 +8,7 @@ Real torchrun processes; a real Docker Engine for `kdist up` (marked docker).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,9 +35,24 @@ def project_copy(tmp_path: Path, name: str, epochs: int = 4, **config: object) -
     return folder
 
 
-def kdist(folder: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def kdist(folder: Path, *args: str, timeout: float = 300,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*KDIST, *args], cwd=folder, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
+
+
+def needs_token(folder: Path) -> dict[str, str]:
+    """The trainer logs in with HF_TOKEN the way Hugging Face scripts do (and exits without
+    it); the spec names it in secret_env. Returns an environment that holds a token."""
+    train = folder / "train.py"
+    train.write_text(train.read_text().replace(
+        "def main() -> None:\n",
+        "def main() -> None:\n"
+        "    if not os.environ.get(\"HF_TOKEN\", \"\").startswith(\"hf_\"):\n"
+        "        raise SystemExit(\"HF_TOKEN is not set\")\n", 1))
+    spec = folder / "kdist.yaml"
+    spec.write_text(spec.read_text() + "secret_env: [HF_TOKEN]\n")
+    return {**os.environ, "HF_TOKEN": f"hf_{uuid.uuid4().hex}"}
 
 
 def starts(output: str) -> list[str]:
@@ -70,6 +86,21 @@ def test_kdist_run_reads_the_project_and_a_second_run_resumes(tmp_path: Path) ->
 
 
 @pytest.mark.torch
+def test_kdist_run_gives_every_node_the_secret_env_and_refuses_without_it(tmp_path: Path) -> None:
+    folder = project_copy(tmp_path, "proj-token", epochs=1)
+    env = needs_token(folder)
+    without = kdist(folder, "run", "--nodes", "2", env={k: v for k, v in env.items()
+                                                        if k != "HF_TOKEN"})
+    assert without.returncode == 2, without.stderr[-3000:]
+    assert "kdist: secret_env: HF_TOKEN is not set in this environment; export it" in \
+        without.stderr
+    assert not (folder / ".kdist").exists()  # refused before anything started
+    ran = kdist(folder, "run", "--nodes", "2", env=env)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert len(starts(ran.stdout)) == 2 and env["HF_TOKEN"] not in ran.stdout + ran.stderr
+
+
+@pytest.mark.torch
 def test_kdist_run_warns_when_the_trainer_writes_into_the_project(tmp_path: Path) -> None:
     """data/ is the project's: in a container it comes from the image, read-only."""
     folder = project_copy(tmp_path, "proj-writes", epochs=1)
@@ -90,15 +121,18 @@ def test_kdist_up_runs_the_project_image_unchanged(tmp_path: Path, image: str) -
     """`kdist up` builds the project's image (FROM the trainer image, the project copied into a
     WORKDIR of its own, as NGC's /workspace, not kdist's /app) and runs it: the relative
     entrypoint is found there, the outputs land on the volume at out/ckpt.pt; a write into data/
-    fails, as in a pod."""
+    fails, as in a pod. The trainer needs HF_TOKEN (secret_env), which no rendered file holds."""
     name = f"proj-up-{uuid.uuid4().hex[:6]}"
     folder = project_copy(tmp_path, name)
     (folder / "Dockerfile").write_text(f"FROM {IMAGE}\nWORKDIR /workspace\nCOPY . /workspace/\n")
     spec = (folder / "kdist.yaml").read_text().replace("kdist-project:0.1.0", f"{name}:test")
     (folder / "kdist.yaml").write_text(spec)
+    env = needs_token(folder)
     try:
-        up = kdist(folder, "up", "--build", timeout=600)
+        up = kdist(folder, "up", "--build", timeout=600, env=env)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        rendered = (folder / ".kdist" / "compose" / name / "docker-compose.yaml").read_text()
+        assert "HF_TOKEN: null" in rendered and env["HF_TOKEN"] not in rendered
         assert starts(up.stdout) == ["[rank 0] starting at epoch 0", "[rank 1] starting at epoch 0",
                                      "[rank 2] starting at epoch 0"]
         listed = subprocess.run(["docker", "run", "--rm", "-v", f"{name}_checkpoints:/c", IMAGE,

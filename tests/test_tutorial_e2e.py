@@ -45,6 +45,14 @@ def job_pids(run_dir: Path, node: int | None = None) -> list[int]:
     return pids
 
 
+def kill_node(run_dir: Path, node: int) -> None:
+    """SIGKILL every process of one node from outside kdist, as the OOM killer or a dying host."""
+    victims = job_pids(run_dir, node)
+    assert victims, f"no process of node-{node} found"
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+
+
 def read_until(proc: subprocess.Popen[str], text: str, seen: list[str], timeout: float = 200) -> None:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
@@ -70,10 +78,7 @@ def test_kdist_run_survives_a_node_killed_from_outside(tmp_path: Path, victim: i
         listening = listeners(job_pids(run_dir))
         assert len(listening) >= 3, listening  # the store, rank 0's store, gloo's pairs
         assert all(x.loopback_only for x in listening), [str(x) for x in listening]
-        victims = job_pids(run_dir, victim)
-        assert victims, "no process of the victim found"
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+        kill_node(run_dir, victim)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -113,10 +118,12 @@ def test_kdist_up_loses_a_node_and_every_rank_resumes(tutorial_job: Job, victim:
     j = tutorial_job
     up = Attached(j)
     wait_for_line(up, f"Epoch 4 | {SAVED}")
-    killed = j("kill", victim)
+    killed = subprocess.run(["docker", "kill", f"{j.name}-{victim}-1"], capture_output=True,
+                            text=True, timeout=60)  # from outside kdist: nothing marks the node
     assert killed.returncode == 0, killed.stderr
     code, out, err = up.finish()
     assert code == 0, out[-3000:] + err[-3000:]
+    assert f"kdist | {victim} lost (killed by SIGKILL, no error in its log)" in out, out[-3000:]
     assert f"nodes start in /checkpoints on volume {j.name}_checkpoints" in err
     assert_resumed_together(out, ranks=2)
     down = j("down")

@@ -7,6 +7,7 @@ become messages and exit codes in kdist.cli's group.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -240,6 +241,7 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, ve
 
     port = cli_dev.dev_port(dev, dev_port)
     plan = load_plan(spec_file)
+    plan.secret_values(os.environ)  # docker compose passes them on; refuse before starting without
     if built_here(plan.spec):
         check_file(plan.spec, spec_file, Path.cwd())
     else:  # the image may hold what this folder lacks

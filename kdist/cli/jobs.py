@@ -7,6 +7,7 @@ output is kdist's one status model (kdist/status.py), the same table and JSON fo
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,8 +132,11 @@ def scale(spec_file: Path, nodes: int, target: str, context: str | None,
 
     Starting nodes join at the next rendezvous round; scaling down stops the highest nodes.
     """
+    plan = load_plan(spec_file)
+    if target == "compose":  # a node started here gets secret_env from this shell
+        plan.secret_values(os.environ)
     change = _open(spec_file, target, context, namespace).scale(nodes)
-    name = load_plan(spec_file).name
+    name = plan.name
     for note in change.notes:
         click.echo(f"kdist: {note}", err=True)
     if change.started:

@@ -8,6 +8,7 @@ and exit codes in kdist.cli's group.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,9 +83,10 @@ def _client_dry_run(plan: LaunchPlan, namespace: str | None, output: str) -> Non
     if output != "text":
         _print_objects(docs, output)
         return
-    for doc in docs:
-        click.echo(f"{display_name(doc['kind'], doc['metadata']['name'])} serverside-applied "
-                   "(client dry run)")
+    names = [display_name("Secret", plan.secret_env_name)] if plan.spec.secret_env else []
+    names += [display_name(doc["kind"], doc["metadata"]["name"]) for doc in docs]
+    for name in names:
+        click.echo(f"{name} serverside-applied (client dry run)")
 
 
 def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
@@ -93,6 +95,8 @@ def _without_managed_fields(applied: list[Applied]) -> list[dict[str, Any]]:
         obj = dict(a.object)
         obj["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items()
                            if k != "managedFields"}
+        if obj.get("kind") == "Secret":  # secret_env's values stay out of the terminal and logs
+            obj["data"] = dict.fromkeys(obj.get("data") or {}, "(hidden)")
         out.append(obj)
     return out
 
@@ -205,7 +209,7 @@ def _apply_objects(job: K8sJob, server_dry_run: bool, output: str, out: JsonLine
     from kdist.targets.k8s.job import display_name
 
     applied: list[Applied] = []
-    for result in job.apply(dry_run=server_dry_run):
+    for result in job.apply(dry_run=server_dry_run, environ=os.environ):
         applied.append(result)
         if out is not None:
             out.event("applied", out.elapsed(), {"object": display_name(result.kind, result.name),

@@ -7,6 +7,7 @@ library errors (KdistError) become messages and exit codes in kdist.cli's group.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,7 @@ def run(spec_file: Path, nodes: int | None, kills: tuple[str, ...], add_nodes: t
         fresh=fresh,
     )
     plan = load_plan(spec_file)
+    plan.secret_values(os.environ)  # the nodes inherit them; refuse before starting without one
     check_file(plan.spec, spec_file, Path.cwd(), local=True)
     plan = _fit_to_host(plan, nodes or plan.spec.nodes.count)
     _run(plan, options, current())

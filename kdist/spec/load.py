@@ -363,6 +363,8 @@ RULES: dict[type, dict[str, Rule]] = {
         "rendezvous": section(s.Rendezvous),
         "max_restarts": integer(0, 1000),
         "env": string_map(ENV_RE, "expected an environment variable name", reserved="PET_"),
+        "secret_env": string_list(text(ENV_RE, "expected an environment variable name like "
+                                       "HF_TOKEN")),
         "checkpoint": section(s.Checkpoint),
         "network_interface": text(re.compile(r"^[\w.:-]{1,15}$"), "expected an interface name like eth0"),
         "network": section(s.Network),
@@ -458,6 +460,12 @@ DESCRIPTIONS: dict[type, dict[str, str]] = {
         'env': (
             'Extra environment for every node: NAME: "value" (strings; PET_* is reserved for '
             'torchrun).'
+        ),
+        'secret_env': (
+            'Names of environment variables every node gets from where the job is started, '
+            'never written into rendered files: kdist run and kdist up pass them from the '
+            'shell; Kubernetes reads them from the Secret <name>-env, which kdist apply writes '
+            'from the shell.'
         ),
         'network_interface': (
             'Network interface for collectives (sets NCCL_SOCKET_IFNAME and '
@@ -622,14 +630,18 @@ class Reader:
 
 
 def _pos_of(doc: Any, path: str) -> Pos:
-    """Position of the value at a dotted path, or of the deepest mapping that exists."""
+    """Position of the value at a dotted path (`a.b`, `a[2]`), or of the deepest that exists."""
     pos: Pos = (0, 0)
     node = doc
     for key in path.split("."):
+        key, _, index = key.partition("[")
         if not isinstance(node, dict) or key not in node:
             break
         pos = Reader.val_pos(node, key, pos)
         node = node[key]
+        if index and isinstance(node, list) and int(index[:-1]) < len(node):
+            pos = Reader.item_pos(node, int(index[:-1]), pos)
+            node = node[int(index[:-1])]
     return pos
 
 
@@ -651,10 +663,26 @@ def _cross_checks(job: s.JobSpec) -> list[tuple[str, str]]:
     if rdzv.last_call_timeout >= rdzv.join_timeout:
         out.append(("rendezvous.last_call_timeout",
                     f"must be less than join_timeout ({rdzv.join_timeout})"))
+    out += _secret_env_checks(job)
     net = job.network
     if net is not None and net.jitter and duration_us(net.jitter) > duration_us(net.latency or "0s"):
         out.append(("network.jitter", f"{net.jitter} is more than network.latency "
                     f"({net.latency or 'none'}): netem would cut the negative delays off at zero"))
+    return out
+
+
+def _secret_env_checks(job: s.JobSpec) -> list[tuple[str, str]]:
+    out, literal = [], dict(job.env)
+    for i, name in enumerate(job.secret_env):
+        path = f"secret_env[{i}]"
+        if not isinstance(name, str):  # already reported
+            continue
+        if name.startswith("PET_"):
+            out.append((path, "PET_* variables are set by kdist from the spec"))
+        elif name in literal:
+            out.append((path, f"{name} is also in env with a literal value: keep one of them"))
+        elif name in job.secret_env[:i]:
+            out.append((path, f"{name} is listed twice"))
     return out
 
 

@@ -122,6 +122,7 @@ class JobSpec:
     rendezvous: Rendezvous = field(default_factory=Rendezvous)
     max_restarts: int = 3
     env: tuple[tuple[str, str], ...] = ()
+    secret_env: tuple[str, ...] = ()  # names; values from where the job starts, never rendered
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     network_interface: str = ""
     network: Network | None = None  # simulation only: kdist run and compose, not Kubernetes

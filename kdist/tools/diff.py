@@ -234,12 +234,17 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
 # ---- the compose side ----------------------------------------------------------------------
 
 
+PASSED = "(from the environment of docker compose)"  # a name without a value (secret_env)
+FROM_SECRET = "(from secret "
+
+
 def _compose_env(value: Any) -> dict[str, str]:
-    """`environment:` as a mapping or as a list of KEY=VALUE."""
+    """`environment:` as a mapping or as a list of KEY=VALUE (a bare KEY: passed in)."""
     if isinstance(value, list):
         pairs = [str(item).partition("=") for item in value]
-        return {k: v for k, _, v in pairs}
-    return {str(k): "" if v is None else str(v) for k, v in _mapping(value, "environment").items()}
+        return {k: v if eq else PASSED for k, eq, v in pairs}
+    return {str(k): PASSED if v is None else str(v)
+            for k, v in _mapping(value, "environment").items()}
 
 
 def _compose_volumes(value: Any) -> list[str]:
@@ -331,8 +336,10 @@ def _k8s_env(items: Any) -> dict[str, str]:
             continue
         if "valueFrom" in item:
             source = item["valueFrom"] or {}
+            secret = source.get("secretKeyRef") or {}
             ref = (source.get("fieldRef") or {}).get("fieldPath") or next(iter(source), "?")
-            env[str(item["name"])] = f"(from {ref})"
+            env[str(item["name"])] = (f"{FROM_SECRET}{secret.get('name')}, key {secret.get('key')})"
+                                      if secret else f"(from {ref})")
         else:
             env[str(item["name"])] = str(item.get("value", ""))
     return env
@@ -458,7 +465,9 @@ def _size(n: int | None) -> str:
 def _node_rows(node: Node, k8s: Node) -> list[Row]:
     rows = _torchrun_rows(node, k8s)
     for key in sorted((node.env.keys() | k8s.env.keys()) - set(IGNORED_ENV)):
-        rows.append(_row(f"env {key}", node.env.get(key, UNSET), k8s.env.get(key, UNSET)))
+        ours, theirs = node.env.get(key, UNSET), k8s.env.get(key, UNSET)
+        passed = ours == PASSED and theirs.startswith(FROM_SECRET)  # both secret_env
+        rows.append(_row(f"env {key}", ours, theirs, ours == theirs or passed))
     rows.append(_row("shm", _shm_text(node.shm, node.shm_note), _shm_text(k8s.shm, k8s.shm_note),
                      node.shm == k8s.shm))
     rows.append(_row("gpus", node.gpus, k8s.gpus))

@@ -50,13 +50,14 @@ def entrypoint_problem(entrypoint: str, project: Path, local: bool) -> str:
 
 
 def _near_files(project: Path, wanted: str) -> list[str]:
-    """Up to 3 scripts of the project like `wanted`: the same name elsewhere, else a close
-    spelling (hidden folders such as .venv and .git left out)."""
+    """Up to 3 scripts of the project like `wanted`: the same name elsewhere (the shallowest
+    first), else a close spelling (hidden folders such as .venv and .git left out)."""
     scripts = []
     for folder, dirs, files in os.walk(project):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
         scripts += [str((Path(folder) / f).relative_to(project)) for f in files if f.endswith(".py")]
-    same = sorted(s for s in scripts if posixpath.basename(s) == posixpath.basename(wanted))
+    same = sorted((s for s in scripts if posixpath.basename(s) == posixpath.basename(wanted)),
+                  key=lambda s: (s.count("/"), s))
     return same[:3] or difflib.get_close_matches(wanted, sorted(scripts), n=3, cutoff=0.6)
 
 

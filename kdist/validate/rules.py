@@ -184,7 +184,7 @@ _ALL = [
        "Add a NetworkPolicy (kdist renders one that allows the job's own traffic).",
        "kube-score pod-networkpolicy, Polaris missingNetworkPolicy"),
     _r("env-var-secret", W, "practice", "A secret-looking environment variable has a literal value.",
-       "Use valueFrom.secretKeyRef (Compose: secrets or env_file).",
+       "Use valueFrom.secretKeyRef (Compose: secrets or env_file; kdist.yaml: secret_env).",
        "kube-linter env-var-secret, Polaris sensitiveContainerEnvVar"),
     # ---- Compose security ---------------------------------------------------------------------
     _r("compose-user", E, "compose", "The service runs as root (no user, or uid 0).",

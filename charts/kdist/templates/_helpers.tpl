@@ -214,7 +214,8 @@ nothing but the standard library runs beside the token.
 {{- toJson (list "python3" "-I" "-S" "-c" (.Files.Get "files/finish.py") (include "kdist.fullname" .) $store (toString (int .Values.nodes.min)) "/var/run/kdist") -}}
 {{- end }}
 
-{{/* Environment of a node container (k8s._env): PET_LOCAL_ADDR, then plan.env() sorted, HOME. */}}
+{{/* Environment of a node container (k8s._env): PET_LOCAL_ADDR, then plan.env() sorted, HOME,
+   then secretEnv from the Secret <name>-env. */}}
 {{- define "kdist.nodeEnv" -}}
 {{- $env := dict "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" "1" "PYTHONUNBUFFERED" "1" "LOGLEVEL" "INFO" "KDIST_CHECKPOINT_DIR" .Values.checkpoint.path -}}
 {{- with .Values.networkInterface -}}
@@ -238,6 +239,13 @@ nothing but the standard library runs beside the token.
 {{- if not (hasKey .Values.env "HOME") }}
 - name: HOME
   value: /tmp
+{{- end }}
+{{- range .Values.secretEnv }}
+- name: {{ . | quote }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ printf "%s-env" (include "kdist.fullname" $) | quote }}
+      key: {{ . | quote }}
 {{- end }}
 {{- end }}
 

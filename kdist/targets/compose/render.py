@@ -118,7 +118,9 @@ def _node_service(plan: LaunchPlan, i: int) -> dict[str, Any]:
     svc |= {
         "hostname": name,
         "command": ["sh", "-c", plan.node_script(host, is_host=hosts_store)],
-        "environment": {**plan.env(), "HOME": TMP, "PET_LOCAL_ADDR": name},
+        # a name without a value: Compose passes it from the environment `docker compose` runs in
+        "environment": {**plan.env(), "HOME": TMP, "PET_LOCAL_ADDR": name,
+                        **dict.fromkeys(s.secret_env)},
         **_hardening(plan),
         "shm_size": compose_size(s.resources.shm),
         "stop_grace_period": "60s",  # > torchrun's 30 s worker shutdown

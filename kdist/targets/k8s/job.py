@@ -65,6 +65,7 @@ KINDS: dict[str, Kind] = {
     "NetworkPolicy": Kind("networking.k8s.io/v1", "networkpolicies"),
     "ServiceAccount": Kind("v1", "serviceaccounts"),
     "ConfigMap": Kind("v1", "configmaps"),
+    "Secret": Kind("v1", "secrets"),
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "PersistentVolumeClaim": Kind("v1", "persistentvolumeclaims"),
@@ -75,7 +76,8 @@ KINDS: dict[str, Kind] = {
 }
 # `kdist delete`: the pods' owners first; the checkpoint claim (only with --volumes) last.
 DELETE_ORDER = ("StatefulSet", "Deployment", "PodDisruptionBudget", "Service", "NetworkPolicy",
-                "RoleBinding", "Role", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim")
+                "RoleBinding", "Role", "ServiceAccount", "ConfigMap", "Secret",
+                "PersistentVolumeClaim")
 
 
 class JobNotFound(KdistError):
@@ -199,11 +201,14 @@ class K8sJob:
 
     # ---- apply -------------------------------------------------------------------------------
 
-    def apply(self, dry_run: bool = False) -> Iterator[Applied]:
+    def apply(self, dry_run: bool = False,
+              environ: Mapping[str, str] | None = None) -> Iterator[Applied]:
         """Server-side apply every rendered object in order; yields each as it is applied.
+        With `secret_env`, the Secret of its values from `environ` comes first.
 
         Refuses a finished job (re-applying would restart its training): delete it first.
         """
+        secrets = self.plan.secret_values(environ or {})
         self._refuse_finished("apply")
         self.check_permissions()
         self.check_storage()
@@ -211,16 +216,27 @@ class K8sJob:
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
-        for obj in manifests(self.plan, self.namespace):
+        for obj in self._objects(secrets):
             result = self.client.patch(object_path(obj, self.namespace), obj, APPLY_PATCH, query)
             yield Applied(obj["kind"], obj["metadata"]["name"], self.namespace, result, dry_run)
+
+    def _objects(self, secrets: Mapping[str, str]) -> list[dict[str, Any]]:
+        """What apply writes: the rendered objects, after the Secret of `secret_env` if any."""
+        from kdist.targets.k8s.render import secret_env
+
+        docs = manifests(self.plan, self.namespace)
+        if not self.plan.spec.secret_env:
+            return docs
+        secret = secret_env(self.plan, secrets)
+        secret["metadata"]["namespace"] = self.namespace
+        return [secret, *docs]
 
     # ---- preflight ---------------------------------------------------------------------------
 
     def needed_permissions(self) -> list[tuple[str, str, str]]:
         """(verb, group, resource) that apply and --wait use: server-side apply creates or patches."""
         needed = [("get", "apps", "statefulsets"), ("list", "", "pods")]
-        for obj in manifests(self.plan, self.namespace):
+        for obj in self._objects(dict.fromkeys(self.plan.spec.secret_env, "")):
             k = kind_of(obj["kind"])
             needed += [(verb, k.group, k.plural) for verb in ("create", "patch")]
         return list(dict.fromkeys(needed))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
 from typing import Any
 
 from kdist.plan import NODE_COMPONENT, STORE_COMPONENT, LaunchPlan
@@ -161,7 +163,18 @@ def _env(plan: LaunchPlan) -> list[dict[str, Any]]:
     pod_ip = {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     env: list[dict[str, Any]] = [{"name": "PET_LOCAL_ADDR", **pod_ip}]
     env += [{"name": k, "value": v} for k, v in {**plan.env(), "HOME": "/tmp"}.items()]
+    env += [{"name": k, "valueFrom": {"secretKeyRef": {"name": plan.secret_env_name, "key": k}}}
+            for k in plan.spec.secret_env]
     return env
+
+
+def secret_env(plan: LaunchPlan, values: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret the node containers read `secret_env` from. kdist apply writes it from its
+    own environment; `render` never prints it (the values are not in the spec)."""
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": _meta(plan, plan.secret_env_name, NODE_COMPONENT),
+            "type": "Opaque", "data": data}
 
 
 def store_host(plan: LaunchPlan) -> str:
