@@ -5,7 +5,12 @@
 Times, as cold CLI processes like CI runs them, `kubernetes-validate --strict -k 1.31.0 FILES`
 against `kdist validate --kubernetes-version 1.31 DIR`, prints a table and writes
 benchmarks/results/validate.json. kdist also runs its cross-object and security checks on the
-same files, so the comparison is conservative.
+same files, so the comparison is conservative. With the validators CI pipelines use on PATH or
+in .venv/bin (`make validators` builds them: kubeconform and kube-score with `go install`, checkov
+from PyPI in .venv-checkov), they run on the same files in the same interleaved rounds:
+kubeconform -strict against standalone copies of kubernetes-validate's 1.31 schemas
+(benchmarks/standalone_schemas.py; nothing is downloaded), `kube-score score`, and `checkov
+--framework kubernetes`.
 """
 
 from __future__ import annotations
@@ -70,20 +75,49 @@ def timed(cmd: list[str], runs: Runs, env: dict[str, str]) -> None:
         sys.exit(f"{cmd[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
 
 
-def compare(a: list[str], b: list[str], count: int, cache: Path) -> tuple[Runs, Runs]:
-    """Interleaved runs (a, b, a, b, ...) after one warm-up each, so load spikes hit both.
+def compare(commands: dict[str, list[str]], count: int, cache: Path) -> dict[str, Runs]:
+    """Interleaved runs (a, b, c, a, b, c, ...) after one warm-up each, so load spikes hit all.
 
-    Both tools run as installed packages do: with bytecode caching (kept in a temporary
+    The Python tools run as installed packages do: with bytecode caching (kept in a temporary
     PYTHONPYCACHEPREFIX, so the checkout stays clean), whatever PYTHONDONTWRITEBYTECODE says.
     """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(cache)
-    runs_a, runs_b = Runs(), Runs()
-    timed(a, Runs(), env), timed(b, Runs(), env)  # warm the file and bytecode caches
+    runs = {name: Runs() for name in commands}
+    for cmd in commands.values():
+        timed(cmd, Runs(), env)  # warm the file and bytecode caches
     for _ in range(count):
-        timed(a, runs_a, env)
-        timed(b, runs_b, env)
-    return runs_a, runs_b
+        for name, cmd in commands.items():
+            timed(cmd, runs[name], env)
+    return runs
+
+
+def tool(name: str, *venvs: str) -> str | None:
+    """An installed validator: .venv/bin, then the given virtualenvs' bin, then PATH."""
+    for folder in (Path(sys.executable).parent, *(ROOT / v / "bin" for v in venvs)):
+        found = shutil.which(name, path=str(folder))
+        if found:
+            return found
+    return shutil.which(name)
+
+
+def peer_commands(folder: Path, files: list[Path], schemas: Path) -> dict[str, list[str]]:
+    """The CI validators that are installed, on the same files (exit 1 = findings, timed too)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from standalone_schemas import write
+
+    out: dict[str, list[str]] = {}
+    if kubeconform := tool("kubeconform"):
+        write("1.31", schemas)
+        out["kubeconform -strict"] = [kubeconform, "-strict", "-summary", "-schema-location",
+                                      f"{schemas}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
+                                      str(folder)]
+    if kube_score := tool("kube-score"):
+        out["kube-score score"] = [kube_score, "score", *map(str, files)]
+    if checkov := tool("checkov", ".venv-checkov"):
+        out["checkov (kubernetes)"] = [checkov, "-d", str(folder), "--framework", "kubernetes",
+                                       "--quiet", "--compact", "--skip-download"]
+    return out
 
 
 def kdist_command(folder: Path) -> list[str]:
@@ -107,24 +141,30 @@ def main() -> None:
         folder = Path(tmp) / "manifests"
         folder.mkdir()
         files = generate(folder, args.files)
-        kv_runs, kd_runs = compare([kv, "--strict", "-k", "1.31.0", *map(str, files)],
-                                   kdist_command(folder), args.runs, Path(tmp) / "pycache")
-    kv, kd = kv_runs.summary(), kd_runs.summary()
+        commands = {"kubernetes-validate --strict": [kv, "--strict", "-k", "1.31.0", *map(str, files)],
+                    "kdist validate": kdist_command(folder),
+                    **peer_commands(folder, files, Path(tmp) / "schemas")}
+        runs = compare(commands, args.runs, Path(tmp) / "pycache")
+    summaries = {name: r.summary() for name, r in runs.items()}
+    kv, kd = summaries["kubernetes-validate --strict"], summaries["kdist validate"]
     result = {
         "files": args.files, "objects": 2 * args.files, "runs": args.runs,
         "kubernetes_validate": kv, "kdist_validate": kd,
         "speedup": round(kv["median_s"] / kd["median_s"], 1),
         "speedup_cpu": round(kv["cpu_median_s"] / kd["cpu_median_s"], 1),
+        "peers": {name: s for name, s in summaries.items() if name not in (
+            "kubernetes-validate --strict", "kdist validate")},
         "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"{'tool':<32}{'median s':>10}{'min s':>10}{'cpu s':>10}")
-    for name, r in (("kubernetes-validate --strict", kv), ("kdist validate", kd)):
-        print(f"{name:<32}{r['median_s']:>10.3f}{r['min_s']:>10.3f}{r['cpu_median_s']:>10.3f}")
-    print(f"speedup: {result['speedup']}x wall, {result['speedup_cpu']}x cpu over "
-          f"{args.files} files ({2 * args.files} objects); wrote {RESULTS.relative_to(ROOT)}")
+    print(f"{'tool':<32}{'median s':>10}{'min s':>10}{'cpu s':>10}{'exit':>6}")
+    for name, r in summaries.items():
+        print(f"{name:<32}{r['median_s']:>10.3f}{r['min_s']:>10.3f}{r['cpu_median_s']:>10.3f}"
+              f"{r['exit']:>6}")
+    print(f"speedup over kubernetes-validate: {result['speedup']}x wall, {result['speedup_cpu']}x "
+          f"cpu over {args.files} files ({2 * args.files} objects); wrote {RESULTS.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
