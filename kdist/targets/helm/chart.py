@@ -46,6 +46,9 @@ CHART_DOCS: dict[str, str] = {
                               "DNS name and port.",
     "namespace": "Namespace written into every object; \"\" leaves it out, so objects go to the "
                  "release namespace (`helm install --namespace`).",
+    "secretEnv": "Names of environment variables every node reads from the Secret <name>-env "
+                 "(secretKeyRef); the chart does not make it: create it first, e.g. `kubectl "
+                 "create secret generic <name>-env --from-literal=HF_TOKEN=...`.",
 }
 SECTIONS = {"nodes": Nodes, "resources": Resources, "rendezvous": Rendezvous,
             "checkpoint": Checkpoint}
@@ -176,7 +179,7 @@ def values_schema_text() -> str:
 
 
 def _comment(text: str, indent: str = "") -> list[str]:
-    return [f"{indent}# {line}" for line in textwrap.wrap(text, 98 - len(indent))]
+    return [f"{indent}# {line}" for line in textwrap.wrap(text, 98 - len(indent), break_on_hyphens=False)]
 
 
 def _entry(key: str, value: Any, indent: str = "") -> list[str]:
