@@ -1,5 +1,6 @@
 """charts/kdist/values.schema.json and values.yaml are generated from the loader's rules
-(kdist/targets/helm/chart.py; `make golden` writes them), and helm refuses what the loader refuses."""
+(kdist/targets/helm/chart.py) and files/ holds kdist/node's programs (`make golden` writes them
+all), and helm refuses what the loader refuses."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import yaml
 from conftest import ROOT, Golden
 
 from kdist.errors import SpecError
+from kdist.plan import program
 from kdist.spec.load import LABEL_KEY_RE, load_text
 from kdist.targets.helm import chart
 
 CHART = ROOT / "charts" / "kdist"
+PROGRAMS = ("finish.py", "store.py", "wait.py")  # kdist/node/*.py, copied into charts/kdist/files
 HELM = shutil.which("helm")
 SPEC = {"name": "job", "image": "trainer:1.0", "entrypoint": "train.py", "nodes": 2}
 
@@ -27,8 +30,13 @@ needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not on PATH: insta
 
 
 def test_chart_files_are_golden(golden: Golden) -> None:
+    """Also the in-pod programs the chart ships (files/): kdist/node's, which `make golden`
+    copies."""
     golden.check(CHART / "values.schema.json", chart.values_schema_text())
     golden.check(CHART / "values.yaml", chart.values_yaml())
+    for name in PROGRAMS:
+        golden.check(CHART / "files" / name, program(name))
+    assert sorted(p.name for p in (CHART / "files").iterdir()) == sorted(PROGRAMS)
 
 
 def test_schema_is_a_draft7_schema_and_takes_the_defaults() -> None:

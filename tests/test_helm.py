@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, ROOT
 
-from kdist.plan import WAIT_CODE, LaunchPlan, program
+from kdist.plan import WAIT_CODE, LaunchPlan
 from kdist.spec.load import load_file, load_text
 from kdist.spec.model import JobSpec, Nodes
 from kdist.targets.helm import render as helm
@@ -185,15 +185,6 @@ def test_helm_values_hold_the_required_keys_and_what_differs_from_the_defaults()
     gpu = helm.render(gpu_plan)
     assert list(gpu) == [k for k in helm.chart_values(gpu_plan.spec) if k in gpu]  # kdist.yaml order
     assert helm.render(gpu_plan) == gpu  # deterministic
-
-
-@pytest.mark.parametrize("name", ["finish.py", "wait.py", "store.py"])
-def test_chart_ships_the_in_pod_programs_byte_for_byte(name: str) -> None:
-    shipped = (CHART / "files" / name).read_bytes()
-    assert shipped == (ROOT / "kdist" / "node" / name).read_bytes()
-    assert shipped.decode() == program(name)
-    assert sorted(p.name for p in (CHART / "files").iterdir()) == ["finish.py", "store.py",
-                                                                  "wait.py"]
 
 
 # ---- helm --------------------------------------------------------------------------------------
