@@ -290,6 +290,24 @@ def test_project_from_the_spec(tmp_path: Path) -> None:
     assert project_for(plan_of("smoke-node0.yaml"), tmp_path).store == ""
 
 
+def test_a_snapshot_reads_the_logs_once_and_cuts_them_per_node(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    job = ComposeJob(project_for(plan_of("cpu-gloo.yaml"), tmp_path), ENGINE)
+    printed = ["node-0 | a", "node-1 | b", "node-0 | c", "rdzv   | d", "node-0 | e"]
+    reads: list[tuple[object, ...]] = []
+
+    def read(*args: object) -> list[str]:
+        reads.append(args)
+        return printed
+
+    monkeypatch.setattr(job, "_read_logs", read)  # what `docker compose logs` printed
+    with job.snapshot():
+        assert list(job.logs()) == printed  # in the order docker compose printed them
+        assert list(job.logs(services=["node-0"], tail=2)) == ["node-0 | c", "node-0 | e"]
+        assert list(job.logs(services=["1"], tail=0)) == []
+    assert reads == [(False, (), None, False)]  # one reading, of every service, in full
+
+
 def test_compose_argv_names_the_project_file_and_directory(tmp_path: Path) -> None:
     job = ComposeJob(project_for(plan_of("cpu-gloo.yaml"), tmp_path), ENGINE)
     argv = job.compose("ps")

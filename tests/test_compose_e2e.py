@@ -59,8 +59,21 @@ def image() -> str:
     return IMAGE
 
 
-def kdist(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*KDIST, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def kdist(*args: str, timeout: float = 300,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KDIST, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def counting_docker(folder: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose `docker` is the real one behind a script that logs each call."""
+    real, log = shutil.which("docker"), folder / "docker-calls.log"
+    assert real is not None
+    folder.mkdir(parents=True, exist_ok=True)
+    shim = folder / "docker"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}, log
 
 
 class Job:
@@ -75,9 +88,10 @@ class Job:
         self.file.write_text(yaml.safe_dump(spec, sort_keys=False))
         self.attached: Attached | None = None
 
-    def __call__(self, command: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def __call__(self, command: str, *args: str, timeout: float = 300,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         option = "--file" if command == "logs" else "-f"
-        return kdist(command, option, str(self.file), *args, timeout=timeout)
+        return kdist(command, option, str(self.file), *args, timeout=timeout, env=env)
 
     def docker_objects(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={self.name}"
@@ -399,9 +413,16 @@ def test_failing_job_exits_nonzero_with_the_root_cause(job: Callable[..., Job]) 
     first = next(line for line in up.stderr.splitlines() if line.startswith("kdist: job"))
     assert "root cause on node-0: RuntimeError: injected failure at step 3" in first, first
     assert "Traceback (most recent call last)" not in up.stderr.split("traceback :")[0]
-    status = json.loads(j("status", "-o", "json").stdout)
+    env, calls = counting_docker(j.file.parent / "shim")
+    status = json.loads(j("status", "-o", "json", env=env).stdout)
     assert (status["phase"], status["root_cause"]["node"]) == ("failed", "node-0")
     assert status["root_cause"]["exception"] == "RuntimeError: injected failure at step 3"
+    # one snapshot: after the engine check (docker info, compose version), one ps, one inspect
+    # and one logs serve the state, the torchrun summary and the root cause
+    made = calls.read_text().splitlines()
+    job_calls = [next(w for w in ("ps", "inspect", "logs") if w in line.split()) for line in made
+                 if not line.startswith(("info ", "compose version"))]
+    assert job_calls == ["ps", "inspect", "logs"], made
     table = j("status").stdout  # `kdist up -d` users see the cause in the table's last lines
     assert "root cause on node-0: RuntimeError: injected failure at step 3" in table, table
 

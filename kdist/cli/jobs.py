@@ -52,10 +52,11 @@ def status(spec_file: Path, output: str, target: str, context: str | None,
     from kdist.targets import LogQuery, get
 
     job = _open(spec_file, target, context, namespace)
-    state = job.state()
-    reads_logs = get(target).status_reads_logs and state.phase != NOT_STARTED
-    agents = read_agents(job.read_logs(LogQuery())) if reads_logs else None
-    failure = job.failure() if state.phase in (FAILED, STOPPED) else None
+    with job.snapshot():  # one reading of the target for all three
+        state = job.state()
+        reads_logs = get(target).status_reads_logs and state.phase != NOT_STARTED
+        agents = read_agents(job.read_logs(LogQuery())) if reads_logs else None
+        failure = job.failure() if state.phase in (FAILED, STOPPED) else None
     if output == "json":
         data = state_dict(state)
         data["root_cause"] = jsonout.job_failure(failure) if failure is not None else None

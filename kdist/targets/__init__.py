@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -59,6 +60,10 @@ class Job(Protocol):
 
     def failure(self) -> JobFailed | None:
         """Why the job ended without success (the failing node's root cause), or None."""
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Within it, state, read_logs (not followed) and failure answer from one reading of
+        the target, as `kdist status` needs."""
 
 
 @dataclass(frozen=True)

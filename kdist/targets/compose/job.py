@@ -20,6 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,17 @@ class ComposeJob:
     def __init__(self, project: Project, engine: Engine) -> None:
         self.project = project
         self.engine = engine
+        self._snap: dict[str, Any] | None = None  # within snapshot(): containers, logs
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within it, the containers and the finished logs are read once and reused: `kdist
+        status` is one `ps`, one `inspect` and one `logs` whatever it shows."""
+        self._snap = {}
+        try:
+            yield
+        finally:
+            self._snap = None
 
     @classmethod
     def open(cls, plan: LaunchPlan, workdir: Path, rewrite: bool = False) -> ComposeJob:
@@ -362,6 +374,14 @@ class ComposeJob:
         return {str(r.get("Id", ""))[:12]: r for r in rows if isinstance(r, dict)}
 
     def containers(self) -> list[Container]:
+        if self._snap is not None and "containers" in self._snap:
+            return list(self._snap["containers"])
+        found = self._read_containers()
+        if self._snap is not None:
+            self._snap["containers"] = found
+        return found
+
+    def _read_containers(self) -> list[Container]:
         rows = parse_ps(self._check("ps", "--all", "--format", "json", action="docker compose ps").stdout)
         details = self._inspect([str(r["ID"]) for r in rows if r.get("ID")])
         out = []
@@ -443,6 +463,13 @@ class ComposeJob:
     def logs(self, follow: bool = False, services: Sequence[str] = (), tail: int | None = None,
              timestamps: bool = False) -> Generator[str, None, None]:
         """Log lines as `node-1 | text` (all services by default); with `follow`, until Ctrl-C."""
+        if self._snap is not None and not follow and not timestamps:
+            yield from self._snapshot_logs(services, tail)
+            return
+        yield from self._read_logs(follow, services, tail, timestamps)
+
+    def _read_logs(self, follow: bool, services: Sequence[str], tail: int | None,
+                   timestamps: bool) -> Generator[str, None, None]:
         args = ["logs", "--no-color", *(["--follow"] if follow else []),
                 *(["--tail", str(tail)] if tail is not None else []),
                 *(["--timestamps"] if timestamps else [])]
@@ -456,6 +483,22 @@ class ComposeJob:
             code = lines.close()
         if code != 0:
             raise explain("\n".join(lines.tail), "docker compose logs", self.project.image)
+
+    def _snapshot_logs(self, services: Sequence[str], tail: int | None) -> list[str]:
+        """The snapshot's one reading of every service's log, cut to `services` and `tail`."""
+        assert self._snap is not None
+        if "logs" not in self._snap:
+            self._snap["logs"] = list(self._read_logs(False, (), None, False))
+        lines: list[str] = self._snap["logs"]
+        wanted = {self.resolve(s) for s in services}
+        of = [line.partition("|")[0].strip() for line in lines]  # each line's service
+        left = {s: of.count(s) for s in set(of)}  # lines still to come, per service
+        out = []
+        for line, service in zip(lines, of, strict=True):
+            left[service] -= 1
+            if (not wanted or service in wanted) and (tail is None or left[service] < tail):
+                out.append(line)
+        return out  # in the order docker compose printed them, as without a snapshot
 
     # -- actions
 

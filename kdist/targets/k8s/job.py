@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -416,6 +417,10 @@ class K8sJob:
             latest[key] = (_event_time(ev), message)
         return [f"{kind.lower()}/{name}: {reason}: {msg}" for (kind, name, reason), (_, msg)
                 in latest.items()]
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """Nothing to share: state is already one reading (StatefulSet, pods, record)."""
+        return nullcontext()
 
     def failure(self, status: K8sJobStatus | None = None) -> JobFailed | None:
         """The error to exit with for a finished status (None when it succeeded)."""
