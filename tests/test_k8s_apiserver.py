@@ -167,6 +167,17 @@ def test_applying_again_changes_nothing(server: KubeServer, namespace: str,
     assert after == before
 
 
+def test_apply_renders_once(server: KubeServer, namespace: str, env: dict[str, str],
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdist.targets.k8s import render as k8s
+
+    calls: list[str] = []
+    real = k8s.render
+    monkeypatch.setattr(k8s, "render", lambda p: calls.append(p.name) or real(p))
+    assert run(env, "apply", "-f", str(CPU), "-n", namespace).exit_code == 0
+    assert calls == ["cifar-cpu"]  # preflight and the apply itself share one rendering
+
+
 # ---- field managers ------------------------------------------------------------------------------
 
 

@@ -209,15 +209,15 @@ class K8sJob:
 
         Refuses a finished job (re-applying would restart its training): delete it first.
         """
-        secrets = self.plan.secret_values(environ or {})
+        objects = self._objects(self.plan.secret_values(environ or {}))  # rendered once
         self._refuse_finished("apply")
-        self.check_permissions()
+        self.check_permissions(objects)
         self.check_storage()
         self.check_priority_class()
         query = {"fieldManager": FIELD_MANAGER, "force": "true"}
         if dry_run:
             query["dryRun"] = "All"
-        for obj in self._objects(secrets):
+        for obj in objects:
             result = self.client.patch(object_path(obj, self.namespace), obj, APPLY_PATCH, query)
             yield Applied(obj["kind"], obj["metadata"]["name"], self.namespace, result, dry_run)
 
@@ -234,18 +234,19 @@ class K8sJob:
 
     # ---- preflight ---------------------------------------------------------------------------
 
-    def needed_permissions(self) -> list[tuple[str, str, str]]:
-        """(verb, group, resource) that apply and --wait use: server-side apply creates or patches."""
+    def needed_permissions(self, objects: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        """(verb, group, resource) that apply and --wait use: server-side apply creates or
+        patches `objects`."""
         needed = [("get", "apps", "statefulsets"), ("list", "", "pods")]
-        for obj in self._objects(dict.fromkeys(self.plan.spec.secret_env, "")):
+        for obj in objects:
             k = kind_of(obj["kind"])
             needed += [(verb, k.group, k.plural) for verb in ("create", "patch")]
         return list(dict.fromkeys(needed))
 
-    def check_permissions(self) -> None:
+    def check_permissions(self, objects: list[dict[str, Any]]) -> None:
         """SelfSubjectAccessReview for every needed verb; one error listing all that are denied."""
         missing = []
-        for verb, group, resource in self.needed_permissions():
+        for verb, group, resource in self.needed_permissions(objects):
             review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                       "spec": {"resourceAttributes": {"namespace": self.namespace, "verb": verb,
                                                       "group": group, "resource": resource}}}
