@@ -290,11 +290,18 @@ def test_restricted_namespace_admits_the_pods_of_every_workload(
 
 
 def test_scale_within_min_max_through_the_scale_subresource(
-        server: KubeServer, namespace: str, env: dict[str, str]) -> None:
+        server: KubeServer, namespace: str, env: dict[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdist.cli import jobs
+
     assert run(env, "apply", "-f", str(CPU), "-n", namespace).exit_code == 0
     path = collection_path("StatefulSet", namespace) + "/cifar-cpu"
     assert server.get(path)["spec"]["replicas"] == 3
+    loads: list[Path] = []
+    real = jobs.load_plan
+    monkeypatch.setattr(jobs, "load_plan", lambda f: loads.append(f) or real(f))
     result = run(env, "scale", "-f", str(CPU), "-n", namespace, "2")
+    assert loads == [CPU]  # the spec is read once
     assert result.exit_code == 0, result.output
     assert server.get(path)["spec"]["replicas"] == 2
     assert server.get(path + "/scale")["spec"]["replicas"] == 2

@@ -25,16 +25,18 @@ from kdist.errors import KdistError
 from kdist.targets import NODE_LINE
 
 if TYPE_CHECKING:  # the backend is imported lazily: `kdist --help` stays fast
+    from kdist.plan import LaunchPlan
     from kdist.progress import RunProgress
     from kdist.targets.compose.job import ComposeJob
     from kdist.targets.compose.status import JobStatus
     from kdist.torchlog import NodeLog
 
 
-def _open(spec_file: Path, rewrite: bool = False) -> ComposeJob:
+def _open(spec_file: Path, rewrite: bool = False, plan: LaunchPlan | None = None) -> ComposeJob:
+    """The job of `spec_file` (or of the `plan` already loaded from it)."""
     from kdist.targets.compose.job import ComposeJob
 
-    return ComposeJob.open(load_plan(spec_file), Path.cwd(), rewrite=rewrite)
+    return ComposeJob.open(plan or load_plan(spec_file), Path.cwd(), rewrite=rewrite)
 
 
 EXITED_TEXT = re.compile(r"^\(container exited with code (-?\d+)\)$")
@@ -248,7 +250,7 @@ def up(ctx: click.Context, spec_file: Path, detach: bool, build: bool | None, ve
         for problem in check(plan.spec, read_text(spec_file), str(spec_file), Path.cwd()):
             click.echo(printable(f"kdist: warning: {problem}; the image is not built from this "
                                  "folder, so it may hold it"), err=True)
-    job = cli_dev.open_job(spec_file, port) if dev else _open(spec_file, rewrite=True)
+    job = cli_dev.open_job(plan, port) if dev else _open(spec_file, rewrite=True, plan=plan)
     started = job.up(build=build, on_output=lambda line: click.echo(line, err=True))
     name = job.project.name
     click.echo(f"kdist: nodes start in {plan.workdir} on volume {job.project.volume} (relative paths "

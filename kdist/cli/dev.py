@@ -15,6 +15,7 @@ import click
 from kdist.errors import KdistError, UsageError
 
 if TYPE_CHECKING:
+    from kdist.plan import LaunchPlan
     from kdist.targets.compose.dev_job import DevServer
     from kdist.targets.compose.job import ComposeJob
 
@@ -41,11 +42,10 @@ def dev_port(dev: bool, port: int | None, target: str = "compose") -> int:
     return DEFAULT_PORT if port is None else port
 
 
-def open_job(spec_file: Path, port: int) -> ComposeJob:
-    from kdist.cli.options import load_plan
+def open_job(plan: LaunchPlan, port: int) -> ComposeJob:
     from kdist.targets.compose.dev_job import open_job
 
-    return open_job(load_plan(spec_file), Path.cwd(), port)
+    return open_job(plan, Path.cwd(), port)
 
 
 def start(job: ComposeJob, build: bool | None) -> DevServer:

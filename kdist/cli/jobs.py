@@ -26,14 +26,17 @@ from kdist.cli.options import (
 )
 
 if TYPE_CHECKING:
+    from kdist.plan import LaunchPlan
     from kdist.progress import RunProgress
     from kdist.targets import Job
 
 
-def _open(spec_file: Path, target: str, context: str | None, namespace: str | None) -> Job:
+def _open(spec_file: Path, target: str, context: str | None, namespace: str | None,
+          plan: LaunchPlan | None = None) -> Job:
+    """The running job of `spec_file` (or of the `plan` already loaded from it)."""
     from kdist.targets import Where, open_job
 
-    return open_job(load_plan(spec_file), target, Where(Path.cwd(), context, namespace))
+    return open_job(plan or load_plan(spec_file), target, Where(Path.cwd(), context, namespace))
 
 
 @click.command()
@@ -136,7 +139,7 @@ def scale(spec_file: Path, nodes: int, target: str, context: str | None,
     plan = load_plan(spec_file)
     if target == "compose":  # a node started here gets secret_env from this shell
         plan.secret_values(os.environ)
-    change = _open(spec_file, target, context, namespace).scale(nodes)
+    change = _open(spec_file, target, context, namespace, plan).scale(nodes)
     name = plan.name
     for note in change.notes:
         click.echo(f"kdist: {note}", err=True)
