@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdist.errors import KdistError
+from kdist.shellwords import script_torchruns
 from kdist.spec.quantity import cpu_cores, docker_bytes, human_bytes, memory_bytes
 from kdist.targets.k8s.node import FINISH_DIR
 
@@ -109,38 +110,13 @@ def k8s_cores(value: Any) -> float:
         raise DiffError(f"not a Kubernetes cpu quantity: {value!r} (expected e.g. 2 or 500m)") from None
 
 
-def _command_end(script: str, start: int) -> int:
-    """Where the shell command that starts at `start` ends: the first newline outside quotes
-    (an argument may hold newlines), or the end of the script."""
-    quote, i = "", start
-    while i < len(script):
-        c = script[i]
-        if quote == "'":
-            quote = "" if c == "'" else quote
-        elif c == "\\":
-            i += 1  # the next character is escaped (in double quotes too)
-        elif c in "'\"":
-            quote = "" if quote == c else (quote or c)
-        elif c == "\n" and not quote:
-            return i
-        i += 1
-    return len(script)
-
-
 def torchrun_lines(script: str) -> list[list[str]]:
-    """Every torchrun argv a node script runs (two when node 0 hosts the store on Kubernetes)."""
-    out, start = [], 0
-    while start < len(script):
-        end = _command_end(script, start)
-        text = script[start:end].lstrip()
-        start = end + 1
-        if text.startswith(("exec torchrun ", "torchrun ")):
-            try:
-                words = shlex.split(text[text.index("torchrun"):])
-            except ValueError as e:
-                raise DiffError(f"cannot split the torchrun line ({e}): {text[:80]!r}") from None
-            out.append(words[:-1] if words and words[-1] == "&" else words)
-    return out
+    """Every torchrun argv a node script runs (two when node 0 hosts the store on Kubernetes),
+    read with kdist validate's shell parser (kdist/shellwords.py)."""
+    try:
+        return [["torchrun", *words] for _, _, words in script_torchruns(script)]
+    except ValueError as e:
+        raise DiffError(f"cannot split the torchrun line: {e}") from None
 
 
 def command_lines(command: Any) -> list[list[str]]:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import difflib
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdist.shellwords import logical_lines, split_words, torchrun_at, torchrun_lines
 from kdist.spec.quantity import human_bytes
 
 # torchrun options that take a value / that are flags (torch.distributed.run.get_args_parser)
@@ -96,113 +96,24 @@ def parse_options(tokens: list[str]) -> tuple[dict[str, str], set[str]]:
     return options, flags
 
 
-def _torchrun_at(tokens: list[str]) -> int | None:
-    """Index of the first option token after `torchrun` / `python -m torch.distributed.run`."""
-    for i, tok in enumerate(tokens):
-        base = tok.rsplit("/", 1)[-1]
-        if base == "torchrun":
-            return i + 1
-        if base.startswith("python") and tokens[i + 1:i + 3] == ["-m", "torch.distributed.run"]:
-            return i + 3
-    return None
-
-
-_SHELL_SPECIAL = re.compile(r"""['"\\;&|()<>#`]""")
-
-
-def _split(line: str) -> list[str] | None:
-    """POSIX shell words, control operators as separate tokens; None when unbalanced."""
-    if not _SHELL_SPECIAL.search(line):
-        return line.split()  # same words as shlex, much faster
-    lex = shlex.shlex(line, posix=True, punctuation_chars=True)
-    lex.whitespace_split = True
-    try:
-        return list(lex)
-    except ValueError:
-        return None
-
-
-_PUNCT = re.compile(r"^[;&|()<>]+$")
-# quotes, escapes and comments outside quotes; inside double quotes: escapes and the closing quote
-_OUTSIDE = re.compile(r"""\\.|['"]|(?:^|(?<=[\s;&|()<>]))#""", re.S)
-_IN_DOUBLE = re.compile(r'\\.|"', re.S)
-# a whole line whose quotes all close and that has no `#` (one C-speed match, the common case)
-_PLAIN = re.compile(r"""[^'"\\#]*(?:(?:'[^']*'|"[^"\\]*(?:\\.[^"\\]*)*"|\\.)[^'"\\#]*)*""",
-                    re.S)
-MAX_JOINED = 200
 _ASSIGN = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
-
-
-def _quote_after(line: str, state: str) -> str:
-    """The quote still open after `line` ("", "'" or '"'), starting inside `state`."""
-    if not state and _PLAIN.fullmatch(line):
-        return ""
-    i = 0
-    while True:
-        if state == "'":  # no escapes inside single quotes
-            j = line.find("'", i)
-            if j < 0:
-                return state
-            state, i = "", j + 1
-            continue
-        m = (_IN_DOUBLE if state else _OUTSIDE).search(line, i)
-        if m is None:
-            return state
-        token, i = m[0], m.end()
-        if token == "#":
-            return ""  # a comment to the end of the line
-        if token[0] != "\\":
-            state = "" if state else token
-
-
-def _logical_lines(script: str) -> list[tuple[int, str]]:
-    """(first physical line, text): backslash continuations and quoted newlines joined.
-
-    A quoted argument may contain newlines (`python3 -c '...'`, an argument with a newline); its
-    line goes on until the quote closes, at most MAX_JOINED physical lines.
-    """
-    lines = script.split("\n")
-    out = []
-    start = 0
-    while start < len(lines):
-        end, text = start, lines[start]
-        state = _quote_after(text, "")
-        while end + 1 < len(lines):
-            if state and end - start < MAX_JOINED:
-                text += "\n" + lines[end + 1]
-            elif not state and text.endswith("\\"):
-                text = text[:-1] + " " + lines[end + 1]
-            else:
-                break
-            end += 1
-            state = _quote_after(lines[end], state)
-        out.append((start, text))
-        start = end + 1
-    return out
 
 
 def _script_call(script: str, element: int) -> Call | None:
     """The last torchrun line of a shell script, with the variables exported before it."""
-    lines = _logical_lines(script)
-    for index in range(len(lines) - 1, -1, -1):
-        start, text = lines[index]
-        if "torch" not in text:  # shlex is slow: split only the lines that matter
-            continue
-        tokens = _split(text) or []
-        at = _torchrun_at(tokens)
-        if at is None:
-            continue
-        words = tokens[at:]
-        cut = next((i for i, w in enumerate(words) if _PUNCT.match(w)), len(words))
-        options, flags = parse_options(words[:cut])
-        env: dict[str, str] = {}
-        for _, before in lines[:index]:
-            if before.lstrip().startswith("export"):
-                export = _split(before) or []
-                env.update({m[1]: m[2] for t in export[1:] if (m := _ASSIGN.match(t))})
-        env.update({m[1]: m[2] for t in tokens[:at] if (m := _ASSIGN.match(t))})
-        return Call(options, flags, element, start, env)
-    return None
+    lines = logical_lines(script)
+    last = next(torchrun_lines(reversed(list(enumerate(lines))), strict=False), None)
+    if last is None:
+        return None
+    index, prefix, words = last
+    options, flags = parse_options(words)
+    env: dict[str, str] = {}
+    for _, before in lines[:index]:
+        if before.lstrip().startswith("export"):
+            export = split_words(before) or []
+            env.update({m[1]: m[2] for t in export[1:] if (m := _ASSIGN.match(t))})
+    env.update({m[1]: m[2] for t in prefix if (m := _ASSIGN.match(t))})
+    return Call(options, flags, element, lines[index][0], env)
 
 
 def find_call(argv: list[Any]) -> Call | None:
@@ -215,7 +126,7 @@ def find_call(argv: list[Any]) -> Call | None:
             if re.fullmatch(r"-[a-z]*c[a-z]*", w) and i + 1 < len(words):
                 return _script_call(words[i + 1], i + 1)
         return None
-    at = _torchrun_at(words)
+    at = torchrun_at(words)
     if at is None:
         return None
     options, flags = parse_options(words[at:])
