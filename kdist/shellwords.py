@@ -114,6 +114,6 @@ def torchrun_lines(lines: Iterable[tuple[int, tuple[int, str]]],
 
 
 def script_torchruns(script: str) -> list[tuple[int, list[str], list[str]]]:
-    """Every torchrun line of a shell script, in order (see _torchrun_lines); the `kdist diff`
+    """Every torchrun line of a shell script, in order (see torchrun_lines); the `kdist diff`
     parser (kdist/tools/diff.py). A line whose quotes do not close is a ValueError."""
     return list(torchrun_lines(enumerate(logical_lines(script)), strict=True))
