@@ -509,9 +509,12 @@ def test_console_keeps_the_status_line_below_the_log() -> None:
     assert screen.getvalue() == "\r\x1b[K[00:05] nodes 1/1 up | rounds 0 | restarts 0 | world -"
     console.log("node-0", "hello")  # clears the status line first (the log goes to stdout)
     assert screen.getvalue().endswith("\r\x1b[K")
+    metric = 'KDIST_METRIC {"event": "step", "step": 3}'
+    assert console.shows("hello") and not console.shows(metric)  # it feeds the status line
     quiet = TerminalConsole(None)
     quiet.status(status, 5)  # not a terminal: no status line, nothing to clear
     quiet.clear()
+    assert quiet.shows(metric)  # piped or logged: every line, as before
 
 
 def test_kdist_events_on_the_terminal() -> None:

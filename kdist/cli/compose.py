@@ -67,7 +67,8 @@ def _follow_with_status(job: ComposeJob, verbose: bool = False) -> None:
                 shown = shown if verbose else [prefix + text for text in texts]
             console.clear()
             for text in shown:
-                click.echo(text, err=out is not None)
+                if isinstance(console, JsonLines) or console.shows(text):
+                    click.echo(text, err=out is not None)
             over = _judge_exit(job, status, line)
             _judge_worker_kill(job, status, line, worker_kills)
             for event, fields in status.events:

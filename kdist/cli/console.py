@@ -1,6 +1,7 @@
 """The terminal side of a job that kdist follows (`kdist run`, `kdist up`): node log lines on
-stdout and, when stderr is a terminal, a live status line kept at its bottom; kdist's own events
-as `kdist | ...` lines. The json console is kdist/cli/jsonlines.py."""
+stdout and, when stderr is a terminal, a live status line kept at its bottom (the trainer's
+KDIST_METRIC lines then feed it instead of scrolling past); kdist's own events as `kdist | ...`
+lines. The json console is kdist/cli/jsonlines.py."""
 
 from __future__ import annotations
 
@@ -25,8 +26,17 @@ class TerminalConsole:
         self.drawn_at = 0.0
 
     def log(self, source: str, line: str) -> None:
+        if not self.shows(line):
+            return
         self.clear()
         click.echo(f"{source} | {line}")
+
+    def shows(self, text: str) -> bool:
+        """Whether a node's line is printed: under a status line the trainer's `KDIST_METRIC`
+        lines only feed it (the node logs and `kdist logs` keep them)."""
+        from kdist.progress import METRIC_PREFIX
+
+        return self.status_stream is None or METRIC_PREFIX not in text
 
     def status(self, status: RunProgress, elapsed: float) -> None:
         if self.status_stream is None:
