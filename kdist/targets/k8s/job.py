@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +179,7 @@ class K8sJob:
         self.client = client
         self.namespace = namespace
         self.interruptions: list[str] = []  # transient errors a watch went through
+        self._snap: list[K8sJobStatus] | None = None  # within snapshot(): the one status read
 
     @classmethod
     def connect(cls, plan: LaunchPlan, context: str | None = None, namespace: str | None = None,
@@ -352,8 +353,13 @@ class K8sJob:
         return self.logs(query.nodes, follow=query.follow, tail=query.tail)
 
     def status(self) -> K8sJobStatus:
+        if self._snap:
+            return self._snap[0]
         sts = self.statefulset()
-        return self._status(sts, self.pods(), self.record() if sts is not None else None)
+        status = self._status(sts, self.pods(), self.record() if sts is not None else None)
+        if self._snap is not None:
+            self._snap.append(status)
+        return status
 
     def watch(self, timeout: float | None = None, interval: float | None = None,
               sleep: Callable[[float], None] | None = None,
@@ -419,9 +425,14 @@ class K8sJob:
         return [f"{kind.lower()}/{name}: {reason}: {msg}" for (kind, name, reason), (_, msg)
                 in latest.items()]
 
-    def snapshot(self) -> AbstractContextManager[None]:
-        """Nothing to share: state is already one reading (StatefulSet, pods, record)."""
-        return nullcontext()
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within it, state and failure share one reading (StatefulSet, pods, record)."""
+        self._snap = []
+        try:
+            yield
+        finally:
+            self._snap = None
 
     def failure(self, status: K8sJobStatus | None = None) -> JobFailed | None:
         """The error to exit with for a finished status (None when it succeeded)."""
